@@ -77,9 +77,10 @@ typedef struct {
 /* Keyed-tier completions; called on the loop thread. `status` is 0 (done), TQKV_TIER_MISS
  * (read/exists/remove: not there) or a negative TQKV_E* code. */
 typedef void (*tqkv_tier_done_cb)(void *arg, int status);
-/* A keyed read first learns the record's length, then asks the policy for a destination (e.g. a
- * host span) through this callback, called on any thread; it returns a buffer of at least `len`
- * bytes, valid until the read's completion, or NULL to fail the read with TQKV_ENOSPC. */
+/* A keyed read first learns the record's length (ssd: from its in-memory index; redis: from the
+ * reply), then asks the policy for a destination (a host span) through this callback, called on
+ * the loop thread; it returns a buffer of at least `len` bytes, valid until the read's
+ * completion, or NULL: the engine then completes the read with TQKV_ENOSPC. */
 typedef void *(*tqkv_tier_dest_fn)(void *arg, size_t len);
 
 typedef struct tqkv_tier tqkv_tier;
@@ -107,7 +108,9 @@ typedef struct {
     /* Returns a span to the arena. */
     void (*span_free)(tqkv_tier *t, const tqkv_tier_span *span);
 
-    /* Keyed tiers (TQKV_TIER_F_KEYED). `data` of write is borrowed until `cb`. */
+    /* Keyed tiers (TQKV_TIER_F_KEYED). `data` of write is borrowed until `cb`; the policy
+     * frees the host copy of an evicted block only then, so an engine should copy or queue the
+     * bytes and complete quickly. */
     int (*write)(tqkv_tier *t, uint32_t ns_id, const uint8_t key[TQKV_KEY_BYTES],
                  const void *data, size_t len, tqkv_tier_done_cb cb, void *arg);
     /* Reads a record into the buffer `dest` returns; `cb` gets 0 and *out_len set, or

@@ -106,7 +106,8 @@ void *tqkv_ns_get_user(const tqkv_ns *ns);
  * *buf is writable for `len` bytes from any thread until commit/abort. Several reservations of
  * one key may coexist: the first commit wins.
  * @return 0; TQKV_EEXIST when the key is already stored (PUT is idempotent: reply ok); TQKV_ENOSPC
- * when it does not fit even after eviction (or len exceeds the capacity); TQKV_EINVAL;
+ * when it does not fit even after eviction (or len exceeds the capacity); TQKV_EAGAIN when it
+ * would fit once demotions to a lower tier now in flight complete (retry later); TQKV_EINVAL;
  * TQKV_ENOMEM. */
 int tqkv_store_put_reserve(tqkv_store *s, tqkv_ns *ns, const uint8_t key[TQKV_KEY_BYTES],
                            size_t len, tqkv_store_put **out, void **buf);
