@@ -75,6 +75,13 @@ size_t tq_section_size(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_head
  * @return pointer valid for the life of the process, or NULL for bad arguments. */
 const float *tq_codebook(tq_codebook_kind kind, uint32_t n, uint32_t bits);
 
+/* The QJL matrix S of part dimension n (16..256, a power of two) and part index `part` (0 or 1)
+ * for `seed`: n*n floats, row-major (S[k*n + j]), derived as FORMAT.md says. GPU code should
+ * upload this rather than re-derive it: the double-precision log/cos/sin of another libm may
+ * differ in the last place. @return pointer valid for the life of the process, or NULL (bad
+ * arguments or out of memory). */
+const float *tq_qjl_matrix(uint64_t seed, uint32_t n, uint32_t part);
+
 /* ---- Codec parameters of a namespace ---------------------------------------------------- */
 
 typedef struct {

@@ -60,7 +60,10 @@ extern "C" {
     X(ENODEVICE, 60, "no GPU device available")                                                    \
     X(ECUDA, 61, "CUDA error")                                                                     \
     X(ETIER, 62, "tier unavailable")                                                               \
-    X(ECORRUPT, 63, "stored record corrupt")
+    X(ECORRUPT, 63, "stored record corrupt")                                                       \
+    /* codec (32..39) */                                                                           \
+    X(EBADMASK, 32, "outlier mask does not select n_out channels")                                 \
+    X(EBADPADDING, 33, "nonzero reserved or padding bytes")
 
 typedef enum {
     TQKV_OK = 0,
