@@ -194,7 +194,12 @@ int tqkvd_harness_connect_unix(const tqkvd_harness *h)
     struct sockaddr_un a;
     memset(&a, 0, sizeof a);
     a.sun_family = AF_UNIX;
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", h->unix_path);
+    size_t n = strlen(h->unix_path);
+    if (n >= sizeof a.sun_path) {
+        close(fd);
+        return -1;
+    }
+    memcpy(a.sun_path, h->unix_path, n + 1);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
         close(fd);
         return -1;

@@ -1,0 +1,460 @@
+/* tqkvd connections: accept with the connection limit, frame reassembly (preamble + header into
+ * the connection's buffer, the payload straight into the request's own buffer), per-connection
+ * in-flight limits with read pausing, response writes and orderly close. Malformed framing gets
+ * an error frame and, when the stream cannot be resynchronised, a closed connection. */
+#include "server.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tqkv_alloc.h"
+#include "tqkv_log.h"
+#include "tqkv_time.h"
+
+#define MOD "conn"
+#define RBUF_INITIAL (64u << 10)
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+static void conn_unref(tqkvd_conn *c)
+{
+    if (--c->refs > 0)
+        return;
+    tqkvd_server *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->n_conns--;
+    tqkv_free(c->rbuf);
+    tqkv_free(c);
+}
+
+static void on_close(uv_handle_t *h)
+{
+    tqkvd_conn *c = h->data;
+    c->closed = 1;
+    if (c->cur) { /* a request whose payload was still arriving */
+        tqkvd_req *r = c->cur;
+        c->cur = NULL;
+        tqkvd_req_free(r);
+    }
+    conn_unref(c);
+}
+
+void tqkvd_conn_close(tqkvd_conn *c, const char *why)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    c->reading = 0;
+    TQKV_LOGD(MOD, "msg=\"close\" conn=%" PRIu64 " peer=%s why=\"%s\"", c->id, c->peer, why);
+    uv_close(&c->h.handle, on_close);
+}
+
+static void start_reading(tqkvd_conn *c)
+{
+    if (c->reading || c->closing || c->srv->shutting_down)
+        return;
+    if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
+        c->reading = 1;
+}
+
+static void stop_reading(tqkvd_conn *c)
+{
+    if (!c->reading)
+        return;
+    uv_read_stop(&c->h.stream);
+    c->reading = 0;
+}
+
+void tqkvd_conn_accept(tqkvd_server *s, uv_stream_t *listener, int is_tcp)
+{
+    tqkvd_conn *c = tqkv_calloc(1, sizeof *c);
+    if (!c) {
+        TQKV_LOGE(MOD, "msg=\"out of memory accepting a connection\"");
+        return;
+    }
+    c->srv = s;
+    c->is_tcp = is_tcp;
+    c->id = ++s->next_conn_id;
+    c->refs = 1;
+    c->h.handle.data = c;
+    if (is_tcp)
+        uv_tcp_init(s->loop, &c->h.tcp);
+    else
+        uv_pipe_init(s->loop, &c->h.pipe, 0);
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+    if (uv_accept(listener, &c->h.stream) != 0) {
+        tqkvd_conn_close(c, "accept failed");
+        return;
+    }
+    s->conns_total++;
+    if (is_tcp) {
+        uv_tcp_nodelay(&c->h.tcp, 1);
+        struct sockaddr_storage ss;
+        int len = sizeof ss;
+        char ip[64] = "?";
+        if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) == 0) {
+            if (ss.ss_family == AF_INET6)
+                uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
+            else
+                uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
+        }
+        snprintf(c->peer, sizeof c->peer, "%s", ip);
+    } else {
+        snprintf(c->peer, sizeof c->peer, "unix");
+    }
+    if (s->n_conns > (uint64_t)s->cfg.max_connections) {
+        s->conns_refused++;
+        TQKV_LOGW(MOD, "msg=\"connection refused: limit\" max_connections=%lld",
+                  (long long)s->cfg.max_connections);
+        tqkvd_conn_send_error(c, 0, 0, TQKV_ETOOMANY, "too many connections", 1);
+        return;
+    }
+    TQKV_LOGD(MOD, "msg=\"accepted\" conn=%" PRIu64 " peer=%s", c->id, c->peer);
+    start_reading(c);
+}
+
+/* ---- reading ---- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    tqkvd_conn *c = h->data;
+    if (c->state == TQKVD_RD_PAYLOAD) {
+        /* Read the payload in place: never past the end of this frame. */
+        tqkvd_req *r = c->cur;
+        buf->base = (char *)r->payload + c->pgot;
+        buf->len = r->payload_len - c->pgot;
+        return;
+    }
+    if (c->rcap - c->rlen < 4096) {
+        size_t ncap = c->rcap ? c->rcap * 2 : RBUF_INITIAL;
+        uint8_t *n = tqkv_realloc(c->rbuf, ncap);
+        if (!n) {
+            buf->base = NULL;
+            buf->len = 0; /* libuv reports UV_ENOBUFS */
+            return;
+        }
+        c->rbuf = n;
+        c->rcap = ncap;
+    }
+    buf->base = (char *)c->rbuf + c->rlen;
+    buf->len = c->rcap - c->rlen;
+}
+
+static void charge(tqkvd_conn *c, tqkvd_req *r, uint64_t bytes)
+{
+    r->charged += bytes;
+    c->inflight_bytes += bytes;
+}
+
+void tqkvd__conn_request_done(tqkvd_conn *c, uint64_t charged)
+{
+    c->inflight_bytes -= charged;
+    c->inflight_reqs--;
+    if (!c->closing && !c->reading && !c->srv->shutting_down &&
+        c->inflight_bytes < (uint64_t)c->srv->cfg.max_inflight_bytes) {
+        start_reading(c);
+        /* Bytes that arrived before the pause may hold complete frames. */
+        if (c->state == TQKVD_RD_HEAD && c->rlen >= TQKV_PREAMBLE_SIZE)
+            on_read(&c->h.stream, 0, NULL);
+    }
+    conn_unref(c);
+}
+
+static void finish_payload(tqkvd_conn *c)
+{
+    tqkvd_req *r = c->cur;
+    c->cur = NULL;
+    c->state = TQKVD_RD_HEAD;
+    c->pgot = 0;
+    tqkvd_dispatch(r);
+}
+
+/* Takes complete frames out of rbuf. @return 0 to continue reading, or -1 if the connection is
+ * being closed or reading is paused. */
+static int process_rbuf(tqkvd_conn *c)
+{
+    tqkvd_server *s = c->srv;
+    size_t off = 0;
+    int rc = 0;
+    while (!c->closing && !c->close_after_write && c->state == TQKVD_RD_HEAD) {
+        size_t avail = c->rlen - off;
+        if (avail < TQKV_PREAMBLE_SIZE)
+            break;
+        tqkv_preamble p;
+        int r = tqkv_preamble_parse(c->rbuf + off, avail, (uint32_t)s->cfg.max_frame, &p);
+        if (r) {
+            /* The frame boundaries cannot be trusted any more: answer and close. */
+            char msg[160];
+            if (r == TQKV_EFRAMETOOBIG)
+                snprintf(msg, sizeof msg, "frame of %" PRIu64 " bytes exceeds max_frame %lld",
+                         tqkv_preamble_frame_size(&p), (long long)s->cfg.max_frame);
+            else if (r == TQKV_EBADVERSION)
+                snprintf(msg, sizeof msg, "protocol version %u not supported (this daemon: %d)",
+                         p.version, TQKV_PROTOCOL_VERSION);
+            else if (r == TQKV_EBADMAGIC)
+                snprintf(msg, sizeof msg, "bad magic: a frame starts with \"TQKV\"");
+            else
+                snprintf(msg, sizeof msg, "bad preamble: reserved flags set");
+            s->request_errors++;
+            tqkvd_conn_send_error(c, 0, 0, r, msg, 1);
+            rc = -1;
+            break;
+        }
+        if (avail < TQKV_PREAMBLE_SIZE + (size_t)p.header_len) {
+            /* Make room for the whole header (at most TQKV_MAX_HEADER_LEN). */
+            size_t need = TQKV_PREAMBLE_SIZE + (size_t)p.header_len + 4096;
+            if (need > c->rcap) {
+                memmove(c->rbuf, c->rbuf + off, avail);
+                c->rlen = avail;
+                off = 0;
+                uint8_t *n = tqkv_realloc(c->rbuf, need);
+                if (!n) {
+                    tqkvd_conn_close(c, "out of memory");
+                    return -1;
+                }
+                c->rbuf = n;
+                c->rcap = need;
+            }
+            break;
+        }
+        /* Admission: wait while this connection has too much in flight (one request is always
+         * admitted when nothing else is, so a frame larger than the limit still goes through). */
+        uint64_t fsize = tqkv_preamble_frame_size(&p);
+        if (c->inflight_reqs > 0 &&
+            c->inflight_bytes + fsize > (uint64_t)s->cfg.max_inflight_bytes) {
+            stop_reading(c);
+            rc = -1;
+            break;
+        }
+        tqkvd_req *req = tqkv_calloc(1, sizeof *req);
+        Tqkv__Header *h = NULL;
+        int hr = req ? tqkv_header_unpack(c->rbuf + off + TQKV_PREAMBLE_SIZE, p.header_len, &h)
+                     : TQKV_ENOMEM;
+        if (req && p.payload_len) {
+            req->payload = tqkv_malloc(p.payload_len);
+            if (!req->payload)
+                hr = TQKV_ENOMEM;
+        }
+        if (hr) {
+            if (h)
+                tqkv_header_free(h);
+            if (req)
+                tqkv_free(req->payload);
+            tqkv_free(req);
+            s->request_errors++;
+            if (hr == TQKV_ENOMEM) {
+                tqkvd_conn_send_error(c, 0, 0, TQKV_ENOMEM, "out of memory for the frame", 1);
+                rc = -1;
+                break;
+            }
+            /* The header is malformed but the frame's length is known: skip the frame. The
+             * payload may not have arrived yet; a skipped payload still has to be read, so close
+             * instead when it is not all here (a client that sends garbage gets no more). */
+            if (avail < fsize) {
+                tqkvd_conn_send_error(c, 0, 0, hr, "malformed protobuf header", 1);
+                rc = -1;
+                break;
+            }
+            tqkvd_conn_send_error(c, 0, 0, hr, "malformed protobuf header", 0);
+            off += (size_t)fsize;
+            continue;
+        }
+        tqkv__header__init(&req->resp);
+        req->conn = c;
+        req->hdr = h;
+        req->payload_len = p.payload_len;
+        req->start_ns = tqkv_now_ns();
+        c->refs++;
+        c->inflight_reqs++;
+        charge(c, req, fsize);
+        s->bytes_in += fsize;
+        off += TQKV_PREAMBLE_SIZE + p.header_len;
+        size_t have = c->rlen - off;
+        if (have > p.payload_len)
+            have = p.payload_len;
+        if (have)
+            memcpy(req->payload, c->rbuf + off, have);
+        off += have;
+        if (have == p.payload_len) {
+            tqkvd_dispatch(req);
+        } else {
+            c->cur = req;
+            c->pgot = have;
+            c->state = TQKVD_RD_PAYLOAD;
+        }
+    }
+    if (off) {
+        memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+        c->rlen -= off;
+    }
+    /* Give back a buffer grown for a big header once it is empty. */
+    if (c->rlen == 0 && c->rcap > RBUF_INITIAL) {
+        tqkv_free(c->rbuf);
+        c->rbuf = NULL;
+        c->rcap = 0;
+    }
+    return rc;
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    tqkvd_conn *c = st->data;
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            TQKV_LOGD(MOD, "msg=\"read error\" conn=%" PRIu64 " err=%s", c->id,
+                      uv_strerror((int)nread));
+        stop_reading(c);
+        /* Half-close: requests already read are still answered (pipelined clients may shut
+         * their write side), then the connection closes when they are done. */
+        if (c->inflight_reqs == 0 || nread != UV_EOF)
+            tqkvd_conn_close(c, nread == UV_EOF ? "eof" : "read error");
+        else
+            c->close_after_write = 1;
+        return;
+    }
+    if (c->close_after_write) /* refused (e.g. authentication): read nothing more */
+        return;
+    c->refs++; /* dispatch may finish requests synchronously */
+    if (c->state == TQKVD_RD_PAYLOAD) {
+        c->pgot += (size_t)nread;
+        if (c->pgot == c->cur->payload_len)
+            finish_payload(c);
+    } else {
+        c->rlen += (size_t)nread;
+    }
+    if (c->state == TQKVD_RD_HEAD)
+        process_rbuf(c);
+    conn_unref(c);
+}
+
+/* ---- writing ---- */
+
+typedef struct {
+    uv_write_t w;
+    tqkvd_conn *conn;
+    void *head;
+    int close_after;
+} err_write;
+
+static void on_err_written(uv_write_t *w, int status)
+{
+    err_write *e = (err_write *)w;
+    tqkvd_conn *c = e->conn;
+    tqkv_free(e->head);
+    if (e->close_after)
+        tqkvd_conn_close(c, "error reply sent");
+    tqkv_free(e);
+    conn_unref(c);
+}
+
+void tqkvd_conn_send_error(tqkvd_conn *c, uint64_t request_id, int op, int status,
+                           const char *msg, int close_after)
+{
+    TQKV_LOGD(MOD, "msg=\"error reply\" conn=%" PRIu64 " status=%s why=\"%s\"", c->id,
+              tqkv_err_name(status), msg);
+    if (c->closing)
+        return;
+    Tqkv__Header h = TQKV__HEADER__INIT;
+    h.op = (Tqkv__Op)op;
+    h.request_id = request_id;
+    h.response = 1;
+    h.status = status;
+    h.message = (char *)msg;
+    err_write *e = tqkv_calloc(1, sizeof *e);
+    size_t len = 0;
+    if (!e || tqkv_frame_build(&h, 0, &e->head, &len) != 0) {
+        tqkv_free(e);
+        tqkvd_conn_close(c, "out of memory");
+        return;
+    }
+    e->conn = c;
+    e->close_after = close_after;
+    c->refs++;
+    if (close_after)
+        stop_reading(c);
+    uv_buf_t b = uv_buf_init(e->head, (unsigned)len);
+    if (uv_write(&e->w, &c->h.stream, &b, 1, on_err_written) != 0) {
+        tqkv_free(e->head);
+        tqkv_free(e);
+        conn_unref(c);
+        tqkvd_conn_close(c, "write failed");
+    }
+}
+
+static void on_resp_written(uv_write_t *w, int status)
+{
+    tqkvd_req *r = w->data;
+    tqkvd_conn *c = r->conn;
+    if (status < 0 && !c->closing)
+        tqkvd_conn_close(c, "write failed");
+    int close_now = c->close_after_write && c->inflight_reqs == 1;
+    tqkvd_req_free(r);
+    if (close_now)
+        tqkvd_conn_close(c, "eof after last reply");
+}
+
+void tqkvd_req_respond(tqkvd_req *req, int with_payload)
+{
+    tqkvd_conn *c = req->conn;
+    tqkvd_server *s = c->srv;
+    Tqkv__Header *h = &req->resp;
+    h->response = 1;
+    h->request_id = req->hdr ? req->hdr->request_id : 0;
+    if (req->hdr)
+        h->op = req->hdr->op;
+    if (h->status)
+        s->request_errors++;
+    if (c->closing) {
+        tqkvd_req_free(req);
+        return;
+    }
+    /* Payload pieces: items in order, each item's bytes at out_ptr. */
+    size_t nb = 1;
+    uint64_t total = 0;
+    if (with_payload)
+        for (size_t i = 0; i < req->n_items; i++)
+            if (req->items[i].out_len) {
+                nb++;
+                total += req->items[i].out_len;
+            }
+    uv_buf_t stackbufs[64];
+    uv_buf_t *bufs = nb <= 64 ? stackbufs : tqkv_mallocarray(nb, sizeof *bufs);
+    size_t head_len = 0;
+    int r = bufs ? tqkv_frame_build(h, (uint32_t)total, &req->head, &head_len) : TQKV_ENOMEM;
+    if (r) {
+        if (bufs != stackbufs)
+            tqkv_free(bufs);
+        TQKV_LOGE(MOD, "msg=\"cannot build a reply\" err=%s", tqkv_err_name(r));
+        tqkvd_conn_close(c, "reply too large or out of memory");
+        tqkvd_req_free(req);
+        return;
+    }
+    bufs[0] = uv_buf_init(req->head, (unsigned)head_len);
+    size_t k = 1;
+    if (with_payload)
+        for (size_t i = 0; i < req->n_items; i++)
+            if (req->items[i].out_len)
+                bufs[k++] = uv_buf_init((char *)req->items[i].out_ptr,
+                                        (unsigned)req->items[i].out_len);
+    charge(c, req, head_len + total);
+    s->bytes_out += head_len + total;
+    req->write.data = req;
+    r = uv_write(&req->write, &c->h.stream, bufs, (unsigned)k, on_resp_written);
+    if (bufs != stackbufs)
+        tqkv_free(bufs);
+    if (r != 0) {
+        tqkvd_conn_close(c, "write failed");
+        tqkvd_req_free(req);
+    }
+}
