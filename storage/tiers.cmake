@@ -1,0 +1,4 @@
+# storage/tiers: the store the daemon calls (index, namespaces, policy) over the tier engines.
+add_library(tqkv_store STATIC ${CMAKE_CURRENT_LIST_DIR}/tiers.c)
+target_include_directories(tqkv_store PUBLIC ${CMAKE_CURRENT_LIST_DIR})
+target_link_libraries(tqkv_store PUBLIC tqkv_host tqkv_common)
