@@ -56,7 +56,7 @@ static const setting settings[] = {
      "largest frame accepted (preamble + header + payload)"},
     {"max_connections", T_INT, OFF(max_connections), "1024", 1, 65536, NULL, 1, 0, NULL,
      "connections accepted at once; more are refused with TQKV_ETOOMANY"},
-    {"max_inflight_bytes", T_SIZE, OFF(max_inflight_bytes), "1G", 1 << 20, INT64_MAX, NULL, 1, 0,
+    {"max_inflight_bytes", T_SIZE, OFF(max_inflight_bytes), "64M", 1 << 20, INT64_MAX, NULL, 1, 0,
      NULL, "request and response bytes in flight per connection before reading pauses"},
     {"workers", T_INT, OFF(workers), NULL, 1, 128, NULL, 0, 0, NULL,
      "worker threads for encoding, checksums and copies (default: CPU count, at most 16)"},

@@ -1,6 +1,7 @@
 /* tqkvd: the tqkv daemon. Reads its settings (defaults, config file, flags), listens on a Unix
  * socket and TCP, serves until SIGTERM/SIGINT, then shuts down gracefully. Exit status: 0 after
  * a clean shutdown, 1 after an error, 2 for bad settings. */
+#include <malloc.h>
 #include <stdio.h>
 
 #include "server.h"
@@ -9,6 +10,10 @@
 
 int main(int argc, char **argv)
 {
+    /* Payload buffers are large and short-lived. A fixed mmap threshold keeps glibc from raising
+     * it dynamically after the first frees, which would serve them from heap arenas that are not
+     * given back, and the resident size would drift above the host capacity. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     tqkvd_config cfg;
     char err[512] = "";
     if (tqkvd_config_defaults(&cfg) != 0) {
