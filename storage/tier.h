@@ -122,7 +122,9 @@ typedef struct {
                   tqkv_tier_done_cb cb, void *arg);
     /* Presence test without reading. An engine with an in-memory index (ssd) answers at once:
      * @return TQKV_TIER_HIT or TQKV_TIER_MISS, and `cb` is not called. A remote one (redis)
-     * @return TQKV_TIER_PENDING and `cb` later brings HIT or MISS (or an error) as status. */
+     * @return TQKV_TIER_PENDING and `cb` later brings HIT or MISS (or an error) as status.
+     * `cb` may be NULL (the caller wants no asynchronous answer): then an engine that cannot
+     * answer at once @return TQKV_EAGAIN and calls nothing. */
     int (*exists)(tqkv_tier *t, uint32_t ns_id, const uint8_t key[TQKV_KEY_BYTES],
                   tqkv_tier_done_cb cb, void *arg);
     /* Removes every record of namespace `ns_id` (UINT32_MAX: all). */

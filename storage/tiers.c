@@ -447,6 +447,14 @@ int tqkv_store_create(const tqkv_store_config *cfg, tqkv_store **out)
     }
     tqkv_host_config hc = {c.host_capacity, c.host_max_capacity, c.host_page_size};
     int r = tqkv_host_create(&hc, &s->host);
+    if (r == TQKV_ENOMEM && hc.max_capacity > hc.capacity) {
+        /* Strict overcommit refuses a large MAP_NORESERVE reservation: do without growth room. */
+        TQKV_LOGW("store", "msg=\"cannot reserve the arena's growth room: capacity is fixed\" "
+                           "max_capacity=%llu",
+                  (unsigned long long)hc.max_capacity);
+        hc.max_capacity = hc.capacity;
+        r = tqkv_host_create(&hc, &s->host);
+    }
     if (r < 0) {
         tqkv_free(s->buckets);
         tqkv_free(s);
