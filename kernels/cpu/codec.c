@@ -279,7 +279,7 @@ static void choose_outliers(const float *E, uint32_t P, uint32_t n_out, uint32_t
     }
 }
 
-/* Channel lists of the parts from a mask; @return 0, or TQKV_EBADCODEC if the mask does not
+/* Channel lists of the parts from a mask; @return 0, or TQKV_EBADMASK if the mask does not
  * have exactly n_out bits (a malicious block). */
 static int split_channels(const uint32_t *mask, uint32_t P, uint32_t n_out, uint16_t *ch0,
                           uint16_t *ch1)
@@ -288,15 +288,15 @@ static int split_channels(const uint32_t *mask, uint32_t P, uint32_t n_out, uint
     for (uint32_t j = 0; j < P; j++) {
         if ((mask[j >> 5] >> (j & 31)) & 1) {
             if (a == n_out)
-                return TQKV_EBADCODEC;
+                return TQKV_EBADMASK;
             ch0[a++] = (uint16_t)j;
         } else {
             if (b == P - n_out)
-                return TQKV_EBADCODEC;
+                return TQKV_EBADMASK;
             ch1[b++] = (uint16_t)j;
         }
     }
-    return a == n_out ? 0 : TQKV_EBADCODEC;
+    return a == n_out ? 0 : TQKV_EBADMASK;
 }
 
 /* ---- Sections --------------------------------------------------------------------------- */
