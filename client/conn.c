@@ -393,7 +393,9 @@ static int read_frames(tqkv_client *c, xstate *x, tqkv__call *calls, size_t n, u
             return 0;
         size_t have = c->rlen - c->rpos;
         tqkv_preamble pre;
-        int rc = tqkv_preamble_parse(c->rbuf + c->rpos, have, c->max_frame, &pre);
+        int rc = have < TQKV_PREAMBLE_SIZE
+                     ? TQKV_ETRUNCATED
+                     : tqkv_preamble_parse(c->rbuf + c->rpos, have, c->max_frame, &pre);
         if (rc == TQKV_ETRUNCATED || (rc == 0 && have < TQKV_PREAMBLE_SIZE + pre.header_len)) {
             size_t need = rc ? TQKV_PREAMBLE_SIZE : TQKV_PREAMBLE_SIZE + pre.header_len;
             if (need < 65536)
