@@ -331,17 +331,24 @@ int tqkv_test_redis_cluster_start(tqkv_test_redis_cluster *c, int n)
         fprintf(stderr, "redis harness: redis-cli --cluster create failed (see %s)\n", log);
         goto fail;
     }
+    if (tqkv_test_redis_cluster_wait(c) == 0)
+        return 0;
+fail:
+    tqkv_test_redis_cluster_stop(c);
+    return -1;
+}
+
+int tqkv_test_redis_cluster_wait(tqkv_test_redis_cluster *c)
+{
     for (int t = 0; t < 1000; t++) { /* up to ~20 s: gossip converges in a second or two */
         int ok = 1;
-        for (int i = 0; i < n && ok; i++)
+        for (int i = 0; i < c->n && ok; i++)
             ok = cluster_ok(c->node[i].port);
         if (ok)
             return 0;
         sleep_ms(20);
     }
     fprintf(stderr, "redis harness: cluster did not reach cluster_state:ok\n");
-fail:
-    tqkv_test_redis_cluster_stop(c);
     return -1;
 }
 
