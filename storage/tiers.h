@@ -47,7 +47,7 @@ typedef struct {
     uint64_t host_capacity;     /* bytes; 0: 25% of physical memory */
     uint64_t host_max_capacity; /* address space reserved for the arena, the limit of later
                                  * capacity changes; 0: max(host_capacity, physical memory) */
-    uint32_t host_page_size;    /* arena allocation unit, power of two >= 4096; 0: 64 KiB */
+    uint32_t host_page_size;    /* arena allocation unit, power of two >= 4096; 0: 16 KiB */
     /* Clock for lease expiry, ns; NULL: tqkv_now_ns (tests inject their own). */
     uint64_t (*clock_ns)(void *clock_arg);
     void *clock_arg;

@@ -401,7 +401,7 @@ int tqkv_host_create(const tqkv_host_config *cfg, tqkv_host **out)
     if (base == MAP_FAILED)
         goto fail;
     h->base = base;
-    /* Exact residency: a huge page would make a 64 KiB span cost 2 MiB of memory. */
+    /* Exact residency: a huge page would make a one-page span cost 2 MiB of memory. */
     (void)madvise(h->base, h->arena_len, MADV_NOHUGEPAGE);
 
     h->meta_len = (size_t)npages * (4 * sizeof(uint32_t) + 1);

@@ -1,5 +1,6 @@
 /* The host DRAM tier engine: one arena of address space reserved up front (anonymous,
- * MAP_NORESERVE), carved into pages (64 KiB by default) and handed out as contiguous page runs.
+ * MAP_NORESERVE), carved into pages and handed out as contiguous page runs. Pages are 16 KiB by
+ * default: block lengths are not page multiples, and a block wastes half a page on average.
  * Blocks are never malloc'd one by one, so the bytes the tier accounts for are the bytes it
  * holds. Freed runs stay mapped ("dirty", ready to be reused without page faults) only while
  * used + dirty pages fit in the capacity; beyond that they are returned to the kernel with
@@ -22,7 +23,7 @@
 extern "C" {
 #endif
 
-#define TQKV_HOST_DEFAULT_PAGE (64u * 1024u)
+#define TQKV_HOST_DEFAULT_PAGE (16u * 1024u)
 #define TQKV_HOST_BINS 1024u
 
 typedef struct tqkv_host tqkv_host;

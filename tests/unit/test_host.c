@@ -28,12 +28,12 @@ static void test_bad_config(void)
     ASSERT_ERR(tqkv_host_create(&c2, &h), TQKV_EINVAL);
     tqkv_host_config c3 = {1 << 20, 1 << 19, PG};
     ASSERT_ERR(tqkv_host_create(&c3, &h), TQKV_EINVAL);
-    tqkv_host_config c4 = {1 << 20, 0, 0}; /* default page: 64 KiB */
+    tqkv_host_config c4 = {1 << 20, 0, 0}; /* default page: 16 KiB */
     ASSERT_OK(tqkv_host_create(&c4, &h));
     tqkv_host_stats st;
     tqkv_host_get_stats(h, &st);
     ASSERT_EQ_U64(st.page_size, TQKV_HOST_DEFAULT_PAGE);
-    ASSERT_EQ_U64(st.capacity_pages, 16);
+    ASSERT_EQ_U64(st.capacity_pages, 64);
     tqkv_host_destroy(h);
     tqkv_host_destroy(NULL);
 }
