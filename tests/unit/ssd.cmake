@@ -6,3 +6,7 @@ if(TARGET tqkv_ssd)
                 LIBS tqkv_ssd LABELS "unit;slow" TIMEOUT 600)
   target_compile_definitions(test_ssd_slow PRIVATE TQKV_SSD_SLOW=1)
 endif()
+if(TARGET tqkv_ssd_tier)
+  tqkv_add_test(test_ssd_tier SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_ssd_tier.c
+                LIBS tqkv_ssd_tier LABELS unit TIMEOUT 60)
+endif()
