@@ -157,16 +157,30 @@ static void charge(tqkvd_conn *c, tqkvd_req *r, uint64_t bytes)
     c->inflight_bytes += bytes;
 }
 
+static int process_rbuf(tqkvd_conn *c);
+
+/* Closes a connection whose peer has shut its write side once nothing is left to answer. */
+static void maybe_close_eof(tqkvd_conn *c)
+{
+    if (c->eof && !c->closing && c->inflight_reqs == 0 && c->state == TQKVD_RD_HEAD)
+        tqkvd_conn_close(c, "eof");
+}
+
 void tqkvd__conn_request_done(tqkvd_conn *c, uint64_t charged)
 {
     c->inflight_bytes -= charged;
     c->inflight_reqs--;
-    if (!c->closing && !c->reading && !c->srv->shutting_down &&
+    if (!c->closing && !c->close_after_write && !c->srv->shutting_down &&
+        c->state == TQKVD_RD_HEAD &&
         c->inflight_bytes < (uint64_t)c->srv->cfg.max_inflight_bytes) {
-        start_reading(c);
-        /* Bytes that arrived before the pause may hold complete frames. */
-        if (c->state == TQKVD_RD_HEAD && c->rlen >= TQKV_PREAMBLE_SIZE)
-            on_read(&c->h.stream, 0, NULL);
+        if (!c->eof)
+            start_reading(c);
+        /* Bytes that arrived before a pause may hold complete frames. */
+        if (!c->processing && c->rlen >= TQKV_PREAMBLE_SIZE) {
+            c->refs++;
+            process_rbuf(c);
+            conn_unref(c);
+        }
     }
     conn_unref(c);
 }
@@ -187,6 +201,7 @@ static int process_rbuf(tqkvd_conn *c)
     tqkvd_server *s = c->srv;
     size_t off = 0;
     int rc = 0;
+    c->processing = 1;
     while (!c->closing && !c->close_after_write && c->state == TQKVD_RD_HEAD) {
         size_t avail = c->rlen - off;
         if (avail < TQKV_PREAMBLE_SIZE)
@@ -304,6 +319,7 @@ static int process_rbuf(tqkvd_conn *c)
         c->rbuf = NULL;
         c->rcap = 0;
     }
+    c->processing = 0;
     return rc;
 }
 
@@ -315,12 +331,17 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             TQKV_LOGD(MOD, "msg=\"read error\" conn=%" PRIu64 " err=%s", c->id,
                       uv_strerror((int)nread));
         stop_reading(c);
-        /* Half-close: requests already read are still answered (pipelined clients may shut
-         * their write side), then the connection closes when they are done. */
-        if (c->inflight_reqs == 0 || nread != UV_EOF)
-            tqkvd_conn_close(c, nread == UV_EOF ? "eof" : "read error");
+        if (nread != UV_EOF) {
+            tqkvd_conn_close(c, "read error");
+            return;
+        }
+        /* Half-close: requests already read are still answered (a pipelining client may shut
+         * its write side), then the connection closes. */
+        c->eof = 1;
+        if (c->state == TQKVD_RD_PAYLOAD) /* a frame cut short can never complete */
+            tqkvd_conn_close(c, "eof inside a frame");
         else
-            c->close_after_write = 1;
+            maybe_close_eof(c);
         return;
     }
     if (c->close_after_write) /* refused (e.g. authentication): read nothing more */
@@ -398,10 +419,13 @@ static void on_resp_written(uv_write_t *w, int status)
     tqkvd_conn *c = r->conn;
     if (status < 0 && !c->closing)
         tqkvd_conn_close(c, "write failed");
-    int close_now = c->close_after_write && c->inflight_reqs == 1;
-    tqkvd_req_free(r);
-    if (close_now)
-        tqkvd_conn_close(c, "eof after last reply");
+    c->refs++;
+    tqkvd_req_free(r); /* may take further frames out of the read buffer */
+    if (c->close_after_write && c->inflight_reqs == 0)
+        tqkvd_conn_close(c, "refused");
+    else
+        maybe_close_eof(c);
+    conn_unref(c);
 }
 
 void tqkvd_req_respond(tqkvd_req *req, int with_payload)

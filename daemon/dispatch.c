@@ -291,7 +291,8 @@ static void op_register(tqkvd_req *r)
     tqkv_ns_desc d;
     memset(&d, 0, sizeof d);
     memcpy(d.name, n->name, nl);
-    memcpy(d.fingerprint, n->model_fingerprint.data, n->model_fingerprint.len);
+    if (n->model_fingerprint.len)
+        memcpy(d.fingerprint, n->model_fingerprint.data, n->model_fingerprint.len);
     d.fingerprint_len = (uint32_t)n->model_fingerprint.len;
     d.n_layers = n->n_layers;
     d.n_kv_heads = n->n_kv_heads;

@@ -74,7 +74,9 @@ typedef struct tqkvd_conn {
     int hello, authed, admin;
     int closing, closed; /* uv_close called / close callback ran */
     int reading;         /* uv_read_start active */
-    int close_after_write;
+    int close_after_write; /* refused (authentication): close once the reply is written */
+    int eof;               /* the peer shut its write side: answer what was read, then close */
+    int processing;        /* inside process_rbuf (no re-entry) */
     uint32_t refs; /* requests alive + 1 for the handle */
 
     uint8_t *rbuf; /* preamble + header accumulation */

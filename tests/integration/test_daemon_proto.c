@@ -894,7 +894,8 @@ static void test_max_frame(void)
     ASSERT_EQ_INT(tqkvd_harness_stop(&L), 0);
 }
 
-/* Pipelining: many requests written before any reply is read all get their answer. */
+/* Pipelining: many requests written before any reply is read all get their answer, also when
+ * the client shuts its write side right after them. */
 static void test_pipelining(void)
 {
     start_default();
@@ -908,6 +909,7 @@ static void test_pipelining(void)
         q.h.request_id = 5000 + (uint64_t)i;
         ASSERT_EQ_INT(send_frame(fd, &q.h, NULL, 0), 0);
     }
+    shutdown(fd, SHUT_WR); /* half-close: everything sent must still be answered */
     uint8_t seen[N] = {0};
     for (int i = 0; i < N; i++) {
         Tqkv__Header *r = recv_frame(fd, NULL, NULL);
@@ -918,6 +920,8 @@ static void test_pipelining(void)
         ASSERT_TRUE(id < N && !seen[id]);
         seen[id] = 1;
     }
+    char b;
+    ASSERT_EQ_INT(recv(fd, &b, 1, 0), 0); /* then the daemon closes */
     close(fd);
 }
 
