@@ -1125,7 +1125,8 @@ int tqkv_store_set_capacity(tqkv_store *s, tqkv_tier_id tier, uint64_t bytes)
         tqkv_host_stats hs;
         for (;;) {
             tqkv_host_get_stats(s->host, &hs);
-            if (hs.used_pages * hs.page_size <= hs.capacity_pages * hs.page_size + s->demoting_bytes)
+            uint64_t used = hs.used_pages * hs.page_size, cap = hs.capacity_pages * hs.page_size;
+            if (used <= cap + s->demoting_bytes)
                 break;
             if (evict_one(s) == 0)
                 break;

@@ -39,7 +39,7 @@ extern "C" {
 #define TQKV_STORE_PENDING 2 /* the answer comes through the callback */
 
 typedef struct tqkv_store tqkv_store;
-typedef struct tqkv_ns tqkv_ns;               /* a registered namespace; lives as long as the store */
+typedef struct tqkv_ns tqkv_ns;               /* a namespace; lives as long as the store */
 typedef struct tqkv_store_put tqkv_store_put; /* a reservation for a PUT */
 typedef struct tqkv_store_ref tqkv_store_ref; /* a counted read reference to a stored block */
 

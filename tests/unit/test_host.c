@@ -49,7 +49,8 @@ static void test_alloc_coalesce(void)
     ASSERT_EQ_INT(a.n_units, 1);
     ASSERT_EQ_INT(b.n_units, 2);
     ASSERT_EQ_INT(c.n_units, 3);
-    ASSERT_TRUE((uint8_t *)b.ptr >= (uint8_t *)a.ptr + PG || (uint8_t *)b.ptr + 2 * PG <= (uint8_t *)a.ptr);
+    uint8_t *pa = a.ptr, *pb = b.ptr;
+    ASSERT_TRUE(pb >= pa + PG || pb + 2 * PG <= pa); /* no overlap */
     memset(a.ptr, 1, a.len);
     memset(b.ptr, 2, b.len);
     memset(c.ptr, 3, c.len);
