@@ -1006,10 +1006,8 @@ int tqkv_redis_put(tqkv_redis *r, const char *ns, const void *key, size_t key_le
     p = tqkv__resp_arg(p, "SET", 3);
     p = tqkv__resp_arg(p, rkey, (size_t)kl);
     uint8_t *val = (uint8_t *)tqkv__resp_arg_open(p, vlen);
-    uint8_t *payload = tqkv__redis_value_begin(val, flags, ns, ns_len, key, key_len, len, stored);
-    if (stored)
-        memcpy(payload, flags ? (const void *)lz : data, stored);
-    tqkv__redis_value_seal(val, vlen);
+    tqkv__redis_value_begin(val, flags, ns, ns_len, key, key_len, len, stored);
+    tqkv__redis_value_fill(val, vlen, flags ? (const void *)lz : data, stored);
     p = tqkv__resp_arg_end((char *)val + vlen);
     if (r->ttl_ms) {
         p = tqkv__resp_arg(p, "PX", 2);

@@ -47,6 +47,10 @@ uint8_t *tqkv__redis_value_begin(uint8_t *dst, uint8_t flags, const char *ns, si
                                  uint64_t stored_len);
 /* Computes and stores the checksum of the complete value dst[0..len). */
 void tqkv__redis_value_seal(uint8_t *dst, size_t len);
+/* Copies the `stored` payload bytes to the end of the value dst[0..len) begun with
+ * tqkv__redis_value_begin and seals it: the same result as memcpy + tqkv__redis_value_seal, in
+ * one pass over the payload. */
+void tqkv__redis_value_fill(uint8_t *dst, size_t len, const void *payload, size_t stored);
 /* Validates a value read from Redis against the namespace and key it was asked for. Protected
  * against malicious input: every length is checked against `len` before use.
  * @return 0 and *out; TQKV_EBADMAGIC, TQKV_EBADVERSION, TQKV_ETRUNCATED, TQKV_EBADHEADER,

@@ -42,6 +42,25 @@ void tqkv__redis_value_seal(uint8_t *dst, size_t len)
     tqkv_store_le64(dst + TQKV__REDIS_CKSUM_OFF, XXH3_64bits(dst, len));
 }
 
+void tqkv__redis_value_fill(uint8_t *dst, size_t len, const void *payload, size_t stored)
+{
+    /* Copy and hash in L2-sized chunks so that the hash reads what the copy just wrote from cache
+     * rather than making a second pass over memory (values are up to several MiB). */
+    enum { CHUNK = 64 * 1024 };
+    size_t head = len - stored;
+    uint8_t *p = dst + head;
+    const uint8_t *src = payload;
+    XXH3_state_t st;
+    XXH3_64bits_reset(&st);
+    XXH3_64bits_update(&st, dst, head);
+    for (size_t off = 0; off < stored; off += CHUNK) {
+        size_t n = stored - off < CHUNK ? stored - off : CHUNK;
+        memcpy(p + off, src + off, n);
+        XXH3_64bits_update(&st, p + off, n);
+    }
+    tqkv_store_le64(dst + TQKV__REDIS_CKSUM_OFF, XXH3_64bits_digest(&st));
+}
+
 int tqkv__redis_value_parse(const uint8_t *v, size_t len, const char *ns, size_t ns_len,
                             const uint8_t *key, size_t key_len, uint64_t max_raw,
                             tqkv__redis_value_view *out)
