@@ -11,14 +11,15 @@
 #include <immintrin.h>
 #include <math.h>
 
-#define TQ_AVX2 __attribute__((target("avx2,f16c")))
+#define TQ_AVX2 __attribute__((target("avx2,f16c,bmi2")))
 
 int tqkv__cpu_has_avx2(void)
 {
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                 __builtin_cpu_supports("bmi2");
     }
     return cached;
 }
@@ -118,14 +119,26 @@ TQ_AVX2 void tqkv__encode_vec_avx2(const tq__part_ctx *c, const float *x, uint8_
         const uint32_t nb = (1u << m) - 1;
         __m256 t0, t1;
         load_tables(c, &t0, &t1);
-        for (uint32_t r = 0; r < nr; r++) {
-            __m256 t = _mm256_mul_ps(v[r], vinv);
-            __m256i cnt = _mm256_setzero_si256();
-            for (uint32_t j = 0; j < nb; j++)
-                cnt = _mm256_sub_epi32(
-                    cnt, _mm256_castps_si256(_mm256_cmp_ps(t, _mm256_set1_ps(c->bnd[j]), _CMP_GE_OQ)));
-            store_codes(codes + 8 * r, cnt);
-            cv[r] = lookup(c, cnt, t0, t1);
+        /* four registers at a time, boundaries in the outer loop: four independent count
+         * chains instead of one long dependent chain per register */
+        for (uint32_t r = 0; r < nr; r += 4) {
+            __m256 t[4];
+            __m256i cnt[4];
+            for (uint32_t q = 0; q < 4; q++) {
+                /* n = 16 has two registers: the other two lanes compute on zeros, unused */
+                t[q] = r + q < nr ? _mm256_mul_ps(v[r + q], vinv) : _mm256_setzero_ps();
+                cnt[q] = _mm256_setzero_si256();
+            }
+            for (uint32_t j = 0; j < nb; j++) {
+                const __m256 bj = _mm256_broadcast_ss(&c->bnd[j]);
+                for (uint32_t q = 0; q < 4; q++)
+                    cnt[q] = _mm256_sub_epi32(
+                        cnt[q], _mm256_castps_si256(_mm256_cmp_ps(t[q], bj, _CMP_GE_OQ)));
+            }
+            for (uint32_t q = 0; q < 4 && r + q < nr; q++) {
+                store_codes(codes + 8 * (r + q), cnt[q]);
+                cv[r + q] = lookup(c, cnt[q], t0, t1);
+            }
         }
         if (c->norm == TQ_NORM_CORRECTED) {
             float q = tree_prod(cv, cv, nr);
@@ -208,6 +221,122 @@ TQ_AVX2 void tqkv__decode_vec_avx2(const tq__part_ctx *c, const uint8_t *codes, 
         _mm256_storeu_ps(out + 8 * r,
                          _mm256_xor_ps(_mm256_mul_ps(z[r], f),
                                        _mm256_loadu_ps((const float *)(c->dsign + 8 * r))));
+}
+
+/* fp16 row -> float, non-finite values read as 0 (FORMAT.md, "Input"). */
+TQ_AVX2 void tqkv__f16_row_avx2(const uint16_t *src, uint32_t n, float *dst)
+{
+    const __m256i expm = _mm256_set1_epi32(0x7f800000);
+    uint32_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + j)));
+        __m256i e = _mm256_and_si256(_mm256_castps_si256(f), expm);
+        __m256 ok = _mm256_castsi256_ps(
+            _mm256_xor_si256(_mm256_cmpeq_epi32(e, expm), _mm256_set1_epi32(-1)));
+        _mm256_storeu_ps(dst + j, _mm256_and_ps(f, ok));
+    }
+    for (; j < n; j++) {
+        float f = tq__f16_to_f32(src[j]);
+        dst[j] = isfinite(f) ? f : 0.0f;
+    }
+}
+
+/* float row -> fp16 (round to nearest even, as tq__f32_to_f16). */
+TQ_AVX2 void tqkv__f16_store_avx2(const float *src, uint32_t n, uint16_t *dst)
+{
+    uint32_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm_storeu_si128((__m128i *)(dst + j),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT));
+    for (; j < n; j++)
+        dst[j] = tq__f32_to_f16(src[j]);
+}
+
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* Plane packing with pext: the same words as tqkv__pack_codes (n is a multiple of 16). */
+TQ_AVX2 void tqkv__pack_codes_bmi2(const uint8_t *codes, uint32_t n, uint32_t m, uint32_t *w0,
+                                   uint32_t *w1)
+{
+    switch (m) {
+    case 4:
+        for (uint32_t i = 0; i < n / 8; i++)
+            w0[i] = (uint32_t)_pext_u64(load64(codes + 8 * i), 0x0F0F0F0F0F0F0F0Full);
+        return;
+    case 8:
+        memcpy(w0, codes, n);
+        return;
+    case 2:
+    case 3:
+        for (uint32_t i = 0; i < n / 16; i++)
+            w0[i] = (uint32_t)_pext_u64(load64(codes + 16 * i), 0x0303030303030303ull) |
+                    (uint32_t)_pext_u64(load64(codes + 16 * i + 8), 0x0303030303030303ull) << 16;
+        if (m == 2)
+            return;
+        for (uint32_t i = 0; i < (n + 31) / 32; i++) {
+            uint32_t w = 0;
+            for (uint32_t q = 0; q < 4 && 32 * i + 8 * q < n; q++)
+                w |= (uint32_t)_pext_u64(load64(codes + 32 * i + 8 * q), 0x0404040404040404ull)
+                     << (8 * q);
+            w1[i] = w;
+        }
+        return;
+    case 1:
+        for (uint32_t i = 0; i < (n + 31) / 32; i++) {
+            uint32_t w = 0;
+            for (uint32_t q = 0; q < 4 && 32 * i + 8 * q < n; q++)
+                w |= (uint32_t)_pext_u64(load64(codes + 32 * i + 8 * q), 0x0101010101010101ull)
+                     << (8 * q);
+            w0[i] = w;
+        }
+        return;
+    }
+}
+
+TQ_AVX2 void tqkv__unpack_codes_bmi2(const uint32_t *w0, const uint32_t *w1, uint32_t n,
+                                     uint32_t m, uint8_t *codes)
+{
+    uint64_t v;
+    switch (m) {
+    case 4:
+        for (uint32_t i = 0; i < n / 8; i++) {
+            v = _pdep_u64(w0[i], 0x0F0F0F0F0F0F0F0Full);
+            memcpy(codes + 8 * i, &v, 8);
+        }
+        return;
+    case 8:
+        memcpy(codes, w0, n);
+        return;
+    case 2:
+    case 3:
+        for (uint32_t i = 0; i < n / 16; i++) {
+            v = _pdep_u64(w0[i] & 0xffff, 0x0303030303030303ull);
+            memcpy(codes + 16 * i, &v, 8);
+            v = _pdep_u64(w0[i] >> 16, 0x0303030303030303ull);
+            memcpy(codes + 16 * i + 8, &v, 8);
+        }
+        if (m == 2)
+            return;
+        for (uint32_t k = 0; k < n; k += 8) {
+            v = _pdep_u64((w1[k >> 5] >> (k & 31)) & 0xff, 0x0404040404040404ull);
+            uint64_t c;
+            memcpy(&c, codes + k, 8);
+            c |= v;
+            memcpy(codes + k, &c, 8);
+        }
+        return;
+    case 1:
+        for (uint32_t k = 0; k < n; k += 8) {
+            v = _pdep_u64((w0[k >> 5] >> (k & 31)) & 0xff, 0x0101010101010101ull);
+            memcpy(codes + k, &v, 8);
+        }
+        return;
+    }
 }
 
 #endif

@@ -233,6 +233,24 @@ tq__decode_vec_fn tqkv__decode_vec(void)
     return tqkv__decode_vec_scalar;
 }
 
+void tqkv__kernels(tq__kernels *k)
+{
+    k->avx2 = 0;
+    k->encode_vec = tqkv__encode_vec_scalar;
+    k->decode_vec = tqkv__decode_vec_scalar;
+    k->pack = tqkv__pack_codes;
+    k->unpack = tqkv__unpack_codes;
+#if defined(__x86_64__)
+    if (tq_get_cpu_impl() == TQ_IMPL_AVX2) {
+        k->avx2 = 1;
+        k->encode_vec = tqkv__encode_vec_avx2;
+        k->decode_vec = tqkv__decode_vec_avx2;
+        k->pack = tqkv__pack_codes_bmi2;
+        k->unpack = tqkv__unpack_codes_bmi2;
+    }
+#endif
+}
+
 /* ---- Part contexts ---------------------------------------------------------------------- */
 
 int tqkv__part_ctx_init(tq__part_ctx *c, const tq__part_layout *pl, uint32_t part_index,
@@ -301,14 +319,14 @@ static int split_channels(const uint32_t *mask, uint32_t P, uint32_t n_out, uint
 
 /* ---- Sections --------------------------------------------------------------------------- */
 
-static void store_plane_word(uint8_t *rec, size_t off, uint32_t T, uint32_t i, uint32_t t,
-                             uint32_t v)
+static inline void store_plane_word(uint8_t *rec, size_t off, uint32_t T, uint32_t i,
+                                    uint32_t t, uint32_t v)
 {
     tqkv_store_le32(rec + off + 4 * ((size_t)i * T + t), v);
 }
 
-static uint32_t load_plane_word(const uint8_t *rec, size_t off, uint32_t T, uint32_t i,
-                                uint32_t t)
+static inline uint32_t load_plane_word(const uint8_t *rec, size_t off, uint32_t T, uint32_t i,
+                                       uint32_t t)
 {
     return tqkv_load_le32(rec + off + 4 * ((size_t)i * T + t));
 }
@@ -390,7 +408,9 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
         if (rc)
             goto out;
     }
-    tq__encode_vec_fn enc = tqkv__encode_vec();
+    tq__kernels kern;
+    tqkv__kernels(&kern);
+    tq__encode_vec_fn enc = kern.encode_vec;
     uint16_t ch[2][TQ_MAX_HEAD_DIM];
     for (uint32_t p = 0; p < 2; p++)
         for (uint32_t j = 0; j < P; j++)
@@ -418,7 +438,7 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
             split_channels(mask, P, r->n_out, ch[0], ch[1]);
         }
         for (uint32_t t = 0; t < n_tokens; t++) {
-            tqkv__view_read_head(src, t, h, head_dim, x);
+            tqkv__view_read_head_k(&kern, src, t, h, head_dim, x);
             for (uint32_t p = 0; p < L.n_parts; p++) {
                 const tq__part_layout *pl = &L.part[p];
                 const float *in = x;
@@ -436,7 +456,7 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
                         store_plane_word(rec, pl->signs_off, n_tokens, i, t, sg[i]);
                 }
                 if (pl->n_planes) {
-                    tqkv__pack_codes(codes, pl->n, pl->m, w0, w1);
+                    kern.pack(codes, pl->n, pl->m, w0, w1);
                     for (uint32_t i = 0; i < pl->plane_words[0]; i++)
                         store_plane_word(rec, pl->plane_off[0], n_tokens, i, t, w0[i]);
                     if (pl->n_planes == 2)
@@ -464,6 +484,19 @@ static void store_out(void *dst, tq_dtype dt, size_t idx, float v)
         ((float *)dst)[idx] = v;
         break;
     }
+}
+
+static void read_part_codes(const tq__kernels *k, const uint8_t *rec, const tq__part_layout *pl,
+                            uint32_t T, uint32_t t, uint8_t *codes, uint32_t *sg)
+{
+    uint32_t w0[TQ_MAX_HEAD_DIM / 4], w1[TQ_MAX_HEAD_DIM / 4];
+    for (uint32_t q = 0; q < pl->n_planes; q++)
+        for (uint32_t i = 0; i < pl->plane_words[q]; i++)
+            (q ? w1 : w0)[i] = load_plane_word(rec, pl->plane_off[q], T, i, t);
+    k->unpack(w0, w1, pl->n, pl->m, codes);
+    if (pl->prod)
+        for (uint32_t i = 0; i < pl->sign_words; i++)
+            sg[i] = load_plane_word(rec, pl->signs_off, T, i, t);
 }
 
 /* Reads token t's codes (and sign words) of one part from a record. */
@@ -527,7 +560,9 @@ int tq_decode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
         if (rc)
             goto out;
     }
-    tq__decode_vec_fn dec = tqkv__decode_vec();
+    tq__kernels kern;
+    tqkv__kernels(&kern);
+    tq__decode_vec_fn dec = kern.decode_vec;
     uint16_t ch[2][TQ_MAX_HEAD_DIM];
     for (uint32_t p = 0; p < 2; p++)
         for (uint32_t j = 0; j < P; j++)
@@ -548,7 +583,7 @@ int tq_decode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
         for (uint32_t t = 0; t < n_tokens; t++) {
             for (uint32_t p = 0; p < L.n_parts; p++) {
                 const tq__part_layout *pl = &L.part[p];
-                tqkv__read_part_codes(rec, pl, n_tokens, t, codes, sg);
+                read_part_codes(&kern, rec, pl, n_tokens, t, codes, sg);
                 uint16_t sc = tqkv_load_le16(rec + pl->scale_off + 2 * (size_t)t);
                 uint16_t ga = pl->prod ? tqkv_load_le16(rec + pl->gamma_off + 2 * (size_t)t) : 0;
                 dec(&ctx[p], codes, sc, ga, sg, xp);
@@ -556,6 +591,12 @@ int tq_decode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
                     x[ch[p][k]] = xp[k];
             }
             size_t o = ((size_t)t * n_kv_heads + h) * head_dim;
+#if defined(__x86_64__)
+            if (kern.avx2 && out_dtype == TQ_DTYPE_F16) {
+                tqkv__f16_store_avx2(x, head_dim, (uint16_t *)dst + o);
+                continue;
+            }
+#endif
             for (uint32_t j = 0; j < head_dim; j++)
                 store_out(dst, out_dtype, o + j, x[j]);
         }

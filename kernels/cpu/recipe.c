@@ -236,3 +236,15 @@ void tqkv__view_read_head(const tq_kv_view *v, uint32_t t, uint32_t h, uint32_t 
     }
     }
 }
+
+void tqkv__view_read_head_k(const tq__kernels *k, const tq_kv_view *v, uint32_t t, uint32_t h,
+                            uint32_t head_dim, float *out)
+{
+#if defined(__x86_64__)
+    if (k->avx2 && v->dtype == TQ_DTYPE_F16) {
+        tqkv__f16_row_avx2((const uint16_t *)v->data + view_index(v, t, h), head_dim, out);
+        return;
+    }
+#endif
+    tqkv__view_read_head(v, t, h, head_dim, out);
+}

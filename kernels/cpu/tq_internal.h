@@ -165,7 +165,27 @@ void tqkv__encode_vec_avx2(const tq__part_ctx *c, const float *x, uint8_t *codes
 void tqkv__decode_vec_avx2(const tq__part_ctx *c, const uint8_t *codes, uint16_t scale,
                            uint16_t gamma, const uint32_t *signs, float *out);
 int tqkv__cpu_has_avx2(void);
+void tqkv__f16_row_avx2(const uint16_t *src, uint32_t n, float *dst);
+void tqkv__f16_store_avx2(const float *src, uint32_t n, uint16_t *dst);
+void tqkv__pack_codes_bmi2(const uint8_t *codes, uint32_t n, uint32_t m, uint32_t *w0,
+                           uint32_t *w1);
+void tqkv__unpack_codes_bmi2(const uint32_t *w0, const uint32_t *w1, uint32_t n, uint32_t m,
+                             uint8_t *codes);
 #endif
+
+/* The kernels of one implementation, looked up once per call. */
+typedef struct {
+    int avx2;
+    tq__encode_vec_fn encode_vec;
+    tq__decode_vec_fn decode_vec;
+    void (*pack)(const uint8_t *codes, uint32_t n, uint32_t m, uint32_t *w0, uint32_t *w1);
+    void (*unpack)(const uint32_t *w0, const uint32_t *w1, uint32_t n, uint32_t m,
+                   uint8_t *codes);
+} tq__kernels;
+void tqkv__kernels(tq__kernels *k);
+/* tqkv__view_read_head with the implementation's converters. */
+void tqkv__view_read_head_k(const tq__kernels *k, const tq_kv_view *v, uint32_t t, uint32_t h,
+                            uint32_t head_dim, float *out);
 
 tq__encode_vec_fn tqkv__encode_vec(void);
 tq__decode_vec_fn tqkv__decode_vec(void);
