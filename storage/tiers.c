@@ -887,6 +887,7 @@ struct plookup {
     uint8_t *tiers; /* res->tiers, or our own array */
     int own_tiers;
     size_t outstanding;
+    size_t first_host_miss; /* host hits before it were touched in the LRU already */
     pexists *px;
     tqkv_store_lookup_cb cb;
     void *arg;
@@ -919,7 +920,7 @@ static int lookup_finish(plookup *lk)
         s->st.hits++;
         lk->ns->st.hits++;
         s->st.tiers[t].hits++;
-        if (t == TQKV_TIER_HOST) {
+        if (t == TQKV_TIER_HOST && i > lk->first_host_miss) { /* the leading ones are done */
             entry *e = idx_find(s, lk->ns, lk->keys[i]);
             if (e)
                 lru_touch(s, e);
@@ -980,9 +981,14 @@ int tqkv_store_lookup(tqkv_store *s, tqkv_ns *ns, const uint8_t (*keys)[TQKV_KEY
         }
     }
     size_t missing = 0, nlower = 0;
+    lk->first_host_miss = n;
     for (size_t i = 0; i < n; i++) {
-        lk->tiers[i] = idx_find(s, ns, keys[i]) ? TQKV_TIER_HOST : TQKV_TIER_NONE;
-        missing += lk->tiers[i] == TQKV_TIER_NONE;
+        entry *e = idx_find(s, ns, keys[i]);
+        lk->tiers[i] = e ? TQKV_TIER_HOST : TQKV_TIER_NONE;
+        if (!e && !missing++)
+            lk->first_host_miss = i;
+        if (e && !missing) /* a leading hit whatever lower tiers say: touch it while at hand */
+            lru_touch(s, e);
     }
     for (int id = TQKV_TIER_HOST + 1; id < TQKV_TIER_COUNT; id++)
         nlower += s->lower[id] && s->lower[id]->ops->exists;
