@@ -10,8 +10,8 @@ if(TARGET tqkv_redis)
                 LIBS tqkv_redis LABELS unit)
   tqkv_add_test(test_redis SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_redis.c
                 LIBS tqkv_redis_harness LABELS integration TIMEOUT 120)
-  if(EXISTS ${CMAKE_CURRENT_LIST_DIR}/test_redis_cluster.c)
-    tqkv_add_test(test_redis_cluster SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_redis_cluster.c
-                  LIBS tqkv_redis_harness LABELS integration TIMEOUT 120)
-  endif()
+  tqkv_add_test(test_redis_cluster SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_redis_cluster.c
+                LIBS tqkv_redis_harness LABELS integration TIMEOUT 120)
+  tqkv_add_test(test_redis_tier SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_redis_tier.c
+                LIBS tqkv_redis_harness LABELS integration TIMEOUT 60)
 endif()
