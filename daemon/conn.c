@@ -132,6 +132,12 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     if (c->state == TQKVD_RD_PAYLOAD) {
         /* Read the payload in place: never past the end of this frame. */
         tqkvd_req *r = c->cur;
+        if (r->direct) { /* into the current item's reservation, never past it */
+            tqkvd_item *it = &r->items[r->cur_item];
+            buf->base = (char *)it->dst + r->item_got;
+            buf->len = it->src_len - r->item_got;
+            return;
+        }
         buf->base = (char *)r->payload + c->pgot;
         buf->len = r->payload_len - c->pgot;
         return;
@@ -183,6 +189,29 @@ void tqkvd__conn_request_done(tqkvd_conn *c, uint64_t charged)
         }
     }
     conn_unref(c);
+}
+
+/* Copies n bytes that arrived with the header into the payload destination. */
+static void payload_fill(tqkvd_req *r, const uint8_t *src, size_t n)
+{
+    if (!r->direct) {
+        memcpy(r->payload, src, n);
+        return;
+    }
+    while (n) {
+        tqkvd_item *it = &r->items[r->cur_item];
+        size_t k = it->src_len - r->item_got;
+        if (k > n)
+            k = n;
+        memcpy((uint8_t *)it->dst + r->item_got, src, k);
+        src += k;
+        n -= k;
+        r->item_got += k;
+        if (r->item_got == it->src_len) {
+            r->cur_item++;
+            r->item_got = 0;
+        }
+    }
 }
 
 static void finish_payload(tqkvd_conn *c)
@@ -256,16 +285,9 @@ static int process_rbuf(tqkvd_conn *c)
         Tqkv__Header *h = NULL;
         int hr = req ? tqkv_header_unpack(c->rbuf + off + TQKV_PREAMBLE_SIZE, p.header_len, &h)
                      : TQKV_ENOMEM;
-        if (req && p.payload_len) {
-            req->payload = tqkv_malloc(p.payload_len);
-            if (!req->payload)
-                hr = TQKV_ENOMEM;
-        }
         if (hr) {
             if (h)
                 tqkv_header_free(h);
-            if (req)
-                tqkv_free(req->payload);
             tqkv_free(req);
             s->request_errors++;
             if (hr == TQKV_ENOMEM) {
@@ -294,18 +316,31 @@ static int process_rbuf(tqkvd_conn *c)
         c->inflight_reqs++;
         charge(c, req, fsize);
         s->bytes_in += fsize;
+        /* A PUT of encoded blocks is read straight into the store's reservations when it can
+         * be; otherwise into a buffer of its own. */
+        if (p.payload_len && tqkvd_put_prepare_direct(req) != 0) {
+            req->payload = tqkv_malloc(p.payload_len);
+            if (!req->payload) {
+                tqkvd_req_free(req);
+                tqkvd_conn_send_error(c, 0, 0, TQKV_ENOMEM, "out of memory for the frame", 1);
+                rc = -1;
+                break;
+            }
+        }
         off += TQKV_PREAMBLE_SIZE + p.header_len;
         size_t have = c->rlen - off;
         if (have > p.payload_len)
             have = p.payload_len;
+        c->pgot = 0;
         if (have)
-            memcpy(req->payload, c->rbuf + off, have);
+            payload_fill(req, c->rbuf + off, have);
+        c->pgot = have;
         off += have;
         if (have == p.payload_len) {
+            c->pgot = 0;
             tqkvd_dispatch(req);
         } else {
             c->cur = req;
-            c->pgot = have;
             c->state = TQKVD_RD_PAYLOAD;
         }
     }
@@ -348,7 +383,15 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     c->refs++; /* dispatch may finish requests synchronously */
     if (c->state == TQKVD_RD_PAYLOAD) {
+        tqkvd_req *r = c->cur;
         c->pgot += (size_t)nread;
+        if (r->direct && nread > 0) {
+            r->item_got += (size_t)nread;
+            if (r->item_got == r->items[r->cur_item].src_len) {
+                r->cur_item++;
+                r->item_got = 0;
+            }
+        }
         if (c->pgot == c->cur->payload_len)
             finish_payload(c);
     } else {

@@ -369,6 +369,61 @@ static int need_admin(tqkvd_req *r)
 
 /* ---- PUT ---- */
 
+static void free_items(tqkvd_req *r)
+{
+    tqkvd_server *s = r->conn->srv;
+    for (size_t i = 0; i < r->n_items; i++)
+        if (r->items[i].put)
+            tqkv_store_put_abort(s->store, r->items[i].put);
+    tqkv_free(r->items);
+    tqkv_free(r->ritems);
+    tqkv_free(r->rpitems);
+    r->items = NULL;
+    r->ritems = NULL;
+    r->rpitems = NULL;
+    r->n_items = 0;
+    r->resp.items = NULL;
+    r->resp.n_items = 0;
+}
+
+int tqkvd_put_prepare_direct(tqkvd_req *r)
+{
+    tqkvd_server *s = r->conn->srv;
+    Tqkv__Header *h = r->hdr;
+    uint64_t total;
+    if (h->op != TQKV__OP__OP_PUT || h->encoding != TQKV__ENCODING__ENC_BLOCK || h->response ||
+        !r->conn->hello || !h->ns[0] || h->n_items == 0 || h->n_items > MAX_ITEMS ||
+        tqkv_header_items_total(h, &total) || total != r->payload_len ||
+        tqkv_header_check_keys(h))
+        return -1;
+    tqkv_ns *ns = tqkv_store_ns_find(s->store, h->ns);
+    if (!ns || !tqkv_ns_get_user(ns))
+        return -1;
+    for (size_t i = 0; i < h->n_items; i++)
+        if (h->items[i]->payload_len == 0)
+            return -1;
+    if (alloc_items(r))
+        goto fallback;
+    for (size_t i = 0; i < r->n_items; i++) {
+        tqkvd_item *it = &r->items[i];
+        void *buf = NULL;
+        it->src_len = (size_t)h->items[i]->payload_len;
+        if (tqkv_store_put_reserve(s->store, ns, it->key, it->src_len, &it->put, &buf) != 0) {
+            it->put = NULL;
+            goto fallback; /* present already, or no room: the usual path answers it */
+        }
+        it->dst = buf;
+        it->dst_cap = it->src_len;
+        it->src = buf;
+    }
+    r->ns = ns;
+    r->direct = 1;
+    return 0;
+fallback:
+    free_items(r);
+    return -1;
+}
+
 static void put_work(uv_work_t *w)
 {
     tqkvd_req *r = w->data;
@@ -401,7 +456,8 @@ static void put_work(uv_work_t *w)
         if (!e && v.seed != info->p.seed)
             e = TQKV_EBADCODEC;
         if (!e) {
-            memcpy(it->dst, it->src, it->src_len);
+            if (it->dst != it->src)
+                memcpy(it->dst, it->src, it->src_len);
             it->dst_len = it->src_len;
             it->n_tokens = v.n_tokens;
         }
@@ -449,6 +505,15 @@ static void put_after(uv_work_t *w, int status)
 static void op_put(tqkvd_req *r)
 {
     tqkvd_server *s = r->conn->srv;
+    if (r->direct) { /* checked and reserved when the header arrived; the bytes are in place */
+        r->work.data = r;
+        s->works_inflight++;
+        if (uv_queue_work(s->loop, &r->work, put_work, put_after) != 0) {
+            s->works_inflight--;
+            fail(r, TQKV_EINTERNAL, "cannot queue work");
+        }
+        return;
+    }
     if (need_ns_and_keys(r))
         return;
     const ns_info *info = nsinfo(r);

@@ -125,6 +125,8 @@ typedef struct tqkvd_req {
     uint32_t pending; /* asynchronous store answers still awaited */
     uint32_t layer_begin, layer_count;
     int decode_dtype; /* 0: send blocks */
+    int direct;       /* PUT of blocks read straight into the items' reservations */
+    size_t cur_item, item_got;
 
     /* the response */
     Tqkv__Header resp;
@@ -169,6 +171,11 @@ void tqkvd__conn_request_done(tqkvd_conn *c, uint64_t charged);
 /* ---- dispatch.c ---- */
 /* Handles one complete request (header + payload); takes ownership of req. */
 void tqkvd_dispatch(tqkvd_req *req);
+/* For a PUT of encoded blocks whose header is valid and whose keys can all be reserved: makes
+ * the reservations so that the payload is read straight into them (req->direct = 1).
+ * @return 0, or -1 to read the payload into a buffer of its own (the request is then handled,
+ * and any error answered, by tqkvd_dispatch as usual). */
+int tqkvd_put_prepare_direct(tqkvd_req *req);
 /* Frees a request and everything it owns (references, reservations, buffers). */
 void tqkvd_req_free(tqkvd_req *req);
 /* Frees the daemon's per-namespace data; before the store is destroyed. */
