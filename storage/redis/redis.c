@@ -1200,3 +1200,178 @@ int tqkv_redis_set_members(tqkv_redis *r, const char *set, tqkv_redis_members_cb
 {
     return dir_call(r, OP_SMEMBERS, "SMEMBERS", set, NULL, 0, NULL, 0, 2, (tqkv__redis_fn)cb, arg);
 }
+
+/* ---- clearing a namespace ------------------------------------------------------------------ */
+
+/* SCAN each master for "<prefix>:b:<ns>:*" and UNLINK what it finds, on that master's own
+ * connection (single-key UNLINKs: no cross-slot errors). Every command sent holds a reference on
+ * the operation; the last reply completes it. */
+typedef struct clear_op clear_op;
+typedef struct {
+    clear_op *op;
+    node *n;
+} clear_node;
+
+struct clear_op {
+    tqkv_redis *r;
+    tqkv_redis_done_cb cb;
+    void *arg;
+    int refs, status;
+    uint64_t deleted;
+    char *pattern;
+    size_t n_nodes;
+    clear_node nodes[];
+};
+
+static void clear_unref(clear_op *op)
+{
+    if (--op->refs > 0)
+        return;
+    int status = op->status;
+    if (status == 0)
+        status = op->deleted > INT32_MAX ? INT32_MAX : (int)op->deleted;
+    if (op->status < 0) {
+        if (op->status == TQKV_ETIMEDOUT)
+            op->r->st.timeouts++;
+        else
+            op->r->st.errors++;
+    }
+    op->cb(op->arg, status);
+    tqkv_free(op->pattern);
+    tqkv_free(op);
+}
+
+static void clear_fail(clear_op *op, int status)
+{
+    if (op->status == 0)
+        op->status = status;
+}
+
+static void on_clear_unlink(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    clear_node *cn = privdata;
+    redisReply *rep = reply;
+    (void)ac;
+    if (!rep)
+        clear_fail(cn->op, cn->op->r->closing ? TQKV_ECANCELED
+                           : cn->n->fail_status ? cn->n->fail_status
+                                                : TQKV_ECLOSED);
+    else if (rep->type == REDIS_REPLY_INTEGER)
+        cn->op->deleted += (uint64_t)rep->integer;
+    else
+        clear_fail(cn->op, rep->type == REDIS_REPLY_ERROR ? map_error(rep) : TQKV_EPROTO);
+    clear_unref(cn->op);
+}
+
+static void on_clear_scan(redisAsyncContext *ac, void *reply, void *privdata);
+
+static void clear_scan(clear_node *cn, const char *cursor, size_t cursor_len)
+{
+    clear_op *op = cn->op;
+    const char *argv[6] = {"SCAN", cursor, "MATCH", op->pattern, "COUNT", "1000"};
+    size_t lens[6] = {4, cursor_len, 5, strlen(op->pattern), 5, 4};
+    if (!cn->n->ac || cn->n->st != NODE_UP ||
+        redisAsyncCommandArgv(cn->n->ac, on_clear_scan, cn, 6, argv, lens) != REDIS_OK) {
+        clear_fail(op, TQKV_ETIER);
+        return;
+    }
+    op->refs++;
+}
+
+static void on_clear_scan(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    clear_node *cn = privdata;
+    clear_op *op = cn->op;
+    redisReply *rep = reply;
+    if (!rep) {
+        clear_fail(op, op->r->closing ? TQKV_ECANCELED
+                       : cn->n->fail_status ? cn->n->fail_status
+                                            : TQKV_ECLOSED);
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        clear_fail(op, map_error(rep));
+    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+               rep->element[0]->type != REDIS_REPLY_STRING ||
+               rep->element[1]->type != REDIS_REPLY_ARRAY) {
+        clear_fail(op, TQKV_EPROTO);
+    } else if (!op->r->closing) {
+        redisReply *keys = rep->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            if (keys->element[i]->type != REDIS_REPLY_STRING)
+                continue;
+            const char *argv[2] = {"UNLINK", keys->element[i]->str};
+            size_t lens[2] = {6, keys->element[i]->len};
+            if (redisAsyncCommandArgv(ac, on_clear_unlink, cn, 2, argv, lens) != REDIS_OK) {
+                clear_fail(op, TQKV_ECLOSED);
+                break;
+            }
+            op->refs++;
+        }
+        if (strcmp(rep->element[0]->str, "0") != 0 && op->status == 0)
+            clear_scan(cn, rep->element[0]->str, rep->element[0]->len);
+    }
+    clear_unref(op);
+}
+
+/* Appends `s` to p with the glob characters of SCAN MATCH escaped. @return the new end. */
+static char *glob_escape(char *p, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '*' || *s == '?' || *s == '[' || *s == ']' || *s == '\\')
+            *p++ = '\\';
+        *p++ = *s;
+    }
+    return p;
+}
+
+int tqkv_redis_clear(tqkv_redis *r, const char *ns, tqkv_redis_done_cb cb, void *arg)
+{
+    int rc = check_call(r, (tqkv__redis_fn)cb);
+    if (rc < 0)
+        return rc;
+    if (ns && !tqkv__redis_name_ok(ns, strlen(ns), TQKV_REDIS_MAX_NS, 0))
+        return TQKV_EINVAL;
+    size_t masters = 0;
+    for (size_t i = 0; i < r->n_nodes; i++)
+        masters += r->nodes[i]->in_map;
+    if (masters == 0 || (r->cluster && !r->map_loaded))
+        return TQKV_ETIER; /* which masters exist is not known yet */
+    clear_op *op = tqkv_calloc(1, sizeof(*op) + masters * sizeof(clear_node));
+    if (!op)
+        return TQKV_ENOMEM;
+    op->pattern = tqkv_malloc(2 * (strlen(r->prefix) + (ns ? strlen(ns) : 0)) + 8);
+    if (!op->pattern) {
+        tqkv_free(op);
+        return TQKV_ENOMEM;
+    }
+    char *p = glob_escape(op->pattern, r->prefix);
+    memcpy(p, ":b:", 3);
+    p += 3;
+    if (ns) {
+        p = glob_escape(p, ns);
+        *p++ = ':';
+    }
+    *p++ = '*';
+    *p = '\0';
+    op->r = r;
+    op->cb = cb;
+    op->arg = arg;
+    op->refs = 1; /* ours, until every scan is started */
+    for (size_t i = 0; i < r->n_nodes; i++) {
+        if (!r->nodes[i]->in_map)
+            continue;
+        clear_node *cn = &op->nodes[op->n_nodes++];
+        cn->op = op;
+        cn->n = r->nodes[i];
+        clear_scan(cn, "0", 1);
+    }
+    if (op->refs == 1 && op->status < 0) {
+        /* Nothing could be started: refuse rather than complete. */
+        rc = op->status;
+        r->st.errors++;
+        tqkv_free(op->pattern);
+        tqkv_free(op);
+        return rc;
+    }
+    clear_unref(op);
+    return 0;
+}

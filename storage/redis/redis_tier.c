@@ -198,6 +198,31 @@ static int tier_exists(tqkv_tier *tt, uint32_t ns_id, const uint8_t key[TQKV_KEY
     return TQKV_TIER_PENDING;
 }
 
+static void clear_done(void *arg, int status)
+{
+    op_ctx *c = arg;
+    c->cb(c->arg, status < 0 ? status : 0);
+    tqkv_free(c);
+}
+
+static int tier_clear(tqkv_tier *tt, uint32_t ns_id, tqkv_tier_done_cb cb, void *arg)
+{
+    redis_tier *t = (redis_tier *)tt;
+    char ns[TQKV_REDIS_MAX_NS + 1];
+    if (ns_id != UINT32_MAX) {
+        int rc = ns_of(t, ns_id, ns, sizeof(ns));
+        if (rc < 0)
+            return rc;
+    }
+    op_ctx *c = ctx_new(cb, arg);
+    if (!c)
+        return TQKV_ENOMEM;
+    int rc = tqkv_redis_clear(t->r, ns_id == UINT32_MAX ? NULL : ns, clear_done, c);
+    if (rc < 0)
+        tqkv_free(c);
+    return rc;
+}
+
 static const tqkv_tier_ops redis_tier_ops = {
     .name = "redis",
     .info = info,
@@ -207,6 +232,7 @@ static const tqkv_tier_ops redis_tier_ops = {
     .read = tier_read,
     .remove = tier_remove,
     .exists = tier_exists,
+    .clear = tier_clear,
 };
 
 int tqkv_redis_tier_create(tqkv_redis *r, tqkv_redis_ns_name_fn ns_name, void *ns_arg,

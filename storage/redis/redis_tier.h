@@ -26,7 +26,7 @@ typedef const char *(*tqkv_redis_ns_name_fn)(void *arg, uint32_t ns_id);
 /* Wraps engine `r` as a tier. The tier takes ownership of `r` (destroy() destroys it; pending
  * operations complete with TQKV_ECANCELED during that call, and the loop must run afterwards for
  * the engine's close callbacks to free it). Capacity is not enforced here (Redis' maxmemory and
- * the TTL govern it); info() reports the configured value. clear() is not offered (NULL).
+ * the TTL govern it); info() reports the configured value. clear() is tqkv_redis_clear.
  * @return 0 and *out, TQKV_EINVAL, TQKV_ENOMEM (r is then not taken). */
 int tqkv_redis_tier_create(tqkv_redis *r, tqkv_redis_ns_name_fn ns_name, void *ns_arg,
                            tqkv_tier **out);

@@ -131,6 +131,14 @@ int tqkv_redis_exists(tqkv_redis *r, const char *ns, const void *key, size_t key
 int tqkv_redis_del(tqkv_redis *r, const char *ns, const void *key, size_t key_len,
                    tqkv_redis_done_cb cb, void *arg);
 
+/* Deletes every block of namespace `ns` (NULL: of every namespace) under this engine's prefix, on
+ * every master: SCAN ... MATCH, then UNLINK of each key found. Not atomic: blocks written
+ * meanwhile may survive. Callback status: the number of blocks deleted (capped at INT32_MAX), or
+ * a negative error if any master failed (the others are still cleared).
+ * @return 0, TQKV_EINVAL, TQKV_ENOMEM, TQKV_ETIER (no master reachable or, in a cluster, the
+ * slot map not loaded yet). */
+int tqkv_redis_clear(tqkv_redis *r, const char *ns, tqkv_redis_done_cb cb, void *arg);
+
 /* Generic records for the cluster directory, stored raw under "<prefix>:<key>". `key` is a
  * NUL-terminated string of 1..255 bytes without spaces or control bytes; it may carry a hash
  * tag ("{dir}:node:a") to keep related records in one cluster slot. */

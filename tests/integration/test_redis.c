@@ -569,6 +569,48 @@ static void test_directory(void)
     tqkv_test_redis_stop(&s);
 }
 
+static void clear_body(tqkv_test_redis *s)
+{
+    tqkv_redis_config cfg;
+    char addr[64];
+    const char *nodes[1];
+    config_for(&cfg, s, addr, sizeof(addr), nodes);
+    tqkv_redis *e = NULL;
+    ASSERT_OK(tqkv_redis_create(&loop, &cfg, &e));
+    ASSERT_OK(wait_state(e, TQKV_REDIS_UP));
+    uint8_t key[32];
+    /* 2500 blocks in "a*b" (a glob character in the name), 10 in "ab", one directory record. */
+    result r = {0};
+    for (int i = 0; i < 2510; i++) {
+        make_key(key, i);
+        ASSERT_OK(tqkv_redis_put(e, i < 2500 ? "a*b" : "ab", key, 32, "v", 1, done_cb, &r));
+        pending++;
+    }
+    ASSERT_OK(tqkv_test_loop_wait(&loop, &pending, 30));
+    ASSERT_EQ_INT(wait_result(tqkv_redis_kv_set(e, "node:a", "x", 1, 0, done_cb, &r), &r), 0);
+    ASSERT_EQ_INT(wait_result(tqkv_redis_clear(e, "a*b", done_cb, &r), &r), 2500);
+    make_key(key, 7);
+    ASSERT_EQ_INT(get_sync(e, "a*b", key, 32, &r), 0);
+    make_key(key, 2505);
+    ASSERT_EQ_INT(get_sync(e, "ab", key, 32, &r), 1); /* "a*b" matched only itself */
+    free(r.data);
+    ASSERT_EQ_INT(wait_result(tqkv_redis_clear(e, NULL, done_cb, &r), &r), 10);
+    ASSERT_EQ_INT(get_sync(e, "ab", key, 32, &r), 0);
+    memset(&r, 0, sizeof(r));
+    ASSERT_EQ_INT(wait_result(tqkv_redis_kv_get(e, "node:a", get_cb, &r), &r), 1); /* kept */
+    free(r.data);
+    ASSERT_ERR(tqkv_redis_clear(e, "bad ns", done_cb, &r), TQKV_EINVAL);
+    destroy(e);
+}
+
+static void test_clear(void)
+{
+    tqkv_test_redis s;
+    START_SERVER(&s, NULL);
+    clear_body(&s);
+    tqkv_test_redis_stop(&s);
+}
+
 /* ---- failures ------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -793,6 +835,7 @@ static const tqkv_test_case cases[] = {
     {"lz4", test_lz4},
     {"corrupt", test_corrupt},
     {"directory", test_directory},
+    {"clear", test_clear},
     {"outage", test_outage},
     {"slow", test_slow},
     {"destroy_in_callback", test_destroy_in_callback},

@@ -302,6 +302,31 @@ static void test_key_slot_matches_redis(void)
     }
 }
 
+static void test_clear(void)
+{
+    NEED_CLUSTER();
+    char addr[64];
+    const char *nodes[1];
+    tqkv_redis *e = engine_from_seed(addr, sizeof(addr), nodes);
+    ASSERT_TRUE(e != NULL);
+    result r = {0};
+    uint8_t key[32];
+    enum { N = 300 };
+    for (int i = 0; i < N; i++) {
+        key_in_slot(key, -1);
+        ASSERT_OK(tqkv_redis_put(e, "clr", key, 32, "v", 1, done_cb, &r));
+        pending++;
+    }
+    ASSERT_OK(tqkv_test_loop_wait(&loop, &pending, 30));
+    ASSERT_EQ_INT(r.status, 0);
+    for (int i = 0; i < 100 && stats_of(e).slot_refreshes == 0; i++)
+        tqkv_test_loop_for(&loop, 10);
+    ASSERT_EQ_INT(wait_result(tqkv_redis_clear(e, "clr", done_cb, &r), &r), N);
+    ASSERT_EQ_INT(wait_result(tqkv_redis_clear(e, "clr", done_cb, &r), &r), 0);
+    tqkv_redis_destroy(e);
+    tqkv_test_loop_for(&loop, 5);
+}
+
 /* One master killed and restarted (before the cluster declares it failed): its slots fail fast,
  * the others keep serving, and the engine reconnects by itself. */
 static void test_master_down(void)
@@ -364,6 +389,7 @@ static const tqkv_test_case cases[] = {
     {"roundtrip_across_slots", test_roundtrip_across_slots},
     {"moved_and_ask", test_moved_and_ask},
     {"directory", test_directory},
+    {"clear", test_clear},
     {"master_down", test_master_down},
     {NULL, NULL},
 };

@@ -133,6 +133,16 @@ static void test_vtable(void)
     ASSERT_EQ_INT(wait_res(t->ops->remove(t, 1, key, done, &r), &r), TQKV_TIER_MISS);
     ASSERT_EQ_INT(wait_res(t->ops->read(t, 1, key, dest_ok, NULL, &out_len, done, &r), &r),
                   TQKV_TIER_MISS);
+    /* clear one namespace, then all. */
+    ASSERT_EQ_INT(wait_res(t->ops->write(t, 1, key, "abc", 3, done, &r), &r), 0);
+    ASSERT_EQ_INT(wait_res(t->ops->clear(t, 2, done, &r), &r), 0);
+    ASSERT_EQ_INT(wait_res(t->ops->read(t, 2, key, dest_ok, NULL, &out_len, done, &r), &r),
+                  TQKV_TIER_MISS);
+    ASSERT_EQ_INT(wait_res(t->ops->read(t, 1, key, dest_ok, NULL, &out_len, done, &r), &r),
+                  TQKV_TIER_HIT);
+    ASSERT_EQ_INT(wait_res(t->ops->clear(t, UINT32_MAX, done, &r), &r), 0);
+    ASSERT_EQ_INT(wait_res(t->ops->read(t, 1, key, dest_ok, NULL, &out_len, done, &r), &r),
+                  TQKV_TIER_MISS);
     tqkv_tier_info info;
     t->ops->info(t, &info);
     ASSERT_EQ_U64(info.errors, 0); /* a refused destination is not an engine failure */
