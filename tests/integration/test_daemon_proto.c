@@ -954,7 +954,56 @@ static void test_shutdown(void)
     ASSERT_TRUE(stat(path, &sb) != 0);
 }
 
+/* Settings from a config file, overridden by flags whatever their order. */
+static void test_config_file(void)
+{
+    char path[] = "/tmp/tqkvd-conf-XXXXXX";
+    int cfd = mkstemp(path);
+    ASSERT_TRUE(cfd >= 0);
+    static const char text[] = "# test\n[tqkvd]\nmax_frame = 1M\nmax_connections = 7\n"
+                               "[tqkv]\nmax_frame = nonsense\n";
+    ASSERT_EQ_INT(write(cfd, text, sizeof text - 1), (int)(sizeof text - 1));
+    close(cfd);
+    tqkvd_harness L;
+    const char *args[] = {"--max-frame=2M", "--config", path, NULL};
+    int started_ok = tqkvd_harness_start(&L, args) == 0;
+    if (started_ok) {
+        int fd = tqkvd_harness_connect_unix(&L);
+        set_timeout(fd);
+        Tqkv__Header *r = NULL;
+        int ok = hello_tok(fd, NULL) == 0;
+        Tqkv__Header h = TQKV__HEADER__INIT;
+        Tqkv__KV a = TQKV__KV__INIT, b = TQKV__KV__INIT, *pkv[2] = {&a, &b};
+        a.key = "max_frame";
+        b.key = "max_connections";
+        h.op = TQKV__OP__OP_CONFIG_GET;
+        h.kv = pkv;
+        h.n_kv = 2;
+        ok = ok && call(fd, &h, NULL, 0, &r) == 0 && r->n_kv == 2 &&
+             strcmp(r->kv[0]->value, "2097152") == 0 && strcmp(r->kv[1]->value, "7") == 0;
+        if (r && r->n_kv == 2)
+            fprintf(stderr, "max_frame=%s max_connections=%s\n", r->kv[0]->value,
+                    r->kv[1]->value);
+        tqkv_header_free(r);
+        close(fd);
+        ASSERT_EQ_INT(tqkvd_harness_stop(&L), 0);
+        ASSERT_TRUE(ok);
+    }
+    /* a bad value in the file: the daemon refuses to start */
+    FILE *f = fopen(path, "w");
+    fputs("[tqkvd]\nhost_capacity = lots\n", f);
+    fclose(f);
+    const char *bad[] = {"--config", path, NULL};
+    int bad_started = tqkvd_harness_start(&L, bad) == 0;
+    if (bad_started)
+        tqkvd_harness_stop(&L);
+    unlink(path);
+    ASSERT_TRUE(started_ok);
+    ASSERT_TRUE(!bad_started);
+}
+
 static const tqkv_test_case cases[] = {
+    {"config_file", test_config_file},
     {"bad_framing", test_bad_framing},
     {"bad_requests", test_bad_requests},
     {"malformed_header_keeps_connection", test_malformed_header_keeps_connection},

@@ -122,6 +122,7 @@ int tqkvd_harness_start(tqkvd_harness *h, const char *const *args)
             fprintf(stderr, "tqkvd exited during start-up (status 0x%x)\n", st);
             h->pid = -1;
             tqkvd_harness_dump_log(h);
+            tqkvd_harness_stop(h); /* removes the temp directory */
             return -1;
         }
         sleep_ms(10);
