@@ -84,11 +84,14 @@ static void distortion(uint32_t ns)
                 double expect = mb ? tqkv__codebook_distortion(TQ_CODEBOOK_EXACT, d, mb,
                                                                TQ_CODEBOOK_EXACT)
                                    : 1.0;
+                char ex[32] = "null"; /* D_mse of a prod code is not the codebook's */
+                if (!mode)
+                    snprintf(ex, sizeof(ex), "%.5f", expect);
                 printf("{\"bench\":\"tq_quality\",\"kind\":\"distortion\",\"mode\":\"%s\","
                        "\"bits\":%u,\"d\":%u,\"samples\":%u,\"d_mse\":%.5f,"
-                       "\"d_mse_expected\":%.5f,\"d_prod_times_d\":%.4f,"
+                       "\"d_mse_expected\":%s,\"d_prod_times_d\":%.4f,"
                        "\"ip_slope\":%.4f,\"ip_mean_error\":%.6f,\"ip_mean_error_se\":%.6f}\n",
-                       mode ? "prod" : "mse", b, d, ns, dm / ns, mode ? NAN : expect,
+                       mode ? "prod" : "mse", b, d, ns, dm / ns, ex,
                        d * e2 / ns, (rho + mean) / rho, mean, se);
                 fflush(stdout);
             }
