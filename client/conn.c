@@ -322,10 +322,12 @@ static int read_payload(tqkv_client *c, xstate *x, size_t n_calls, size_t *compl
                 continue;
             }
             while (avail > 0 && x->rleft > 0) {
+                /* items without bytes (misses) have empty iovecs: skip them */
+                while (x->riov[x->ridx].iov_len == 0)
+                    x->ridx++;
                 struct iovec *v = &x->riov[x->ridx];
                 size_t t = v->iov_len < avail ? v->iov_len : avail;
-                if (x->rdiscard_rc == 0)
-                    memcpy(v->iov_base, c->rbuf + c->rpos, t);
+                memcpy(v->iov_base, c->rbuf + c->rpos, t);
                 c->rpos += t;
                 avail -= t;
                 x->rleft -= t;
@@ -341,6 +343,8 @@ static int read_payload(tqkv_client *c, xstate *x, size_t n_calls, size_t *compl
             size_t t = x->rleft < sizeof(x->scratch) ? (size_t)x->rleft : sizeof(x->scratch);
             r = recv(c->fd, x->scratch, t, MSG_DONTWAIT);
         } else {
+            while (x->riov[x->ridx].iov_len == 0)
+                x->ridx++;
             int cnt = x->riovcnt - x->ridx;
             r = readv(c->fd, x->riov + x->ridx, cnt > 64 ? 64 : cnt);
         }

@@ -1,0 +1,392 @@
+/* Unit tests of libtqkv's transport against a scripted server thread (no daemon): responses that
+ * come back in reverse order are matched to their requests by id and their payloads land in the
+ * right caller buffers; the daemon's error message reaches tqkv_errmsg; a response to an unknown
+ * request id breaks the connection instead of being given to the wrong caller; URLs that cannot
+ * work are refused with the right code. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "frame.h"
+#include "tqkv_alloc.h"
+#include "tqkv.h"
+#include "tqkv_test.h"
+
+typedef enum { SCRIPT_REVERSE_GET, SCRIPT_ERROR, SCRIPT_BAD_ID, SCRIPT_MISS_IN_BATCH } script_kind;
+
+typedef struct {
+    int listen_fd;
+    script_kind kind;
+    int n_requests; /* GET requests the client will pipeline */
+    int failures;
+    char why[128];
+} server;
+
+static int read_full(int fd, void *buf, size_t n)
+{
+    uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r <= 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t n)
+{
+    const uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads one request frame (the tests send no request payloads). */
+static Tqkv__Header *read_req(int fd)
+{
+    uint8_t pre[TQKV_PREAMBLE_SIZE];
+    tqkv_preamble p;
+    if (read_full(fd, pre, sizeof(pre)) || tqkv_preamble_parse(pre, sizeof(pre), 0, &p) ||
+        p.payload_len != 0)
+        return NULL;
+    uint8_t *h = malloc(p.header_len ? p.header_len : 1);
+    Tqkv__Header *hdr = NULL;
+    if (h && !read_full(fd, h, p.header_len))
+        tqkv_header_unpack(h, p.header_len, &hdr);
+    free(h);
+    return hdr;
+}
+
+static int send_resp(int fd, Tqkv__Header *h, const void *payload, uint32_t payload_len)
+{
+    void *head = NULL;
+    size_t head_len = 0;
+    h->response = 1;
+    if (tqkv_frame_build(h, payload_len, &head, &head_len))
+        return -1;
+    int rc = write_full(fd, head, head_len);
+    tqkv_free(head);
+    if (!rc && payload_len)
+        rc = write_full(fd, payload, payload_len);
+    return rc;
+}
+
+/* Payload of the answer to request i: (i + 1) * 1000 bytes, each the key's first byte. */
+static size_t answer_len(int i)
+{
+    return (size_t)(i + 1) * 1000;
+}
+
+static void *server_main(void *arg)
+{
+    server *s = arg;
+    int fd = accept(s->listen_fd, NULL, NULL);
+    Tqkv__Header *reqs[64] = {0};
+    if (fd < 0) {
+        s->failures++;
+        return NULL;
+    }
+    Tqkv__Header *hello = read_req(fd);
+    if (!hello || hello->op != TQKV__OP__OP_HELLO) {
+        snprintf(s->why, sizeof(s->why), "no HELLO");
+        s->failures++;
+        goto out;
+    }
+    Tqkv__Header r = TQKV__HEADER__INIT;
+    r.op = TQKV__OP__OP_HELLO;
+    r.request_id = hello->request_id;
+    r.server_version = "script";
+    r.max_frame = 1u << 20;
+    send_resp(fd, &r, NULL, 0);
+    tqkv_header_free(hello);
+
+    if (s->kind == SCRIPT_REVERSE_GET) {
+        for (int i = 0; i < s->n_requests; i++)
+            if (!(reqs[i] = read_req(fd)) || reqs[i]->op != TQKV__OP__OP_GET ||
+                reqs[i]->n_items != 1) {
+                snprintf(s->why, sizeof(s->why), "request %d malformed", i);
+                s->failures++;
+                goto out;
+            }
+        /* Every request is in before the first answer: the client pipelined them. */
+        for (int i = s->n_requests - 1; i >= 0; i--) {
+            size_t len = answer_len(i);
+            uint8_t *pl = malloc(len);
+            memset(pl, reqs[i]->items[0]->key.data[0], len);
+            Tqkv__Item it = TQKV__ITEM__INIT, *itp = &it;
+            it.key = reqs[i]->items[0]->key;
+            it.payload_len = len;
+            it.tier = TQKV__TIER__TIER_HOST;
+            Tqkv__Header a = TQKV__HEADER__INIT;
+            a.op = TQKV__OP__OP_GET;
+            a.request_id = reqs[i]->request_id;
+            a.n_items = 1;
+            a.items = &itp;
+            send_resp(fd, &a, pl, (uint32_t)len);
+            free(pl);
+        }
+    } else if (s->kind == SCRIPT_MISS_IN_BATCH) {
+        /* One GET of three keys answered hit (500 bytes), miss (no bytes), hit (700 bytes), the
+         * whole frame in one write so that the client finds it in its receive buffer. */
+        Tqkv__Header *q = read_req(fd);
+        if (!q || q->n_items != 3) {
+            s->failures++;
+            tqkv_header_free(q);
+            goto out;
+        }
+        static const uint64_t lens[3] = {500, 0, 700};
+        Tqkv__Item it[3], *itp[3];
+        uint8_t pl[1200];
+        memset(pl, 0x11, 500);
+        memset(pl + 500, 0x33, 700);
+        for (int i = 0; i < 3; i++) {
+            Tqkv__Item init = TQKV__ITEM__INIT;
+            it[i] = init;
+            it[i].key = q->items[i]->key;
+            it[i].payload_len = lens[i];
+            it[i].tier = lens[i] ? TQKV__TIER__TIER_HOST : TQKV__TIER__TIER_NONE;
+            it[i].status = lens[i] ? 0 : TQKV_ENOENT;
+            itp[i] = &it[i];
+        }
+        Tqkv__Header a = TQKV__HEADER__INIT;
+        a.op = TQKV__OP__OP_GET;
+        a.request_id = q->request_id;
+        a.n_items = 3;
+        a.items = itp;
+        a.response = 1;
+        void *head = NULL;
+        size_t head_len = 0;
+        uint8_t frame[4096];
+        if (tqkv_frame_build(&a, sizeof(pl), &head, &head_len) || head_len + sizeof(pl) > 4096) {
+            s->failures++;
+        } else {
+            memcpy(frame, head, head_len);
+            memcpy(frame + head_len, pl, sizeof(pl));
+            write_full(fd, frame, head_len + sizeof(pl));
+        }
+        tqkv_free(head);
+        tqkv_header_free(q);
+        char ch;
+        while (read(fd, &ch, 1) > 0)
+            ;
+    } else {
+        Tqkv__Header *q = read_req(fd);
+        if (!q) {
+            s->failures++;
+            goto out;
+        }
+        Tqkv__Header a = TQKV__HEADER__INIT;
+        a.op = q->op;
+        if (s->kind == SCRIPT_ERROR) {
+            a.request_id = q->request_id;
+            a.status = TQKV_ENONAMESPACE;
+            a.message = "no namespace 'nope' here";
+        } else {
+            a.request_id = q->request_id + 1000; /* nobody asked for this one */
+        }
+        send_resp(fd, &a, NULL, 0);
+        tqkv_header_free(q);
+        /* wait for the client to close */
+        char c;
+        while (read(fd, &c, 1) > 0)
+            ;
+    }
+out:
+    for (int i = 0; i < 64; i++)
+        tqkv_header_free(reqs[i]);
+    close(fd);
+    return NULL;
+}
+
+typedef struct {
+    server srv;
+    pthread_t th;
+    char dir[64], path[128], url[160];
+} fixture;
+
+static int fixture_start(fixture *f, script_kind kind, int n_requests)
+{
+    memset(f, 0, sizeof(*f));
+    snprintf(f->dir, sizeof(f->dir), "/tmp/tqkv-engine-XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->path, sizeof(f->path), "%s/s.sock", f->dir);
+    snprintf(f->url, sizeof(f->url), "unix://%s", f->path);
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, f->path, strlen(f->path) + 1);
+    f->srv.listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (f->srv.listen_fd < 0 || bind(f->srv.listen_fd, (struct sockaddr *)&sa, sizeof(sa)) ||
+        listen(f->srv.listen_fd, 4))
+        return -1;
+    f->srv.kind = kind;
+    f->srv.n_requests = n_requests;
+    return pthread_create(&f->th, NULL, server_main, &f->srv) ? -1 : 0;
+}
+
+static void fixture_stop(fixture *f)
+{
+    pthread_join(f->th, NULL);
+    close(f->srv.listen_fd);
+    unlink(f->path);
+    rmdir(f->dir);
+}
+
+static tqkv_client *connect_to(const fixture *f, uint32_t inflight)
+{
+    tqkv_options o;
+    tqkv_options_init(&o);
+    o.max_inflight = inflight;
+    o.timeout_ms = 10000;
+    tqkv_client *c = NULL;
+    return tqkv_connect(f->url, &o, &c) == 0 ? c : NULL;
+}
+
+static void test_out_of_order_responses(void)
+{
+    enum { N = 12 };
+    fixture f;
+    ASSERT_OK(fixture_start(&f, SCRIPT_REVERSE_GET, N));
+    tqkv_client *c = connect_to(&f, N);
+    ASSERT_TRUE(c != NULL);
+    ASSERT_TRUE(strcmp(tqkv_server_version(c), "script") == 0);
+    tqkv_key keys[N];
+    tqkv_get_item items[N];
+    static uint8_t bufs[N][N * 1000];
+    memset(items, 0, sizeof(items));
+    for (int i = 0; i < N; i++) {
+        memset(keys[i].bytes, 0, TQKV_KEY_BYTES);
+        keys[i].bytes[0] = (uint8_t)(0xA0 + i);
+        if (i % 2 == 0) { /* half into caller buffers, half allocated by the library */
+            items[i].buf = bufs[i];
+            items[i].cap = sizeof(bufs[i]);
+        }
+    }
+    tqkv_get_options o = {.keys_per_request = 1};
+    ASSERT_OK(tqkv_get(c, "ns", keys, N, &o, items));
+    for (int i = 0; i < N; i++) {
+        ASSERT_EQ_INT(items[i].status, 0);
+        ASSERT_EQ_INT(items[i].tier, TQKV_TIER_HOST);
+        ASSERT_EQ_U64(items[i].len, answer_len(i));
+        ASSERT_EQ_INT(items[i].allocated, i % 2);
+        if (i % 2 == 0)
+            ASSERT_TRUE(items[i].data == bufs[i]);
+        const uint8_t *d = items[i].data;
+        for (size_t k = 0; k < items[i].len; k++)
+            if (d[k] != 0xA0 + i)
+                TQKV__FAIL("item %d byte %zu: 0x%02x", i, k, d[k]);
+    }
+    tqkv_get_items_release(items, N);
+    tqkv_close(c);
+    fixture_stop(&f);
+    ASSERT_EQ_INT(f.srv.failures, 0);
+}
+
+static void test_server_error_message(void)
+{
+    fixture f;
+    ASSERT_OK(fixture_start(&f, SCRIPT_ERROR, 0));
+    tqkv_client *c = connect_to(&f, 4);
+    ASSERT_TRUE(c != NULL);
+    uint32_t hits = 7;
+    tqkv_key k;
+    memset(&k, 1, sizeof(k));
+    ASSERT_ERR(tqkv_lookup(c, "nope", &k, 1, 0, &hits, NULL, NULL), TQKV_ENONAMESPACE);
+    ASSERT_TRUE(strstr(tqkv_errmsg(c), "no namespace 'nope' here") != NULL);
+    ASSERT_TRUE(strstr(tqkv_errmsg(c), "TQKV_ENONAMESPACE") != NULL);
+    ASSERT_EQ_INT(hits, 0);
+    tqkv_close(c);
+    fixture_stop(&f);
+    ASSERT_EQ_INT(f.srv.failures, 0);
+}
+
+static void test_unknown_request_id_breaks_connection(void)
+{
+    fixture f;
+    ASSERT_OK(fixture_start(&f, SCRIPT_BAD_ID, 0));
+    tqkv_client *c = connect_to(&f, 4);
+    ASSERT_TRUE(c != NULL);
+    tqkv_kv_list l;
+    ASSERT_ERR(tqkv_stats(c, NULL, &l), TQKV_EPROTO);
+    ASSERT_ERR(tqkv_health(c, &l), TQKV_ECLOSED);
+    tqkv_close(c);
+    fixture_stop(&f);
+}
+
+/* Regression: an empty (miss) item between two hits in one buffered response made the copy
+ * loop call memcpy with a NULL destination (UBSan). */
+static void test_miss_between_hits_in_one_response(void)
+{
+    fixture f;
+    ASSERT_OK(fixture_start(&f, SCRIPT_MISS_IN_BATCH, 0));
+    tqkv_client *c = connect_to(&f, 4);
+    ASSERT_TRUE(c != NULL);
+    tqkv_key keys[3];
+    memset(keys, 0, sizeof(keys));
+    for (int i = 0; i < 3; i++)
+        keys[i].bytes[0] = (uint8_t)i;
+    tqkv_get_item items[3];
+    memset(items, 0, sizeof(items));
+    ASSERT_OK(tqkv_get(c, "ns", keys, 3, NULL, items));
+    ASSERT_EQ_INT(items[0].status, 0);
+    ASSERT_EQ_U64(items[0].len, 500);
+    ASSERT_EQ_INT(items[1].status, TQKV_ENOENT);
+    ASSERT_EQ_INT(items[1].tier, TQKV_TIER_NONE);
+    ASSERT_EQ_U64(items[1].len, 0);
+    ASSERT_EQ_INT(items[2].status, 0);
+    ASSERT_EQ_U64(items[2].len, 700);
+    const uint8_t *a = items[0].data, *b = items[2].data;
+    ASSERT_TRUE(a[0] == 0x11 && a[499] == 0x11 && b[0] == 0x33 && b[699] == 0x33);
+    tqkv_get_items_release(items, 3);
+    tqkv_close(c);
+    fixture_stop(&f);
+    ASSERT_EQ_INT(f.srv.failures, 0);
+}
+
+static void test_bad_urls(void)
+{
+    static const struct {
+        const char *url;
+        int want;
+    } cases[] = {
+        {"http://127.0.0.1:1", TQKV_EINVAL},  {"tcp://127.0.0.1", TQKV_EINVAL},
+        {"tcp://:80", TQKV_EINVAL},           {"tcp://127.0.0.1:99999", TQKV_EINVAL},
+        {"tcp://[::1:80", TQKV_EINVAL},       {"unix://", TQKV_EINVAL},
+        {"unix:///nonexistent/tqkvd.sock", TQKV_ECONNECT},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char err[256] = "";
+        tqkv_options o;
+        tqkv_options_init(&o);
+        o.errbuf = err;
+        o.errbuf_len = sizeof(err);
+        tqkv_client *c = (tqkv_client *)(uintptr_t)1; /* must be reset to NULL on failure */
+        ASSERT_ERR(tqkv_connect(cases[i].url, &o, &c), cases[i].want);
+        ASSERT_TRUE(c == NULL);
+        ASSERT_TRUE(err[0] != '\0');
+    }
+}
+
+static const tqkv_test_case cases[] = {
+    {"out_of_order_responses", test_out_of_order_responses},
+    {"server_error_message", test_server_error_message},
+    {"unknown_request_id_breaks_connection", test_unknown_request_id_breaks_connection},
+    {"miss_between_hits_in_one_response", test_miss_between_hits_in_one_response},
+    {"bad_urls", test_bad_urls},
+    {NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+    return tqkv_test_main(argc, argv, cases);
+}
