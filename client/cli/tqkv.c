@@ -303,13 +303,14 @@ typedef struct {
     int raw, all;
 } sub_args;
 
-/* Parses the options of a sub-command; leaves positional arguments in argv[optind..]. */
+/* Parses the options of a sub-command, wherever they are among its positional arguments (GNU
+ * getopt permutes argv so that those end up in argv[*first_pos..]). */
 static int parse_sub(int argc, char **argv, sub_args *s, int *first_pos)
 {
     memset(s, 0, sizeof(*s));
-    optind = 1;
+    optind = 0; /* 0, not 1: GNU getopt then forgets the state of the previous parse */
     int ch;
-    while ((ch = getopt_long(argc, argv, "+o:", sub_opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "o:", sub_opts, NULL)) != -1) {
         switch (ch) {
         case O_NS: s->ns = optarg; break;
         case O_LAYERS: s->layers = optarg; break;

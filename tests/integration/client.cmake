@@ -11,4 +11,14 @@ if(TARGET tqkv_client AND TARGET tqkvd AND TARGET tq)
     target_compile_definitions(test_client_${t} PRIVATE TQKVD_PATH="$<TARGET_FILE:tqkvd>")
     add_dependencies(test_client_${t} tqkvd)
   endforeach()
+  if(TARGET tqkv)
+    tqkv_add_test(test_client_cli
+                  SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_client_cli.c
+                          ${CMAKE_CURRENT_LIST_DIR}/tqkvd_harness.c
+                  LIBS tqkv_client tq LABELS integration TIMEOUT 120)
+    target_include_directories(test_client_cli PRIVATE ${CMAKE_CURRENT_LIST_DIR})
+    target_compile_definitions(test_client_cli PRIVATE TQKVD_PATH="$<TARGET_FILE:tqkvd>"
+                               TQKV_CLI_PATH="$<TARGET_FILE:tqkv>")
+    add_dependencies(test_client_cli tqkvd tqkv)
+  endif()
 endif()
