@@ -1099,6 +1099,8 @@ static void writer_compact(tqkv_ssd *ssd, double below)
     pthread_mutex_unlock(&ssd->mu);
     int saved = ssd->in_maint;
     for (size_t k = 0; k < n; k++) {
+        int rolled = 0;
+    again:;
         pthread_mutex_lock(&ssd->mu);
         tqkv__ssd_seg *s = NULL;
         for (size_t i = 0; i < ssd->nsegs; i++)
@@ -1108,14 +1110,16 @@ static void writer_compact(tqkv_ssd *ssd, double below)
         pthread_mutex_unlock(&ssd->mu);
         if (!s || s == ssd->head)
             continue;
-        /* The live records must fit in the head; otherwise start a new one first. */
+        /* The live records must fit in the head; otherwise start a new one first (once: a
+         * segment that is nearly all live does not fit even in an empty one, and gains little). */
         uint64_t start = ssd->cur ? ssd->cur->off + ssd->cur->len : ssd->head_off;
         if (!ssd->head || start + live + 2 * TQKV__SSD_WRITE_ALIGN > ssd->seg_bytes) {
-            int rc = writer_roll(ssd, 0);
-            if (rc != 0)
+            if (rolled || live + 2 * TQKV__SSD_WRITE_ALIGN > ssd->seg_bytes)
+                continue;
+            if (writer_roll(ssd, 0) != 0)
                 break;
-            k--; /* the roll may have evicted s: look it up again */
-            continue;
+            rolled = 1;
+            goto again; /* the roll may have evicted s: look it up again */
         }
         ssd->in_maint = 1;
         maint_segment(ssd, s, 0);

@@ -55,8 +55,9 @@ typedef int (*tqkv_ssd_keep_fn)(void *ctx, uint32_t ns_id, const uint8_t key[TQK
 typedef struct {
     const char *dir;            /* data directory; created if missing. Required. */
     uint64_t capacity;          /* bytes of segment files the engine may hold. Required. */
-    uint64_t segment_bytes;     /* max bytes per segment file; 0: 256 MiB, clamped to
-                                 * capacity / 4 and rounded down to 4 KiB (min 1 MiB) */
+    uint64_t segment_bytes;     /* max bytes per segment file; 0: 256 MiB. Clamped to
+                                 * capacity / 4 and 1 GiB, rounded down to 4 KiB; open fails
+                                 * with TQKV_EINVAL if that leaves less than 1 MiB */
     uint32_t io_threads;        /* reader threads; 0: 2 */
     int direct_io;              /* nonzero: O_DIRECT for segment I/O (aligned buffers) */
     tqkv_ssd_fsync fsync;       /* default TQKV_SSD_FSYNC_ALWAYS (0) */

@@ -801,6 +801,44 @@ static void test_compaction(void)
     rm_rf(dir);
 }
 
+/* Regression: compacting with below = 1 once looped forever starting new segments for a sealed
+ * segment that was nearly all live (it could not fit in an empty head). */
+static void test_compact_all_live_terminates(void)
+{
+    char *dir = make_tmpdir();
+    uint8_t *buf = malloc(BMAX);
+    tqkv_ssd_options o;
+    base_opts(&o, dir);
+    o.segment_bytes = 1u << 20;
+    o.compact_below = -1;
+    tqkv_ssd *ssd = NULL;
+    ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    /* 4016-byte payloads make 4096-byte records, one per batch: a 1 MiB segment holds 255 of
+     * them and is all live, more than an empty segment minus the slack compaction needs. */
+    for (uint32_t i = 0; i < 600; i++) {
+        size_t len = make_block(5, i, 0, 4016, 4016, buf);
+        uint8_t key[32];
+        make_key(5, i, key);
+        ASSERT_OK(put_sync(ssd, 1, key, buf, len));
+    }
+    tqkv_ssd_stats before, after;
+    tqkv_ssd_stats_get(ssd, &before);
+    done_t d = {0};
+    ASSERT_OK(tqkv_ssd_compact(ssd, 1.0, on_done, &d));
+    wait_for(ssd, &d.done);
+    ASSERT_EQ_INT(d.status, 0);
+    tqkv_ssd_stats_get(ssd, &after);
+    ASSERT_EQ_U64(after.records, 600);
+    ASSERT_LE(after.segments, before.segments + 2);
+    for (uint32_t i = 0; i < 600; i++) {
+        expect_block(ssd, 5, i, 0, 4016, 4016, buf);
+        TQKV_TEST_CHECK();
+    }
+    tqkv_ssd_close(ssd);
+    free(buf);
+    rm_rf(dir);
+}
+
 static void *dest_alloc(void *arg, size_t len)
 {
     size_t *cap = arg;
@@ -949,6 +987,7 @@ static const tqkv_test_case cases[] = {
     {"corrupt_middle", test_corrupt_middle},
     {"evict_at_capacity", test_evict_at_capacity},
     {"compaction", test_compaction},
+    {"compact_all_live_terminates", test_compact_all_live_terminates},
     {"lz4_per_record", test_lz4_per_record},
     {"direct_io", test_direct_io},
     {"bad_arguments", test_bad_arguments},
@@ -965,6 +1004,7 @@ static void (*const fast_cases[])(void) = {
     test_reopen_roundtrip, test_overwrite_remove_clear, test_torn_tail,
     test_corrupt_middle,   test_evict_at_capacity,      test_compaction,
     test_lz4_per_record,   test_direct_io,              test_bad_arguments,
+    test_compact_all_live_terminates,
 };
 #endif
 
