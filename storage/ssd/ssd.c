@@ -168,10 +168,8 @@ static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
     const uint8_t *p = buf;
     while (len) {
         ssize_t n = pwrite(fd, p, len, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return TQKV_EIO;
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return TQKV_EIO;
         p += n;
         len -= (size_t)n;
         off += (uint64_t)n;
@@ -186,12 +184,9 @@ static ssize_t pread_full(int fd, void *buf, size_t len, uint64_t off)
     size_t got = 0;
     while (got < len) {
         ssize_t n = pread(fd, p + got, len - got, (off_t)(off + got));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        if (n == 0)
-            break;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        if (n == 0) break;
         got += (size_t)n;
     }
     return (ssize_t)got;
@@ -233,16 +228,14 @@ static uint8_t *rbuf_get(tqkv_ssd *ssd, size_t need)
     pthread_mutex_unlock(&ssd->bp_mu);
     size_t cap = (size_t)tqkv__ssd_align_up(need ? need : 1, 64u << 10);
     uint8_t *p = tqkv_aligned_alloc(TQKV__SSD_WRITE_ALIGN, cap + TQKV__SSD_WRITE_ALIGN);
-    if (!p)
-        return NULL;
+    if (!p) return NULL;
     memcpy(p, &cap, sizeof(cap));
     return p + TQKV__SSD_WRITE_ALIGN;
 }
 
 static void rbuf_put(tqkv_ssd *ssd, uint8_t *p)
 {
-    if (!p)
-        return;
+    if (!p) return;
     if (rbuf_cap(p) <= RBUF_MAX_POOLED) {
         pthread_mutex_lock(&ssd->bp_mu);
         if (ssd->nbp < sizeof(ssd->bp) / sizeof(ssd->bp[0])) {
@@ -261,22 +254,19 @@ static void rbuf_put(tqkv_ssd *ssd, uint8_t *p)
         }
         pthread_mutex_unlock(&ssd->bp_mu);
     }
-    if (p)
-        tqkv_aligned_free(p - TQKV__SSD_WRITE_ALIGN);
+    if (p) tqkv_aligned_free(p - TQKV__SSD_WRITE_ALIGN);
 }
 
 static void seg_free(tqkv__ssd_seg *s)
 {
-    if (s->fd >= 0)
-        close(s->fd);
+    if (s->fd >= 0) close(s->fd);
     tqkv_free(s);
 }
 
 /* Under mu. Frees a segment that left the list once nothing refers to it. */
 static void seg_maybe_free(tqkv__ssd_seg *s)
 {
-    if (!s->listed && s->live_records == 0 && s->readers == 0)
-        seg_free(s);
+    if (!s->listed && s->live_records == 0 && s->readers == 0) seg_free(s);
 }
 
 /* Under mu. */
@@ -336,8 +326,7 @@ static int index_apply(tqkv_ssd *ssd, const uint8_t key[32], int type, uint32_t 
     int was_live = e && !e->tomb;
     if (type == TQKV__SSD_REC_TOMBSTONE) {
         /* Without an older record of the key there is nothing to shadow. */
-        if (!e)
-            return 0;
+        if (!e) return 0;
         ent_unaccount(ssd, e);
         ent_point(ssd, e, s, off, disk_len, ns, 0, 1);
         return was_live;
@@ -346,8 +335,7 @@ static int index_apply(tqkv_ssd *ssd, const uint8_t key[32], int type, uint32_t 
         ent_unaccount(ssd, e);
     } else {
         e = tqkv__ssd_index_insert(&ssd->ix, key);
-        if (!e)
-            return TQKV_ENOMEM;
+        if (!e) return TQKV_ENOMEM;
     }
     ent_point(ssd, e, s, off, disk_len, ns, raw_len, 0);
     return was_live;
@@ -358,8 +346,7 @@ static int segs_add(tqkv_ssd *ssd, tqkv__ssd_seg *s)
     if (ssd->nsegs == ssd->segs_cap) {
         size_t cap = ssd->segs_cap ? ssd->segs_cap * 2 : 16;
         tqkv__ssd_seg **n = tqkv_realloc(ssd->segs, cap * sizeof(*n));
-        if (!n)
-            return TQKV_ENOMEM;
+        if (!n) return TQKV_ENOMEM;
         ssd->segs = n;
         ssd->segs_cap = cap;
     }
@@ -395,8 +382,7 @@ static uint64_t used_bytes_locked(const tqkv_ssd *ssd)
 
 static void cq_push_list(tqkv_ssd *ssd, tqkv__ssd_op *head, tqkv__ssd_op *tail)
 {
-    if (!head)
-        return;
+    if (!head) return;
     tail->next = NULL;
     pthread_mutex_lock(&ssd->cq_mu);
     int was_empty = ssd->cq_head == NULL;
@@ -410,8 +396,7 @@ static void cq_push_list(tqkv_ssd *ssd, tqkv__ssd_op *head, tqkv__ssd_op *tail)
         uint64_t one = 1;
         ssize_t n = write(ssd->efd, &one, sizeof(one));
         (void)n; /* EAGAIN: the counter is already non-zero, the loop wakes anyway */
-        if (ssd->opt.notify)
-            ssd->opt.notify(ssd->opt.notify_ctx);
+        if (ssd->opt.notify) ssd->opt.notify(ssd->opt.notify_ctx);
     }
 }
 
@@ -518,8 +503,7 @@ static void flush_batch(tqkv_ssd *ssd, tqkv__ssd_batch *b)
     tqkv__ssd_op *head = NULL, *tail = NULL;
     pthread_mutex_lock(&ssd->mu);
     if (rc == 0) {
-        if (b->off + wlen > b->seg->size)
-            b->seg->size = b->off + wlen;
+        if (b->off + wlen > b->seg->size) b->seg->size = b->off + wlen;
         ssd->st.bytes_written += wlen;
     } else {
         ssd->st.io_errors++;
@@ -588,15 +572,13 @@ static void *flusher_main(void *p)
         if (ssd->fq_head) {
             tqkv__ssd_batch *b = ssd->fq_head;
             ssd->fq_head = b->next;
-            if (!ssd->fq_head)
-                ssd->fq_tail = NULL;
+            if (!ssd->fq_head) ssd->fq_tail = NULL;
             pthread_mutex_unlock(&ssd->fq_mu);
             flush_batch(ssd, b);
             pthread_mutex_lock(&ssd->fq_mu);
             continue;
         }
-        if (ssd->f_stop)
-            break;
+        if (ssd->f_stop) break;
         if (ssd->opt.fsync == TQKV_SSD_FSYNC_INTERVAL && ssd->dirty) {
             /* Idle with unsynced data: sync when the interval is up. */
             uint64_t due = ssd->last_sync_ns + (uint64_t)ssd->opt.fsync_interval_ms * 1000000u;
@@ -640,8 +622,7 @@ static void writer_wait_idle(tqkv_ssd *ssd)
 static void writer_submit(tqkv_ssd *ssd)
 {
     tqkv__ssd_batch *b = ssd->cur;
-    if (!b)
-        return;
+    if (!b) return;
     ssd->cur = NULL;
     ssd->head_off = b->off + tqkv__ssd_align_up(b->len, TQKV__SSD_WRITE_ALIGN);
     pthread_mutex_lock(&ssd->fq_mu);
@@ -662,16 +643,13 @@ static int batch_reserve(tqkv__ssd_batch *b, size_t more)
 {
     /* One write-alignment block of slack for the zero padding flush_batch adds. */
     size_t need = (size_t)tqkv__ssd_align_up(b->len + more, TQKV__SSD_WRITE_ALIGN);
-    if (need <= b->cap)
-        return 0;
+    if (need <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : TQKV__SSD_WRITE_ALIGN;
     while (cap < need)
         cap *= 2;
     uint8_t *n = tqkv_aligned_alloc(TQKV__SSD_WRITE_ALIGN, cap);
-    if (!n)
-        return TQKV_ENOMEM;
-    if (b->len)
-        memcpy(n, b->buf, b->len);
+    if (!n) return TQKV_ENOMEM;
+    if (b->len) memcpy(n, b->buf, b->len);
     tqkv_aligned_free(b->buf);
     b->buf = n;
     b->cap = cap;
@@ -683,8 +661,7 @@ static tqkv__ssd_brec *batch_add_rec(tqkv__ssd_batch *b)
     if (b->nrec == b->rcap) {
         size_t cap = b->rcap ? b->rcap * 2 : 64;
         tqkv__ssd_brec *n = tqkv_realloc(b->recs, cap * sizeof(*n));
-        if (!n)
-            return NULL;
+        if (!n) return NULL;
         b->recs = n;
         b->rcap = cap;
     }
@@ -700,8 +677,7 @@ static int writer_new_segment(tqkv_ssd *ssd)
     uint32_t id = ssd->next_id;
     seg_path(ssd, id, path, sizeof(path));
     tqkv__ssd_seg *s = tqkv_calloc(1, sizeof(*s));
-    if (!s)
-        return TQKV_ENOMEM;
+    if (!s) return TQKV_ENOMEM;
     s->id = id;
     s->fd = open(path, seg_open_flags(ssd) | O_CREAT | O_EXCL, 0644);
     if (s->fd < 0) {
@@ -710,8 +686,7 @@ static int writer_new_segment(tqkv_ssd *ssd)
         return TQKV_EIO;
     }
     /* The file name must survive a crash for the records in it to. */
-    if (ssd->opt.fsync != TQKV_SSD_FSYNC_NONE)
-        fsync(ssd->dirfd);
+    if (ssd->opt.fsync != TQKV_SSD_FSYNC_NONE) fsync(ssd->dirfd);
     pthread_mutex_lock(&ssd->mu);
     int rc = segs_add(ssd, s);
     pthread_mutex_unlock(&ssd->mu);
@@ -731,28 +706,23 @@ static int writer_new_segment(tqkv_ssd *ssd)
  * segment). @return 0, 1 (the head segment has no room), TQKV_ENOMEM. */
 static int writer_room(tqkv_ssd *ssd, size_t more)
 {
-    if (!ssd->head)
-        return 1;
+    if (!ssd->head) return 1;
     tqkv__ssd_batch *b = ssd->cur;
     if (b && b->nrec > 0 && b->len + more > ssd->opt.batch_bytes) {
         writer_submit(ssd);
         b = NULL;
     }
     uint64_t start = b ? b->off + b->len : ssd->head_off;
-    if (start == 0)
-        more += TQKV__SSD_WRITE_ALIGN; /* the segment header */
-    if (tqkv__ssd_align_up(start + more, TQKV__SSD_WRITE_ALIGN) > ssd->seg_bytes)
-        return 1;
+    if (start == 0) more += TQKV__SSD_WRITE_ALIGN; /* the segment header */
+    if (tqkv__ssd_align_up(start + more, TQKV__SSD_WRITE_ALIGN) > ssd->seg_bytes) return 1;
     if (!b) {
         pthread_mutex_lock(&ssd->fq_mu);
         b = ssd->pool;
-        if (b)
-            ssd->pool = b->next;
+        if (b) ssd->pool = b->next;
         pthread_mutex_unlock(&ssd->fq_mu);
         if (!b) {
             b = tqkv_calloc(1, sizeof(*b));
-            if (!b)
-                return TQKV_ENOMEM;
+            if (!b) return TQKV_ENOMEM;
         }
         b->next = NULL;
         b->seg = ssd->head;
@@ -763,14 +733,12 @@ static int writer_room(tqkv_ssd *ssd, size_t more)
         b->sync = 0;
         ssd->cur = b;
         if (b->off == 0) {
-            if (batch_reserve(b, TQKV__SSD_WRITE_ALIGN) != 0)
-                return TQKV_ENOMEM;
+            if (batch_reserve(b, TQKV__SSD_WRITE_ALIGN) != 0) return TQKV_ENOMEM;
             tqkv__ssd_seg_encode(b->buf, ssd->head->id, tqkv_wall_ms());
             b->len = TQKV__SSD_WRITE_ALIGN;
         }
     }
-    if (batch_reserve(b, more) != 0)
-        return TQKV_ENOMEM;
+    if (batch_reserve(b, more) != 0) return TQKV_ENOMEM;
     return 0;
 }
 
@@ -787,12 +755,10 @@ static int writer_roll(tqkv_ssd *ssd, int auto_compact)
         tqkv__ssd_seg *d = ssd->dirty;
         ssd->dirty = NULL;
         pthread_mutex_unlock(&ssd->fq_mu);
-        if (d && ssd->opt.fsync != TQKV_SSD_FSYNC_NONE)
-            seg_sync(ssd, d);
+        if (d && ssd->opt.fsync != TQKV_SSD_FSYNC_NONE) seg_sync(ssd, d);
     }
     int rc = writer_new_segment(ssd);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     int saved = ssd->in_maint;
     ssd->in_maint = 1; /* records moved by maintenance never start another segment */
     int evicted = 0;
@@ -802,8 +768,7 @@ static int writer_roll(tqkv_ssd *ssd, int auto_compact)
         tqkv__ssd_seg *oldest = ssd->segs[0];
         int over = sealed + ssd->seg_bytes > ssd->opt.capacity && oldest != ssd->head;
         pthread_mutex_unlock(&ssd->mu);
-        if (!over)
-            break;
+        if (!over) break;
         maint_segment(ssd, oldest, 1);
         evicted = 1;
     }
@@ -813,8 +778,7 @@ static int writer_roll(tqkv_ssd *ssd, int auto_compact)
         pthread_mutex_lock(&ssd->mu);
         for (size_t i = 0; i < ssd->nsegs; i++) {
             tqkv__ssd_seg *s = ssd->segs[i];
-            if (s == ssd->head || s->size <= TQKV__SSD_WRITE_ALIGN)
-                continue;
+            if (s == ssd->head || s->size <= TQKV__SSD_WRITE_ALIGN) continue;
             double frac = (double)s->live_bytes / (double)s->size;
             if (frac < best_frac) {
                 best_frac = frac;
@@ -822,8 +786,7 @@ static int writer_roll(tqkv_ssd *ssd, int auto_compact)
             }
         }
         pthread_mutex_unlock(&ssd->mu);
-        if (best)
-            maint_segment(ssd, best, 0);
+        if (best) maint_segment(ssd, best, 0);
     }
     ssd->in_maint = saved;
     return 0;
@@ -840,20 +803,15 @@ static int writer_append(tqkv_ssd *ssd, int type, uint32_t ns, const uint8_t key
     size_t need = raw_rec ? raw_disk : (size_t)tqkv__ssd_rec_disk_len(len);
     int rc = writer_room(ssd, need);
     if (rc == 1) {
-        if (ssd->in_maint && ssd->head)
-            return 1;
+        if (ssd->in_maint && ssd->head) return 1;
         rc = writer_roll(ssd, 1);
-        if (rc == 0)
-            rc = writer_room(ssd, need);
-        if (rc == 1)
-            rc = TQKV_EOVERFLOW;
+        if (rc == 0) rc = writer_room(ssd, need);
+        if (rc == 1) rc = TQKV_EOVERFLOW;
     }
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     tqkv__ssd_batch *b = ssd->cur;
     tqkv__ssd_brec *br = batch_add_rec(b);
-    if (!br)
-        return TQKV_ENOMEM;
+    if (!br) return TQKV_ENOMEM;
     uint8_t *h = b->buf + b->len;
     br->off = b->off + b->len;
     br->op = op;
@@ -869,8 +827,11 @@ static int writer_append(tqkv_ssd *ssd, int type, uint32_t ns, const uint8_t key
         b->len += raw_disk;
         return 0;
     }
-    tqkv__ssd_rec r = {.type = (uint8_t)type, .ns = ns, .raw_len = (uint32_t)len,
-                       .stored_len = (uint32_t)len, .wall_ms = tqkv_wall_ms()};
+    tqkv__ssd_rec r = {.type = (uint8_t)type,
+                       .ns = ns,
+                       .raw_len = (uint32_t)len,
+                       .stored_len = (uint32_t)len,
+                       .wall_ms = tqkv_wall_ms()};
     memcpy(r.key, key, 32);
     uint8_t *p = h + TQKV__SSD_REC_HDR_BYTES;
     int compressed = 0;
@@ -889,8 +850,7 @@ static int writer_append(tqkv_ssd *ssd, int type, uint32_t ns, const uint8_t key
             }
         }
     }
-    if (!compressed && len)
-        memcpy(p, data, len);
+    if (!compressed && len) memcpy(p, data, len);
     r.payload_sum = XXH3_64bits(p, r.stored_len);
     tqkv__ssd_rec_encode(h, &r);
     uint32_t disk = (uint32_t)tqkv__ssd_rec_disk_len(r.stored_len);
@@ -921,14 +881,11 @@ static tqkv__ssd_live *collect_live(tqkv_ssd *ssd, tqkv__ssd_seg *s, uint32_t ns
 {
     size_t n = 0, cap = 64;
     tqkv__ssd_live *v = tqkv_mallocarray(cap, sizeof(*v));
-    if (!v)
-        return NULL;
+    if (!v) return NULL;
     for (size_t i = 0; i < ssd->ix.cap; i++) {
         const tqkv__ssd_ent *e = &ssd->ix.slots[i];
-        if (!e->seg)
-            continue;
-        if (s ? e->seg != s : (e->tomb || (ns != UINT32_MAX && e->ns != ns)))
-            continue;
+        if (!e->seg) continue;
+        if (s ? e->seg != s : (e->tomb || (ns != UINT32_MAX && e->ns != ns))) continue;
         if (n == cap) {
             tqkv__ssd_live *nv = tqkv_realloc(v, cap * 2 * sizeof(*v));
             if (!nv) {
@@ -960,22 +917,17 @@ static int read_record(tqkv_ssd *ssd, tqkv__ssd_seg *s, uint64_t off, uint32_t d
     size_t span = (size_t)(a1 - a0);
     uint8_t *buf = rbuf_get(ssd, span);
     *abuf = buf;
-    if (!buf)
-        return TQKV_ENOMEM;
+    if (!buf) return TQKV_ENOMEM;
     ssize_t got = pread_full(s->fd, buf, span, a0);
     pthread_mutex_lock(&ssd->mu);
     ssd->st.bytes_read += got > 0 ? (uint64_t)got : 0;
     pthread_mutex_unlock(&ssd->mu);
-    if (got < 0)
-        return TQKV_EIO;
-    if ((uint64_t)got < off - a0 + disk_len)
-        return TQKV_ECORRUPT;
+    if (got < 0) return TQKV_EIO;
+    if ((uint64_t)got < off - a0 + disk_len) return TQKV_ECORRUPT;
     const uint8_t *h = buf + (off - a0);
     *rec = h;
-    if (tqkv__ssd_rec_decode(h, hdr) != 0)
-        return TQKV_ECORRUPT;
-    if (tqkv__ssd_rec_disk_len(hdr->stored_len) != disk_len)
-        return TQKV_ECORRUPT;
+    if (tqkv__ssd_rec_decode(h, hdr) != 0) return TQKV_ECORRUPT;
+    if (tqkv__ssd_rec_disk_len(hdr->stored_len) != disk_len) return TQKV_ECORRUPT;
     if (XXH3_64bits(h + TQKV__SSD_REC_HDR_BYTES, hdr->stored_len) != hdr->payload_sum)
         return TQKV_ECORRUPT;
     return 0;
@@ -1019,19 +971,16 @@ static void maint_segment(tqkv_ssd *ssd, tqkv__ssd_seg *victim, int evict)
                    ssd->opt.keep(ssd->opt.keep_ctx, l->ns, l->key, l->raw_len);
         else
             keep = 1;
-        if (!keep)
-            continue;
+        if (!keep) continue;
         uint8_t *abuf = NULL;
         const uint8_t *rec = NULL;
         tqkv__ssd_rec hdr;
         int rc = read_record(ssd, victim, l->off, l->disk_len, &abuf, &rec, &hdr);
-        if (rc == 0 && memcmp(hdr.key, l->key, 32) != 0)
-            rc = TQKV_ECORRUPT;
+        if (rc == 0 && memcmp(hdr.key, l->key, 32) != 0) rc = TQKV_ECORRUPT;
         if (rc == 0) {
-            rc = writer_append(ssd, 0, l->ns, l->key, NULL, 0, rec, l->disk_len, l->raw_len,
-                               victim, l->off, NULL);
-            if (rc == 0 && evict)
-                budget -= l->disk_len;
+            rc = writer_append(ssd, 0, l->ns, l->key, NULL, 0, rec, l->disk_len, l->raw_len, victim,
+                               l->off, NULL);
+            if (rc == 0 && evict) budget -= l->disk_len;
         } else if (rc == TQKV_ECORRUPT) {
             pthread_mutex_lock(&ssd->mu);
             drop_corrupt_locked(ssd, l->key, victim, l->off);
@@ -1039,8 +988,7 @@ static void maint_segment(tqkv_ssd *ssd, tqkv__ssd_seg *victim, int evict)
         }
         rbuf_put(ssd, abuf);
     }
-    if (ssd->cur)
-        ssd->cur->sync = ssd->opt.fsync != TQKV_SSD_FSYNC_NONE;
+    if (ssd->cur) ssd->cur->sync = ssd->opt.fsync != TQKV_SSD_FSYNC_NONE;
     writer_submit(ssd);
     writer_wait_idle(ssd);
 
@@ -1079,8 +1027,7 @@ static void maint_segment(tqkv_ssd *ssd, tqkv__ssd_seg *victim, int evict)
     seg_maybe_free(victim);
     pthread_mutex_unlock(&ssd->mu);
     tqkv_free(live);
-    TQKV_LOGD(MOD, "msg=\"%s\" seg=%u", evict ? "segment evicted" : "segment compacted",
-              victim_id);
+    TQKV_LOGD(MOD, "msg=\"%s\" seg=%u", evict ? "segment evicted" : "segment compacted", victim_id);
 }
 
 static void writer_compact(tqkv_ssd *ssd, double below)
@@ -1104,20 +1051,16 @@ static void writer_compact(tqkv_ssd *ssd, double below)
         pthread_mutex_lock(&ssd->mu);
         tqkv__ssd_seg *s = NULL;
         for (size_t i = 0; i < ssd->nsegs; i++)
-            if (ssd->segs[i]->id == ids[k])
-                s = ssd->segs[i];
+            if (ssd->segs[i]->id == ids[k]) s = ssd->segs[i];
         uint64_t live = s ? s->live_bytes : 0;
         pthread_mutex_unlock(&ssd->mu);
-        if (!s || s == ssd->head)
-            continue;
+        if (!s || s == ssd->head) continue;
         /* The live records must fit in the head; otherwise start a new one first (once: a
          * segment that is nearly all live does not fit even in an empty one, and gains little). */
         uint64_t start = ssd->cur ? ssd->cur->off + ssd->cur->len : ssd->head_off;
         if (!ssd->head || start + live + 2 * TQKV__SSD_WRITE_ALIGN > ssd->seg_bytes) {
-            if (rolled || live + 2 * TQKV__SSD_WRITE_ALIGN > ssd->seg_bytes)
-                continue;
-            if (writer_roll(ssd, 0) != 0)
-                break;
+            if (rolled || live + 2 * TQKV__SSD_WRITE_ALIGN > ssd->seg_bytes) continue;
+            if (writer_roll(ssd, 0) != 0) break;
             rolled = 1;
             goto again; /* the roll may have evicted s: look it up again */
         }
@@ -1136,8 +1079,8 @@ static void writer_clear(tqkv_ssd *ssd, tqkv__ssd_op *op)
     pthread_mutex_unlock(&ssd->mu);
     int rc = live ? 0 : TQKV_ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++)
-        rc = writer_append(ssd, TQKV__SSD_REC_TOMBSTONE, live[i].ns, live[i].key, NULL, 0, NULL,
-                           0, 0, NULL, 0, NULL);
+        rc = writer_append(ssd, TQKV__SSD_REC_TOMBSTONE, live[i].ns, live[i].key, NULL, 0, NULL, 0,
+                           0, NULL, 0, NULL);
     tqkv_free(live);
     if (rc == 0 && ssd->cur) {
         op->next = ssd->cur->tail_ops;
@@ -1162,8 +1105,7 @@ static void *writer_main(void *p)
         ssd->wq_head = ssd->wq_tail = NULL;
         int stop = ssd->w_stop;
         pthread_mutex_unlock(&ssd->wq_mu);
-        if (!op && stop)
-            break;
+        if (!op && stop) break;
         while (op) {
             tqkv__ssd_op *next = op->next;
             op->next = NULL;
@@ -1174,8 +1116,8 @@ static void *writer_main(void *p)
                                    NULL, 0, 0, NULL, 0, op);
                 break;
             case OP_REMOVE:
-                rc = writer_append(ssd, TQKV__SSD_REC_TOMBSTONE, op->ns, op->key, NULL, 0, NULL,
-                                   0, 0, NULL, 0, op);
+                rc = writer_append(ssd, TQKV__SSD_REC_TOMBSTONE, op->ns, op->key, NULL, 0, NULL, 0,
+                                   0, NULL, 0, op);
                 break;
             case OP_CLEAR:
                 writer_clear(ssd, op);
@@ -1213,8 +1155,8 @@ static void do_read(tqkv_ssd *ssd, tqkv__ssd_op *op)
     const uint8_t *rec = NULL;
     tqkv__ssd_rec hdr;
     int rc = read_record(ssd, op->seg, op->off, op->disk_len, &abuf, &rec, &hdr);
-    if (rc == 0 && (hdr.type != TQKV__SSD_REC_DATA || hdr.ns != op->ns ||
-                    memcmp(hdr.key, op->key, 32) != 0))
+    if (rc == 0 &&
+        (hdr.type != TQKV__SSD_REC_DATA || hdr.ns != op->ns || memcmp(hdr.key, op->key, 32) != 0))
         rc = TQKV_ECORRUPT;
     void *owned = NULL; /* engine buffer handed to the completion */
     if (rc == 0) {
@@ -1231,8 +1173,7 @@ static void do_read(tqkv_ssd *ssd, tqkv__ssd_op *op)
         } else if (hdr.flags & TQKV__SSD_REC_F_LZ4) {
             int d = LZ4_decompress_safe((const char *)payload, out, (int)hdr.stored_len,
                                         (int)hdr.raw_len);
-            if (d != (int)hdr.raw_len)
-                rc = TQKV_ECORRUPT;
+            if (d != (int)hdr.raw_len) rc = TQKV_ECORRUPT;
         } else if (op->dest) {
             memcpy(out, payload, hdr.raw_len);
         } else {
@@ -1249,12 +1190,9 @@ static void do_read(tqkv_ssd *ssd, tqkv__ssd_op *op)
     }
     op->buf = owned;
     pthread_mutex_lock(&ssd->mu);
-    if (rc == TQKV_ECORRUPT)
-        drop_corrupt_locked(ssd, op->key, op->seg, op->off);
-    if (rc == TQKV_EIO)
-        ssd->st.io_errors++;
-    if (rc == 0)
-        ssd->st.read_hits++;
+    if (rc == TQKV_ECORRUPT) drop_corrupt_locked(ssd, op->key, op->seg, op->off);
+    if (rc == TQKV_EIO) ssd->st.io_errors++;
+    if (rc == 0) ssd->st.read_hits++;
     op->seg->readers--;
     seg_maybe_free(op->seg);
     op->seg = NULL;
@@ -1276,8 +1214,7 @@ static void *reader_main(void *p)
             break;
         }
         ssd->rq_head = op->next;
-        if (!ssd->rq_head)
-            ssd->rq_tail = NULL;
+        if (!ssd->rq_head) ssd->rq_tail = NULL;
         pthread_mutex_unlock(&ssd->rq_mu);
         do_read(ssd, op);
         cq_push(ssd, op);
@@ -1298,12 +1235,10 @@ typedef struct {
  * on error (*err set). */
 static const uint8_t *win_get(scan_win *w, int fd, uint64_t pos, size_t need, int *err)
 {
-    if (pos >= w->start && pos + need <= w->start + w->len)
-        return w->buf + (pos - w->start);
+    if (pos >= w->start && pos + need <= w->start + w->len) return w->buf + (pos - w->start);
     uint64_t a0 = pos & ~(uint64_t)(TQKV__SSD_WRITE_ALIGN - 1);
     size_t want = (size_t)tqkv__ssd_align_up(pos + need - a0, TQKV__SSD_WRITE_ALIGN);
-    if (want < SCAN_WINDOW)
-        want = SCAN_WINDOW;
+    if (want < SCAN_WINDOW) want = SCAN_WINDOW;
     if (want > w->cap) {
         uint8_t *n = tqkv_aligned_alloc(TQKV__SSD_WRITE_ALIGN, want);
         if (!n) {
@@ -1321,21 +1256,18 @@ static const uint8_t *win_get(scan_win *w, int fd, uint64_t pos, size_t need, in
     }
     w->start = a0;
     w->len = (size_t)got;
-    if (pos + need > w->start + w->len)
-        return NULL;
+    if (pos + need > w->start + w->len) return NULL;
     return w->buf + (pos - w->start);
 }
 
 static int all_zero(const uint8_t *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (p[i])
-            return 0;
+        if (p[i]) return 0;
     return 1;
 }
 
-static int scan_records(tqkv_ssd *ssd, uint32_t id, const char *path, int fd, int sfd,
-                        scan_win *w);
+static int scan_records(tqkv_ssd *ssd, uint32_t id, const char *path, int fd, int sfd, scan_win *w);
 
 static int scan_segment(tqkv_ssd *ssd, uint32_t id, scan_win *w)
 {
@@ -1351,8 +1283,7 @@ static int scan_segment(tqkv_ssd *ssd, uint32_t id, scan_win *w)
      * readahead granularity and filling the page cache with data nobody reads twice (measured
      * 3x faster cold than buffered reads). Buffered where the file system refuses O_DIRECT. */
     int sfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
-    if (sfd < 0)
-        sfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (sfd < 0) sfd = open(path, O_RDONLY | O_CLOEXEC);
     if (sfd < 0) {
         close(fd);
         return TQKV_EIO;
@@ -1362,8 +1293,7 @@ static int scan_segment(tqkv_ssd *ssd, uint32_t id, scan_win *w)
     return rc;
 }
 
-static int scan_records(tqkv_ssd *ssd, uint32_t id, const char *path, int fd, int sfd,
-                        scan_win *w)
+static int scan_records(tqkv_ssd *ssd, uint32_t id, const char *path, int fd, int sfd, scan_win *w)
 {
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
@@ -1373,9 +1303,8 @@ static int scan_records(tqkv_ssd *ssd, uint32_t id, const char *path, int fd, in
     uint64_t size = (uint64_t)sb.st_size;
     int err = 0;
     w->len = 0;
-    const uint8_t *sh = size >= TQKV__SSD_WRITE_ALIGN
-                            ? win_get(w, sfd, 0, TQKV__SSD_SEG_HDR_BYTES, &err)
-                            : NULL;
+    const uint8_t *sh =
+        size >= TQKV__SSD_WRITE_ALIGN ? win_get(w, sfd, 0, TQKV__SSD_SEG_HDR_BYTES, &err) : NULL;
     if (err) {
         close(fd);
         return err;
@@ -1412,12 +1341,11 @@ static int scan_records(tqkv_ssd *ssd, uint32_t id, const char *path, int fd, in
     pthread_mutex_lock(&ssd->mu);
     while (pos + TQKV__SSD_REC_HDR_BYTES <= size) {
         const uint8_t *h = win_get(w, sfd, pos, TQKV__SSD_REC_HDR_BYTES, &err);
-        if (!h)
-            break;
+        if (!h) break;
         tqkv__ssd_rec r;
         uint64_t boundary = tqkv__ssd_align_up(pos + 1, TQKV__SSD_WRITE_ALIGN);
         size_t zn = boundary - pos < TQKV__SSD_REC_HDR_BYTES ? (size_t)(boundary - pos)
-                                                              : TQKV__SSD_REC_HDR_BYTES;
+                                                             : TQKV__SSD_REC_HDR_BYTES;
         if (all_zero(h, zn)) {
             /* Padding after a batch: the next write starts at the next aligned offset. */
             pos = boundary;
@@ -1426,8 +1354,7 @@ static int scan_records(tqkv_ssd *ssd, uint32_t id, const char *path, int fd, in
         uint64_t disk = 0;
         if (tqkv__ssd_rec_decode(h, &r) == 0) {
             disk = tqkv__ssd_rec_disk_len(r.stored_len);
-            if (pos + disk > size)
-                disk = 0; /* runs past the end: torn */
+            if (pos + disk > size) disk = 0; /* runs past the end: torn */
         }
         if (!disk) {
             /* Not a record: resynchronise on the next record boundary. */
@@ -1440,8 +1367,7 @@ static int scan_records(tqkv_ssd *ssd, uint32_t id, const char *path, int fd, in
         }
         in_bad = 0;
         const uint8_t *rec = win_get(w, sfd, pos, (size_t)disk, &err);
-        if (!rec)
-            break;
+        if (!rec) break;
         if (XXH3_64bits(rec + TQKV__SSD_REC_HDR_BYTES, r.stored_len) != r.payload_sum) {
             pending_bad++;
             pos += disk;
@@ -1460,8 +1386,7 @@ static int scan_records(tqkv_ssd *ssd, uint32_t id, const char *path, int fd, in
     ssd->st.corrupt += corrupt;
     ssd->st.recovered += recovered;
     pthread_mutex_unlock(&ssd->mu);
-    if (err)
-        return err;
+    if (err) return err;
     /* Whatever follows the last good record was never acknowledged (or is damaged beyond
      * resynchronisation): cut it so it cannot be mistaken for data later. */
     uint64_t cut = tqkv__ssd_align_up(good_end, TQKV__SSD_WRITE_ALIGN);
@@ -1489,8 +1414,7 @@ static int cmp_u32(const void *a, const void *b)
 static int scan_all(tqkv_ssd *ssd)
 {
     DIR *d = opendir(ssd->dir);
-    if (!d)
-        return TQKV_EIO;
+    if (!d) return TQKV_EIO;
     size_t n = 0, cap = 64;
     uint32_t *ids = tqkv_mallocarray(cap, sizeof(*ids));
     int rc = ids ? 0 : TQKV_ENOMEM;
@@ -1521,13 +1445,11 @@ static int scan_all(tqkv_ssd *ssd)
     scan_win w = {0};
     for (size_t i = 0; i < n && rc == 0; i++) {
         rc = scan_segment(ssd, ids[i], &w);
-        if (ids[i] >= ssd->next_id)
-            ssd->next_id = ids[i] + 1;
+        if (ids[i] >= ssd->next_id) ssd->next_id = ids[i] + 1;
     }
     tqkv_aligned_free(w.buf);
     tqkv_free(ids);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     /* Segments where nothing is live any more hold only superseded records: remove them. */
     pthread_mutex_lock(&ssd->mu);
     for (size_t i = 0; i < ssd->nsegs;) {
@@ -1557,19 +1479,15 @@ void tqkv_ssd_options_init(tqkv_ssd_options *opt)
 static int mkdir_p(const char *dir)
 {
     char tmp[4096];
-    if (strlen(dir) >= sizeof(tmp))
-        return TQKV_EINVAL;
+    if (strlen(dir) >= sizeof(tmp)) return TQKV_EINVAL;
     strcpy(tmp, dir);
     for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
+        if (*p != '/') continue;
         *p = 0;
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-            return TQKV_EIO;
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return TQKV_EIO;
         *p = '/';
     }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-        return TQKV_EIO;
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return TQKV_EIO;
     return 0;
 }
 
@@ -1581,25 +1499,18 @@ int tqkv_ssd_open(const tqkv_ssd_options *opt, tqkv_ssd **out)
     double t0 = tqkv_now_s();
     int rc;
     tqkv_ssd *ssd = tqkv_calloc(1, sizeof(*ssd));
-    if (!ssd)
-        return TQKV_ENOMEM;
+    if (!ssd) return TQKV_ENOMEM;
     ssd->opt = *opt;
     ssd->dirfd = -1;
     ssd->efd = -1;
     ssd->next_id = 1;
-    if (!ssd->opt.io_threads)
-        ssd->opt.io_threads = 2;
-    if (!ssd->opt.fsync_interval_ms)
-        ssd->opt.fsync_interval_ms = 100;
-    if (!ssd->opt.batch_bytes)
-        ssd->opt.batch_bytes = 8u << 20;
-    if (ssd->opt.compact_below == 0)
-        ssd->opt.compact_below = 0.5;
+    if (!ssd->opt.io_threads) ssd->opt.io_threads = 2;
+    if (!ssd->opt.fsync_interval_ms) ssd->opt.fsync_interval_ms = 100;
+    if (!ssd->opt.batch_bytes) ssd->opt.batch_bytes = 8u << 20;
+    if (ssd->opt.compact_below == 0) ssd->opt.compact_below = 0.5;
     uint64_t seg = opt->segment_bytes ? opt->segment_bytes : 256ull << 20;
-    if (seg > opt->capacity / 4)
-        seg = opt->capacity / 4;
-    if (seg > 1ull << 30)
-        seg = 1ull << 30; /* record lengths are 32-bit and LZ4 takes int */
+    if (seg > opt->capacity / 4) seg = opt->capacity / 4;
+    if (seg > 1ull << 30) seg = 1ull << 30; /* record lengths are 32-bit and LZ4 takes int */
     seg &= ~(uint64_t)(TQKV__SSD_WRITE_ALIGN - 1);
     if (seg < (1u << 20)) {
         tqkv_free(ssd);
@@ -1630,18 +1541,15 @@ int tqkv_ssd_open(const tqkv_ssd_options *opt, tqkv_ssd **out)
         goto fail;
     }
     ssd->opt.dir = ssd->dir;
-    if ((rc = mkdir_p(ssd->dir)) != 0)
-        goto fail;
+    if ((rc = mkdir_p(ssd->dir)) != 0) goto fail;
     ssd->dirfd = open(ssd->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     ssd->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (ssd->dirfd < 0 || ssd->efd < 0) {
         rc = TQKV_EIO;
         goto fail;
     }
-    if ((rc = tqkv__ssd_index_init(&ssd->ix, 0)) != 0)
-        goto fail;
-    if ((rc = scan_all(ssd)) != 0)
-        goto fail;
+    if ((rc = tqkv__ssd_index_init(&ssd->ix, 0)) != 0) goto fail;
+    if ((rc = scan_all(ssd)) != 0) goto fail;
     ssd->last_sync_ns = tqkv_now_ns();
 
     ssd->readers = tqkv_calloc(ssd->opt.io_threads, sizeof(*ssd->readers));
@@ -1663,8 +1571,7 @@ int tqkv_ssd_open(const tqkv_ssd_options *opt, tqkv_ssd **out)
         goto fail;
     }
     for (uint32_t i = 0; i < ssd->opt.io_threads; i++) {
-        if (pthread_create(&ssd->readers[i], NULL, reader_main, ssd) != 0)
-            break;
+        if (pthread_create(&ssd->readers[i], NULL, reader_main, ssd) != 0) break;
         ssd->nreaders++;
     }
     if (ssd->nreaders == 0) {
@@ -1674,9 +1581,9 @@ int tqkv_ssd_open(const tqkv_ssd_options *opt, tqkv_ssd **out)
     pthread_mutex_lock(&ssd->mu);
     ssd->st.open_seconds = tqkv_now_s() - t0;
     pthread_mutex_unlock(&ssd->mu);
-    TQKV_LOGI(MOD, "msg=\"opened\" dir=\"%s\" records=%llu segments=%llu seconds=%.3f",
-              ssd->dir, (unsigned long long)ssd->st.records,
-              (unsigned long long)ssd->st.segments, ssd->st.open_seconds);
+    TQKV_LOGI(MOD, "msg=\"opened\" dir=\"%s\" records=%llu segments=%llu seconds=%.3f", ssd->dir,
+              (unsigned long long)ssd->st.records, (unsigned long long)ssd->st.segments,
+              ssd->st.open_seconds);
     *out = ssd;
     return 0;
 
@@ -1685,12 +1592,9 @@ fail:
         seg_free(ssd->segs[i]);
     tqkv_free(ssd->segs);
     tqkv_free(ssd->readers);
-    if (ssd->ix.slots)
-        tqkv__ssd_index_free(&ssd->ix);
-    if (ssd->efd >= 0)
-        close(ssd->efd);
-    if (ssd->dirfd >= 0)
-        close(ssd->dirfd);
+    if (ssd->ix.slots) tqkv__ssd_index_free(&ssd->ix);
+    if (ssd->efd >= 0) close(ssd->efd);
+    if (ssd->dirfd >= 0) close(ssd->dirfd);
     tqkv_free(ssd->lz4_tmp);
     tqkv_free(ssd->dir);
     tqkv_free(ssd);
@@ -1699,16 +1603,14 @@ fail:
 
 void tqkv_ssd_close(tqkv_ssd *ssd)
 {
-    if (!ssd)
-        return;
+    if (!ssd) return;
     pthread_mutex_lock(&ssd->wq_mu);
     ssd->w_stop = 1;
     pthread_cond_signal(&ssd->wq_cond);
     pthread_mutex_unlock(&ssd->wq_mu);
     pthread_join(ssd->writer, NULL);
     pthread_join(ssd->flusher, NULL);
-    if (ssd->dirty && ssd->opt.fsync != TQKV_SSD_FSYNC_NONE)
-        seg_sync(ssd, ssd->dirty);
+    if (ssd->dirty && ssd->opt.fsync != TQKV_SSD_FSYNC_NONE) seg_sync(ssd, ssd->dirty);
     pthread_mutex_lock(&ssd->rq_mu);
     ssd->r_stop = 1;
     pthread_cond_broadcast(&ssd->rq_cond);
@@ -1773,13 +1675,11 @@ static void wq_push(tqkv_ssd *ssd, tqkv__ssd_op *op)
 int tqkv_ssd_put(tqkv_ssd *ssd, uint32_t ns_id, const uint8_t key[TQKV_SSD_KEY_BYTES],
                  const void *data, size_t len, tqkv_ssd_done_cb cb, void *arg)
 {
-    if (!ssd || !key || (!data && len))
-        return TQKV_EINVAL;
+    if (!ssd || !key || (!data && len)) return TQKV_EINVAL;
     if (tqkv__ssd_rec_disk_len(len) + 2 * TQKV__SSD_WRITE_ALIGN > ssd->seg_bytes)
         return TQKV_EOVERFLOW;
     tqkv__ssd_op *op = tqkv_calloc(1, sizeof(*op));
-    if (!op)
-        return TQKV_ENOMEM;
+    if (!op) return TQKV_ENOMEM;
     op->kind = OP_PUT;
     op->ns = ns_id;
     memcpy(op->key, key, 32);
@@ -1794,11 +1694,9 @@ int tqkv_ssd_put(tqkv_ssd *ssd, uint32_t ns_id, const uint8_t key[TQKV_SSD_KEY_B
 int tqkv_ssd_remove(tqkv_ssd *ssd, uint32_t ns_id, const uint8_t key[TQKV_SSD_KEY_BYTES],
                     tqkv_ssd_done_cb cb, void *arg)
 {
-    if (!ssd || !key)
-        return TQKV_EINVAL;
+    if (!ssd || !key) return TQKV_EINVAL;
     tqkv__ssd_op *op = tqkv_calloc(1, sizeof(*op));
-    if (!op)
-        return TQKV_ENOMEM;
+    if (!op) return TQKV_ENOMEM;
     op->kind = OP_REMOVE;
     op->ns = ns_id;
     memcpy(op->key, key, 32);
@@ -1810,11 +1708,9 @@ int tqkv_ssd_remove(tqkv_ssd *ssd, uint32_t ns_id, const uint8_t key[TQKV_SSD_KE
 
 int tqkv_ssd_clear(tqkv_ssd *ssd, uint32_t ns_id, tqkv_ssd_done_cb cb, void *arg)
 {
-    if (!ssd)
-        return TQKV_EINVAL;
+    if (!ssd) return TQKV_EINVAL;
     tqkv__ssd_op *op = tqkv_calloc(1, sizeof(*op));
-    if (!op)
-        return TQKV_ENOMEM;
+    if (!op) return TQKV_ENOMEM;
     op->kind = OP_CLEAR;
     op->ns = ns_id;
     op->done = cb;
@@ -1825,11 +1721,9 @@ int tqkv_ssd_clear(tqkv_ssd *ssd, uint32_t ns_id, tqkv_ssd_done_cb cb, void *arg
 
 int tqkv_ssd_compact(tqkv_ssd *ssd, double below, tqkv_ssd_done_cb cb, void *arg)
 {
-    if (!ssd || !(below > 0 && below <= 1))
-        return TQKV_EINVAL;
+    if (!ssd || !(below > 0 && below <= 1)) return TQKV_EINVAL;
     tqkv__ssd_op *op = tqkv_calloc(1, sizeof(*op));
-    if (!op)
-        return TQKV_ENOMEM;
+    if (!op) return TQKV_ENOMEM;
     op->kind = OP_COMPACT;
     op->below = below;
     op->done = cb;
@@ -1841,11 +1735,9 @@ int tqkv_ssd_compact(tqkv_ssd *ssd, double below, tqkv_ssd_done_cb cb, void *arg
 int tqkv_ssd_get(tqkv_ssd *ssd, uint32_t ns_id, const uint8_t key[TQKV_SSD_KEY_BYTES],
                  tqkv_ssd_dest_fn dest, void *dest_arg, tqkv_ssd_get_cb cb, void *arg)
 {
-    if (!ssd || !key)
-        return TQKV_EINVAL;
+    if (!ssd || !key) return TQKV_EINVAL;
     tqkv__ssd_op *op = tqkv_calloc(1, sizeof(*op));
-    if (!op)
-        return TQKV_ENOMEM;
+    if (!op) return TQKV_ENOMEM;
     op->kind = OP_GET;
     op->ns = ns_id;
     memcpy(op->key, key, 32);
@@ -1891,8 +1783,7 @@ int tqkv_ssd_contains(tqkv_ssd *ssd, uint32_t ns_id, const uint8_t key[TQKV_SSD_
 
 int tqkv_ssd_set_capacity(tqkv_ssd *ssd, uint64_t bytes)
 {
-    if (!ssd || bytes < 4 * ssd->seg_bytes)
-        return TQKV_EINVAL;
+    if (!ssd || bytes < 4 * ssd->seg_bytes) return TQKV_EINVAL;
     pthread_mutex_lock(&ssd->mu);
     ssd->opt.capacity = bytes;
     ssd->st.capacity = bytes;

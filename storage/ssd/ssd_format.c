@@ -22,14 +22,12 @@ void tqkv__ssd_rec_encode(uint8_t out[TQKV__SSD_REC_HDR_BYTES], const tqkv__ssd_
     tqkv_store_le64(out + TQKV__SSD_REC_OFF_PAYLOAD_SUM, r->payload_sum);
     memcpy(out + TQKV__SSD_REC_OFF_KEY, r->key, 32);
     tqkv_store_le64(out + TQKV__SSD_REC_OFF_WALL, r->wall_ms);
-    tqkv_store_le64(out + TQKV__SSD_REC_OFF_CHECKSUM,
-                    XXH3_64bits(out, TQKV__SSD_REC_OFF_CHECKSUM));
+    tqkv_store_le64(out + TQKV__SSD_REC_OFF_CHECKSUM, XXH3_64bits(out, TQKV__SSD_REC_OFF_CHECKSUM));
 }
 
 int tqkv__ssd_rec_decode(const uint8_t in[TQKV__SSD_REC_HDR_BYTES], tqkv__ssd_rec *r)
 {
-    if (tqkv_load_le32(in + TQKV__SSD_REC_OFF_MAGIC) != TQKV__SSD_REC_MAGIC)
-        return TQKV_EBADMAGIC;
+    if (tqkv_load_le32(in + TQKV__SSD_REC_OFF_MAGIC) != TQKV__SSD_REC_MAGIC) return TQKV_EBADMAGIC;
     if (tqkv_load_le64(in + TQKV__SSD_REC_OFF_CHECKSUM) !=
         XXH3_64bits(in, TQKV__SSD_REC_OFF_CHECKSUM))
         return TQKV_EHDRCHECKSUM;
@@ -43,16 +41,12 @@ int tqkv__ssd_rec_decode(const uint8_t in[TQKV__SSD_REC_HDR_BYTES], tqkv__ssd_re
     r->payload_sum = tqkv_load_le64(in + TQKV__SSD_REC_OFF_PAYLOAD_SUM);
     memcpy(r->key, in + TQKV__SSD_REC_OFF_KEY, 32);
     r->wall_ms = tqkv_load_le64(in + TQKV__SSD_REC_OFF_WALL);
-    if (r->type != TQKV__SSD_REC_DATA && r->type != TQKV__SSD_REC_TOMBSTONE)
-        return TQKV_EBADHEADER;
-    if (r->flags & ~TQKV__SSD_REC_F_LZ4)
-        return TQKV_EBADHEADER;
-    if (tqkv_load_le32(in + TQKV__SSD_REC_OFF_RESERVED) != 0)
-        return TQKV_EBADHEADER;
+    if (r->type != TQKV__SSD_REC_DATA && r->type != TQKV__SSD_REC_TOMBSTONE) return TQKV_EBADHEADER;
+    if (r->flags & ~TQKV__SSD_REC_F_LZ4) return TQKV_EBADHEADER;
+    if (tqkv_load_le32(in + TQKV__SSD_REC_OFF_RESERVED) != 0) return TQKV_EBADHEADER;
     if (r->type == TQKV__SSD_REC_TOMBSTONE && (r->stored_len != 0 || r->raw_len != 0 || r->flags))
         return TQKV_EBADHEADER;
-    if (!(r->flags & TQKV__SSD_REC_F_LZ4) && r->stored_len != r->raw_len)
-        return TQKV_EBADHEADER;
+    if (!(r->flags & TQKV__SSD_REC_F_LZ4) && r->stored_len != r->raw_len) return TQKV_EBADHEADER;
     if ((r->flags & TQKV__SSD_REC_F_LZ4) && (r->stored_len == 0 || r->raw_len == 0))
         return TQKV_EBADHEADER;
     return 0;
@@ -67,14 +61,12 @@ void tqkv__ssd_seg_encode(uint8_t out[TQKV__SSD_WRITE_ALIGN], uint64_t id, uint6
     tqkv_store_le64(out + TQKV__SSD_SEG_OFF_CREATED, wall_ms);
     tqkv_store_le32(out + TQKV__SSD_SEG_OFF_WALIGN, TQKV__SSD_WRITE_ALIGN);
     tqkv_store_le32(out + TQKV__SSD_SEG_OFF_RALIGN, TQKV__SSD_REC_ALIGN);
-    tqkv_store_le64(out + TQKV__SSD_SEG_OFF_CHECKSUM,
-                    XXH3_64bits(out, TQKV__SSD_SEG_OFF_CHECKSUM));
+    tqkv_store_le64(out + TQKV__SSD_SEG_OFF_CHECKSUM, XXH3_64bits(out, TQKV__SSD_SEG_OFF_CHECKSUM));
 }
 
 int tqkv__ssd_seg_decode(const uint8_t in[TQKV__SSD_SEG_HDR_BYTES], uint64_t id)
 {
-    if (tqkv_load_le32(in + TQKV__SSD_SEG_OFF_MAGIC) != TQKV__SSD_SEG_MAGIC)
-        return TQKV_EBADMAGIC;
+    if (tqkv_load_le32(in + TQKV__SSD_SEG_OFF_MAGIC) != TQKV__SSD_SEG_MAGIC) return TQKV_EBADMAGIC;
     if (tqkv_load_le64(in + TQKV__SSD_SEG_OFF_CHECKSUM) !=
         XXH3_64bits(in, TQKV__SSD_SEG_OFF_CHECKSUM))
         return TQKV_EHDRCHECKSUM;

@@ -33,18 +33,18 @@ _Static_assert(TQKV__SSD_SEG_HDR_BYTES <= TQKV__SSD_WRITE_ALIGN, "segment header
 
 /* Record header; the stored payload follows, then zeros up to TQKV__SSD_REC_ALIGN. */
 enum {
-    TQKV__SSD_REC_OFF_MAGIC = 0,       /* u32 */
-    TQKV__SSD_REC_OFF_VERSION = 4,     /* u16 */
-    TQKV__SSD_REC_OFF_TYPE = 6,        /* u8: TQKV__SSD_REC_DATA / _TOMBSTONE */
-    TQKV__SSD_REC_OFF_FLAGS = 7,       /* u8: TQKV__SSD_REC_F_* */
-    TQKV__SSD_REC_OFF_NS = 8,          /* u32 namespace id */
-    TQKV__SSD_REC_OFF_STORED = 12,     /* u32 payload bytes on disk */
-    TQKV__SSD_REC_OFF_RAW = 16,        /* u32 payload bytes after decompression */
-    TQKV__SSD_REC_OFF_RESERVED = 20,   /* u32, 0 */
+    TQKV__SSD_REC_OFF_MAGIC = 0,        /* u32 */
+    TQKV__SSD_REC_OFF_VERSION = 4,      /* u16 */
+    TQKV__SSD_REC_OFF_TYPE = 6,         /* u8: TQKV__SSD_REC_DATA / _TOMBSTONE */
+    TQKV__SSD_REC_OFF_FLAGS = 7,        /* u8: TQKV__SSD_REC_F_* */
+    TQKV__SSD_REC_OFF_NS = 8,           /* u32 namespace id */
+    TQKV__SSD_REC_OFF_STORED = 12,      /* u32 payload bytes on disk */
+    TQKV__SSD_REC_OFF_RAW = 16,         /* u32 payload bytes after decompression */
+    TQKV__SSD_REC_OFF_RESERVED = 20,    /* u32, 0 */
     TQKV__SSD_REC_OFF_PAYLOAD_SUM = 24, /* u64 xxh3-64 of the stored payload */
-    TQKV__SSD_REC_OFF_KEY = 32,        /* 32 bytes */
-    TQKV__SSD_REC_OFF_WALL = 64,       /* u64 wall clock ms when first written */
-    TQKV__SSD_REC_OFF_CHECKSUM = 72,   /* u64 xxh3-64 of bytes 0..71 */
+    TQKV__SSD_REC_OFF_KEY = 32,         /* 32 bytes */
+    TQKV__SSD_REC_OFF_WALL = 64,        /* u64 wall clock ms when first written */
+    TQKV__SSD_REC_OFF_CHECKSUM = 72,    /* u64 xxh3-64 of bytes 0..71 */
     TQKV__SSD_REC_HDR_BYTES = 80,
 };
 _Static_assert(TQKV__SSD_REC_OFF_CHECKSUM + 8 == TQKV__SSD_REC_HDR_BYTES, "record header size");

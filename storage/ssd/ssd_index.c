@@ -19,8 +19,7 @@ int tqkv__ssd_index_init(tqkv__ssd_index *ix, size_t cap_hint)
     while (cap < cap_hint * 2)
         cap <<= 1;
     ix->slots = tqkv_calloc(cap, sizeof(*ix->slots));
-    if (!ix->slots)
-        return TQKV_ENOMEM;
+    if (!ix->slots) return TQKV_ENOMEM;
     ix->cap = cap;
     ix->count = 0;
     return 0;
@@ -37,10 +36,8 @@ tqkv__ssd_ent *tqkv__ssd_index_find(tqkv__ssd_index *ix, const uint8_t key[32])
 {
     for (size_t i = slot_of(ix, key);; i = (i + 1) & (ix->cap - 1)) {
         tqkv__ssd_ent *e = &ix->slots[i];
-        if (!e->seg)
-            return NULL;
-        if (memcmp(e->key, key, 32) == 0)
-            return e;
+        if (!e->seg) return NULL;
+        if (memcmp(e->key, key, 32) == 0) return e;
     }
 }
 
@@ -50,12 +47,10 @@ static int grow(tqkv__ssd_index *ix)
     n.cap = ix->cap * 2;
     n.count = 0;
     n.slots = tqkv_calloc(n.cap, sizeof(*n.slots));
-    if (!n.slots)
-        return TQKV_ENOMEM;
+    if (!n.slots) return TQKV_ENOMEM;
     for (size_t i = 0; i < ix->cap; i++) {
         const tqkv__ssd_ent *e = &ix->slots[i];
-        if (!e->seg)
-            continue;
+        if (!e->seg) continue;
         size_t j = slot_of(&n, e->key);
         while (n.slots[j].seg)
             j = (j + 1) & (n.cap - 1);
@@ -70,10 +65,8 @@ static int grow(tqkv__ssd_index *ix)
 tqkv__ssd_ent *tqkv__ssd_index_insert(tqkv__ssd_index *ix, const uint8_t key[32])
 {
     tqkv__ssd_ent *e = tqkv__ssd_index_find(ix, key);
-    if (e)
-        return e;
-    if ((ix->count + 1) * 2 > ix->cap && grow(ix) != 0)
-        return NULL;
+    if (e) return e;
+    if ((ix->count + 1) * 2 > ix->cap && grow(ix) != 0) return NULL;
     size_t i = slot_of(ix, key);
     while (ix->slots[i].seg)
         i = (i + 1) & (ix->cap - 1);

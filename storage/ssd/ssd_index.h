@@ -16,8 +16,8 @@ typedef struct {
     uint64_t off;       /* record offset in the segment file */
     uint32_t disk_len;  /* header + payload + padding */
     uint32_t ns;
-    uint32_t raw_len;   /* payload bytes after decompression */
-    uint8_t tomb;       /* the newest record is a tombstone: the key reads as a miss */
+    uint32_t raw_len; /* payload bytes after decompression */
+    uint8_t tomb;     /* the newest record is a tombstone: the key reads as a miss */
 } tqkv__ssd_ent;
 
 typedef struct {

@@ -76,8 +76,7 @@ static void on_read(void *arg, int status, void *data, size_t len)
 {
     read_ctx c = *(read_ctx *)arg;
     tqkv_free(arg);
-    if (status == TQKV_SSD_HIT && c.out_len)
-        *c.out_len = len;
+    if (status == TQKV_SSD_HIT && c.out_len) *c.out_len = len;
     c.cb(c.arg, status == TQKV_SSD_HIT ? 0 : status == TQKV_SSD_MISS ? TQKV_TIER_MISS : status);
 }
 
@@ -85,17 +84,14 @@ static int t_read(tqkv_tier *t, uint32_t ns_id, const uint8_t key[TQKV_KEY_BYTES
                   tqkv_tier_dest_fn dest, void *dest_arg, size_t *out_len, tqkv_tier_done_cb cb,
                   void *arg)
 {
-    if (!dest || !cb)
-        return TQKV_EINVAL;
+    if (!dest || !cb) return TQKV_EINVAL;
     read_ctx *c = tqkv_malloc(sizeof(*c));
-    if (!c)
-        return TQKV_ENOMEM;
+    if (!c) return TQKV_ENOMEM;
     c->out_len = out_len;
     c->cb = cb;
     c->arg = arg;
     int rc = tqkv_ssd_get(from(t)->ssd, ns_id, key, dest, dest_arg, on_read, c);
-    if (rc != 0)
-        tqkv_free(c);
+    if (rc != 0) tqkv_free(c);
     return rc;
 }
 
@@ -109,7 +105,7 @@ static int t_exists(tqkv_tier *t, uint32_t ns_id, const uint8_t key[TQKV_KEY_BYT
                     tqkv_tier_done_cb cb, void *arg)
 {
     return tqkv_ssd_contains(from(t)->ssd, ns_id, key) == TQKV_SSD_HIT ? TQKV_TIER_HIT
-                                                                         : TQKV_TIER_MISS;
+                                                                       : TQKV_TIER_MISS;
 }
 
 static int t_clear(tqkv_tier *t, uint32_t ns_id, tqkv_tier_done_cb cb, void *arg)
@@ -131,11 +127,9 @@ static const tqkv_tier_ops ssd_tier_ops = {
 
 int tqkv_ssd_tier_create(uv_loop_t *loop, const tqkv_ssd_options *opt, tqkv_tier **out)
 {
-    if (!loop || !opt || !out)
-        return TQKV_EINVAL;
+    if (!loop || !opt || !out) return TQKV_EINVAL;
     ssd_tier *st = tqkv_calloc(1, sizeof(*st));
-    if (!st)
-        return TQKV_ENOMEM;
+    if (!st) return TQKV_ENOMEM;
     st->base.ops = &ssd_tier_ops;
     st->base.id = TQKV_TIER_SSD;
     st->base.flags = TQKV_TIER_F_KEYED | TQKV_TIER_F_PERSISTENT;

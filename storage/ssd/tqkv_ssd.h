@@ -75,27 +75,27 @@ typedef struct {
 } tqkv_ssd_options;
 
 typedef struct {
-    uint64_t capacity;       /* bytes allowed */
-    uint64_t used;           /* bytes of segment files on disk */
-    uint64_t live_bytes;     /* bytes of the records the index points to (headers included) */
-    uint64_t records;        /* live records (blocks) */
-    uint64_t segments;       /* segment files */
-    uint64_t reads;          /* reads answered (hits and misses) */
-    uint64_t read_hits;      /* reads that returned a block */
-    uint64_t writes;         /* records written (puts, removes, rewrites) */
-    uint64_t bytes_read;     /* bytes read from segment files (reads, rewrites, not the scan) */
-    uint64_t bytes_written;  /* bytes written to segment files */
-    uint64_t corrupt;        /* records dropped for a bad checksum, key or header */
-    uint64_t io_errors;      /* failed reads or writes */
-    uint64_t evictions;      /* segments evicted at capacity */
+    uint64_t capacity;        /* bytes allowed */
+    uint64_t used;            /* bytes of segment files on disk */
+    uint64_t live_bytes;      /* bytes of the records the index points to (headers included) */
+    uint64_t records;         /* live records (blocks) */
+    uint64_t segments;        /* segment files */
+    uint64_t reads;           /* reads answered (hits and misses) */
+    uint64_t read_hits;       /* reads that returned a block */
+    uint64_t writes;          /* records written (puts, removes, rewrites) */
+    uint64_t bytes_read;      /* bytes read from segment files (reads, rewrites, not the scan) */
+    uint64_t bytes_written;   /* bytes written to segment files */
+    uint64_t corrupt;         /* records dropped for a bad checksum, key or header */
+    uint64_t io_errors;       /* failed reads or writes */
+    uint64_t evictions;       /* segments evicted at capacity */
     uint64_t evicted_records; /* live records dropped by eviction */
-    uint64_t rewrites;       /* records rewritten by eviction (kept) or compaction */
-    uint64_t compactions;    /* segments compacted */
-    uint64_t compressed;     /* records stored LZ4-compressed */
-    uint64_t syncs;          /* fdatasync calls on segments */
-    uint64_t recovered;      /* records found by the start-up scan */
+    uint64_t rewrites;        /* records rewritten by eviction (kept) or compaction */
+    uint64_t compactions;     /* segments compacted */
+    uint64_t compressed;      /* records stored LZ4-compressed */
+    uint64_t syncs;           /* fdatasync calls on segments */
+    uint64_t recovered;       /* records found by the start-up scan */
     uint64_t truncated_bytes; /* bytes cut from torn segment tails at start-up */
-    double open_seconds;     /* time tqkv_ssd_open spent scanning */
+    double open_seconds;      /* time tqkv_ssd_open spent scanning */
 } tqkv_ssd_stats;
 
 typedef struct tqkv_ssd tqkv_ssd;

@@ -100,8 +100,7 @@ static void on_done(void *arg, int status)
 {
     ctr_t *c = arg;
     c->pending--;
-    if (status != 0)
-        c->errors++;
+    if (status != 0) c->errors++;
 }
 
 static void on_got(void *arg, int status, void *data, size_t len)
@@ -110,8 +109,7 @@ static void on_got(void *arg, int status, void *data, size_t len)
     (void)len;
     ctr_t *c = arg;
     c->pending--;
-    if (status != TQKV_SSD_HIT)
-        c->errors++;
+    if (status != TQKV_SSD_HIT) c->errors++;
 }
 
 static uint32_t g_io_threads;
@@ -140,8 +138,7 @@ static double engine_write(tqkv_ssd *ssd, uint32_t tag, uint32_t n, uint8_t **bu
             tqkv_ssd_wait(ssd, 1000);
         uint8_t key[32];
         make_key(tag, i, key);
-        if (tqkv_ssd_put(ssd, 1, key, bufs[i % 4], size, on_done, &c) != 0)
-            return -1;
+        if (tqkv_ssd_put(ssd, 1, key, bufs[i % 4], size, on_done, &c) != 0) return -1;
         c.pending++;
     }
     while (c.pending > 0)
@@ -160,8 +157,7 @@ static double engine_read(tqkv_ssd *ssd, uint32_t tag, uint32_t n, size_t size)
             tqkv_ssd_wait(ssd, 1000);
         uint8_t key[32];
         make_key(tag, i, key);
-        if (tqkv_ssd_get(ssd, 1, key, NULL, NULL, on_got, &c) != 0)
-            return -1;
+        if (tqkv_ssd_get(ssd, 1, key, NULL, NULL, on_got, &c) != 0) return -1;
         c.pending++;
     }
     while (c.pending > 0)
@@ -179,8 +175,7 @@ static void drop_cache(const char *dir)
         snprintf(p, sizeof(p), "%s/seg-%06u.tqs", dir, id);
         int fd = open(p, O_RDONLY);
         if (fd < 0) {
-            if (id > 10000)
-                break;
+            if (id > 10000) break;
             continue;
         }
         fdatasync(fd);
@@ -207,8 +202,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--recovery-records") && i + 1 < argc)
             rec_records = (uint32_t)strtoul(argv[++i], NULL, 10);
         else {
-            fprintf(stderr, "usage: %s [--dir DIR] [--total-mb N] [--sizes-mb 1,4,16] "
-                            "[--recovery-records N] [--io-threads N]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--dir DIR] [--total-mb N] [--sizes-mb 1,4,16] "
+                    "[--recovery-records N] [--io-threads N]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -218,8 +215,7 @@ int main(int argc, char **argv)
         snprintf(dir, sizeof(dir), "%s/ssd-bench-%d", dir_arg, (int)getpid());
     } else {
         char cwd[2048];
-        if (!getcwd(cwd, sizeof(cwd)))
-            return 1;
+        if (!getcwd(cwd, sizeof(cwd))) return 1;
         snprintf(dir, sizeof(dir), "%s/ssd-bench-%d", cwd, (int)getpid());
     }
     if (mkdir(dir, 0755) != 0) {
@@ -235,8 +231,7 @@ int main(int argc, char **argv)
         char tmp[256];
         snprintf(tmp, sizeof(tmp), "%s", sizes);
         for (char *t = strtok(tmp, ","); t; t = strtok(NULL, ","))
-            if ((size_t)atoi(t) << 20 > maxsz)
-                maxsz = (size_t)atoi(t) << 20;
+            if ((size_t)atoi(t) << 20 > maxsz) maxsz = (size_t)atoi(t) << 20;
     }
     uint8_t *bufs[4];
     for (int b = 0; b < 4; b++) {
@@ -255,16 +250,20 @@ int main(int argc, char **argv)
         snprintf(extra, sizeof(extra), "\"records\":%u", n);
 
         /* dd with direct I/O, the same block size, the same directory. */
-        snprintf(cmd, sizeof(cmd), "dd if=/dev/zero of='%s' bs=%zu count=%u oflag=direct "
-                 "status=none", ddfile, size, n);
+        snprintf(cmd, sizeof(cmd),
+                 "dd if=/dev/zero of='%s' bs=%zu count=%u oflag=direct "
+                 "status=none",
+                 ddfile, size, n);
         double w_dd = run_cmd(cmd);
         snprintf(cmd, sizeof(cmd), "dd if='%s' of=/dev/null bs=%zu iflag=direct status=none",
                  ddfile, size);
         double r_dd = run_cmd(cmd);
         unlink(ddfile);
         /* The durable baseline for fsync=always: every block synchronised (dsync). */
-        snprintf(cmd, sizeof(cmd), "dd if=/dev/zero of='%s' bs=%zu count=%u oflag=direct,dsync "
-                 "status=none", ddfile, size, n);
+        snprintf(cmd, sizeof(cmd),
+                 "dd if=/dev/zero of='%s' bs=%zu count=%u oflag=direct,dsync "
+                 "status=none",
+                 ddfile, size, n);
         double w_dds = run_cmd(cmd);
         unlink(ddfile);
         if (w_dd < 0 || r_dd < 0 || w_dds < 0) {
@@ -316,8 +315,7 @@ int main(int argc, char **argv)
         tqkv_ssd_options o;
         open_opts(&o, engdir, TQKV_SSD_FSYNC_NONE, 64ull << 30);
         tqkv_ssd *ssd = NULL;
-        if (tqkv_ssd_open(&o, &ssd) != 0)
-            return 1;
+        if (tqkv_ssd_open(&o, &ssd) != 0) return 1;
         ctr_t c = {0};
         uint64_t seed = 99, bytes = 0;
         double t0 = tqkv_now_s();
@@ -345,11 +343,9 @@ int main(int argc, char **argv)
          * twice. */
         const char *mode[2] = {"after_cache_drop", "repeat"};
         for (int k = 0; k < 2; k++) {
-            if (k == 0)
-                drop_cache(engdir);
+            if (k == 0) drop_cache(engdir);
             double t1 = tqkv_now_s();
-            if (tqkv_ssd_open(&o, &ssd) != 0)
-                return 1;
+            if (tqkv_ssd_open(&o, &ssd) != 0) return 1;
             double dt = tqkv_now_s() - t1;
             tqkv_ssd_stats st;
             tqkv_ssd_stats_get(ssd, &st);

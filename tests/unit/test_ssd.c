@@ -91,8 +91,7 @@ static int rm_cb(const char *path, const struct stat *sb, int type, struct FTW *
 
 static void rm_rf(char *dir)
 {
-    if (dir)
-        nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    if (dir) nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
     free(dir);
 }
 
@@ -143,13 +142,11 @@ static void wait_for(tqkv_ssd *ssd, const int *flag)
         tqkv_ssd_wait(ssd, 1000);
 }
 
-static int put_sync(tqkv_ssd *ssd, uint32_t ns, const uint8_t key[32], const void *data,
-                    size_t len)
+static int put_sync(tqkv_ssd *ssd, uint32_t ns, const uint8_t key[32], const void *data, size_t len)
 {
     done_t d = {0};
     int rc = tqkv_ssd_put(ssd, ns, key, data, len, on_done, &d);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     wait_for(ssd, &d.done);
     return d.status;
 }
@@ -158,8 +155,7 @@ static int remove_sync(tqkv_ssd *ssd, uint32_t ns, const uint8_t key[32])
 {
     done_t d = {0};
     int rc = tqkv_ssd_remove(ssd, ns, key, on_done, &d);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     wait_for(ssd, &d.done);
     return d.status;
 }
@@ -169,15 +165,14 @@ static int get_sync(tqkv_ssd *ssd, uint32_t ns, const uint8_t key[32], got_t *g)
 {
     memset(g, 0, sizeof(*g));
     int rc = tqkv_ssd_get(ssd, ns, key, NULL, NULL, on_got, g);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     wait_for(ssd, &g->done);
     return g->status;
 }
 
 /* Checks that key (round, i) reads back as block (round, i, version). */
-static void expect_block(tqkv_ssd *ssd, uint32_t round, uint32_t i, uint32_t version,
-                         size_t min, size_t max, uint8_t *scratch)
+static void expect_block(tqkv_ssd *ssd, uint32_t round, uint32_t i, uint32_t version, size_t min,
+                         size_t max, uint8_t *scratch)
 {
     uint8_t key[32];
     make_key(round, i, key);
@@ -190,8 +185,8 @@ static void expect_block(tqkv_ssd *ssd, uint32_t round, uint32_t i, uint32_t ver
     size_t glen = g.len;
     free(g.data);
     if (!same)
-        TQKV__FAIL("round %u block %u: %zu bytes read back differ from the %zu written", round,
-                   i, glen, len);
+        TQKV__FAIL("round %u block %u: %zu bytes read back differ from the %zu written", round, i,
+                   glen, len);
 }
 
 static void expect_miss(tqkv_ssd *ssd, uint32_t round, uint32_t i)
@@ -212,11 +207,9 @@ static int newest_segment(const char *dir, char *out, size_t cap)
     for (uint32_t id = 1; id < 10000; id++) {
         char p[512];
         snprintf(p, sizeof(p), "%s/seg-%06u.tqs", dir, id);
-        if (access(p, F_OK) == 0)
-            best = id;
+        if (access(p, F_OK) == 0) best = id;
     }
-    if (!best)
-        return -1;
+    if (!best) return -1;
     snprintf(out, cap, "%s/seg-%06u.tqs", dir, best);
     return 0;
 }
@@ -225,8 +218,7 @@ static int newest_segment(const char *dir, char *out, size_t cap)
 static size_t list_records(const char *path, uint64_t *offs, uint32_t *lens, size_t max)
 {
     int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return 0;
+    if (fd < 0) return 0;
     struct stat sb;
     fstat(fd, &sb);
     uint8_t *buf = malloc((size_t)sb.st_size);
@@ -253,11 +245,9 @@ static void flip_byte(const char *path, uint64_t off)
 {
     int fd = open(path, O_RDWR);
     uint8_t b = 0;
-    if (pread(fd, &b, 1, (off_t)off) != 1)
-        b = 0;
+    if (pread(fd, &b, 1, (off_t)off) != 1) b = 0;
     b ^= 0x40;
-    if (pwrite(fd, &b, 1, (off_t)off) != 1)
-        fprintf(stderr, "flip_byte: write failed\n");
+    if (pwrite(fd, &b, 1, (off_t)off) != 1) fprintf(stderr, "flip_byte: write failed\n");
     close(fd);
 }
 
@@ -402,8 +392,7 @@ static void on_ack(void *arg, int status)
     ack_arg *a = arg;
     if (status == 0) {
         uint32_t v = a->i;
-        if (write(a->ack->fd, &v, sizeof(v)) != sizeof(v))
-            _exit(3);
+        if (write(a->ack->fd, &v, sizeof(v)) != sizeof(v)) _exit(3);
     }
 }
 
@@ -419,8 +408,7 @@ static void crash_child(const char *dir, uint32_t round, int wfd)
     o.capacity = 1ull << 30;
     o.segment_bytes = 2u << 20; /* several segments per round: exercises the roll too */
     tqkv_ssd *ssd = NULL;
-    if (tqkv_ssd_open(&o, &ssd) != 0)
-        _exit(2);
+    if (tqkv_ssd_open(&o, &ssd) != 0) _exit(2);
     ack_ctx ctx = {wfd};
     uint8_t *data = malloc((size_t)CRASH_N * CRASH_MAX);
     ack_arg *args = calloc(CRASH_N, sizeof(*args));
@@ -432,10 +420,8 @@ static void crash_child(const char *dir, uint32_t round, int wfd)
         make_key(round, i, key);
         args[i].ack = &ctx;
         args[i].i = i;
-        if (tqkv_ssd_put(ssd, 1, key, b, len, on_ack, &args[i]) != 0)
-            _exit(4);
-        if (i % 64 == 63)
-            tqkv_ssd_drain(ssd);
+        if (tqkv_ssd_put(ssd, 1, key, b, len, on_ack, &args[i]) != 0) _exit(4);
+        if (i % 64 == 63) tqkv_ssd_drain(ssd);
     }
     for (;;)
         tqkv_ssd_wait(ssd, 1000);
@@ -492,8 +478,7 @@ static void crash_rounds(uint32_t rounds)
         for (uint32_t r = 1; r <= round; r++) {
             for (uint32_t i = 0; i < CRASH_N; i++) {
                 int was_acked = acked_all[(size_t)(r - 1) * CRASH_N + i];
-                if (!was_acked && r != round)
-                    continue;
+                if (!was_acked && r != round) continue;
                 uint8_t key[32];
                 make_key(r, i, key);
                 got_t g;
@@ -503,12 +488,10 @@ static void crash_rounds(uint32_t rounds)
                     int same = g.len == len && memcmp(g.data, buf, len) == 0;
                     free(g.data);
                     if (!same)
-                        TQKV__FAIL("round %u: block %u/%u served with wrong contents", round, r,
-                                   i);
+                        TQKV__FAIL("round %u: block %u/%u served with wrong contents", round, r, i);
                     hits++;
                 } else if (was_acked) {
-                    TQKV__FAIL("round %u: acknowledged block %u/%u lost (get %d)", round, r, i,
-                               rc);
+                    TQKV__FAIL("round %u: acknowledged block %u/%u lost (get %d)", round, r, i, rc);
                 }
             }
         }
@@ -680,8 +663,7 @@ static int keep_every_tenth(void *ctx, uint32_t ns, const uint8_t key[32], size_
     for (uint32_t i = 0; i < 400; i += 10) {
         uint8_t k[32];
         make_key(7, i, k);
-        if (memcmp(k, key, 32) == 0)
-            return 1;
+        if (memcmp(k, key, 32) == 0) return 1;
     }
     return 0;
 }
@@ -762,8 +744,7 @@ static void test_compaction(void)
     }
     /* Leave one block in five live: overwrite some, remove the rest of the four. */
     for (uint32_t i = 0; i < N; i++) {
-        if (i % 5 == 0)
-            continue;
+        if (i % 5 == 0) continue;
         make_key(3, i, key);
         if (i % 5 == 1) {
             size_t len = make_block(3, i, 1, 100, 200, buf);
@@ -1001,10 +982,11 @@ static const tqkv_test_case cases[] = {
 };
 /* The fast cases live in test_ssd. */
 static void (*const fast_cases[])(void) = {
-    test_reopen_roundtrip, test_overwrite_remove_clear, test_torn_tail,
-    test_corrupt_middle,   test_evict_at_capacity,      test_compaction,
-    test_lz4_per_record,   test_direct_io,              test_bad_arguments,
-    test_compact_all_live_terminates,
+    test_reopen_roundtrip,  test_overwrite_remove_clear,
+    test_torn_tail,         test_corrupt_middle,
+    test_evict_at_capacity, test_compaction,
+    test_lz4_per_record,    test_direct_io,
+    test_bad_arguments,     test_compact_all_live_terminates,
 };
 #endif
 
