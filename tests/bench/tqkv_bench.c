@@ -10,7 +10,12 @@
  * line, then a summary line with the ratios the acceptance criteria name.
  *
  *   tqkv_bench [--url tcp://127.0.0.1:PORT] [--redis HOST:PORT] [--sizes 1,4,16]
- *              [--clients 1,4,16] [--budget-mb 512] [--quick]
+ *              [--clients 1,4,16] [--budget-mb 512] [--cold] [--quick]
+ *
+ * Each configuration first runs once untimed on both systems (same volume, other keys, deleted
+ * after), so that what is measured is the steady state of a running cache rather than the first
+ * touch of fresh memory (tqkvd's host arena and redis' heap both fault pages in on first use);
+ * --cold skips that pass.
  *
  * Without --url it starts its own tqkvd (tests/integration/tqkvd_harness.c) with a 4 GiB host
  * tier; without --redis it starts its own redis-server on a free port (no persistence). */
@@ -304,7 +309,7 @@ typedef struct {
 } result;
 
 static result run_config(sys_kind sys, const target *tg, const tmpl *t, int n_clients,
-                         int n_blocks, uint32_t run)
+                         int n_blocks, uint32_t run, int quiet)
 {
     pthread_t th[MAX_CLIENTS];
     client_job jobs[MAX_CLIENTS];
@@ -340,6 +345,8 @@ static result run_config(sys_kind sys, const target *tg, const tmpl *t, int n_cl
     r.put_gbps = (double)n_all * (double)t->len / ((double)(p1 - p0) / 1e9) / 1e9;
     r.get_gbps = (double)got / ((double)(g1 - g0) / 1e9) / 1e9;
     const char *name = sys == SYS_TQKV ? "tqkvd" : "redis";
+    if (quiet)
+        goto out;
     printf("{\"system\":\"%s\",\"op\":\"%s\",\"block_bytes\":%zu,\"clients\":%d,\"ops\":%zu,"
            "\"GBps\":%.3f,\"ops_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f}\n",
            name, sys == SYS_TQKV ? "put_block" : "set", t->len, n_clients, n_all, r.put_gbps,
@@ -349,6 +356,7 @@ static result run_config(sys_kind sys, const target *tg, const tmpl *t, int n_cl
            name, t->len, n_clients, n_all, r.get_gbps,
            (double)n_all / ((double)(g1 - g0) / 1e9), pct_ms(lg, n_all, 50), pct_ms(lg, n_all, 99));
     fflush(stdout);
+out:
     free(lp);
     free(lg);
     return r;
@@ -476,7 +484,7 @@ int main(int argc, char **argv)
     const char *url = NULL, *redis = NULL;
     int sizes[8] = {1, 4, 16}, n_sizes = 3, clients[8] = {1, 4, 16}, n_clients = 3;
     uint64_t budget = 512 * MIB;
-    int lookup_iters = 5000;
+    int lookup_iters = 5000, warm = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--url") && i + 1 < argc)
             url = argv[++i];
@@ -488,12 +496,14 @@ int main(int argc, char **argv)
             n_clients = parse_list(argv[++i], clients, 8);
         else if (!strcmp(argv[i], "--budget-mb") && i + 1 < argc)
             budget = strtoull(argv[++i], NULL, 10) * MIB;
+        else if (!strcmp(argv[i], "--cold"))
+            warm = 0;
         else if (!strcmp(argv[i], "--quick")) {
             budget = 64 * MIB;
             lookup_iters = 500;
         } else {
             fprintf(stderr, "usage: %s [--url tcp://HOST:PORT] [--redis HOST:PORT] [--sizes "
-                            "1,4,16] [--clients 1,4,16] [--budget-mb 512] [--quick]\n",
+                            "1,4,16] [--clients 1,4,16] [--budget-mb 512] [--cold] [--quick]\n",
                     argv[0]);
             return 2;
         }
@@ -545,9 +555,9 @@ int main(int argc, char **argv)
         die("register: %s", tqkv_errmsg(c));
     printf("{\"bench\":\"tqkv_bench\",\"url\":\"%s\",\"redis\":\"%s:%d\",\"server_version\":"
            "\"%s\",\"preset\":\"%s\",\"layers\":%d,\"kv_heads\":%d,\"head_dim\":%d,"
-           "\"transport\":\"tcp loopback\"}\n",
+           "\"transport\":\"tcp loopback\",\"warmup\":%s}\n",
            url, tg.redis_host, tg.redis_port, tqkv_server_version(c), B_PRESET, B_LAYERS, B_HEADS,
-           B_DIM);
+           B_DIM, warm ? "true" : "false");
     tqkv_close(c);
 
     double get4 = 0, set4 = 0, put4 = 0, rget4 = 0;
@@ -558,8 +568,12 @@ int main(int argc, char **argv)
             int nc = clients[ci];
             uint64_t per = budget / ((uint64_t)nc * t.len);
             int nb = per < 4 ? 4 : per > 64 ? 64 : (int)per;
-            result a = run_config(SYS_TQKV, &tg, &t, nc, nb, run++);
-            result b = run_config(SYS_REDIS, &tg, &t, nc, nb, run++);
+            if (warm) { /* the same volume once, untimed: steady state, not first touch */
+                run_config(SYS_TQKV, &tg, &t, nc, nb, run++, 1);
+                run_config(SYS_REDIS, &tg, &t, nc, nb, run++, 1);
+            }
+            result a = run_config(SYS_TQKV, &tg, &t, nc, nb, run++, 0);
+            result b = run_config(SYS_REDIS, &tg, &t, nc, nb, run++, 0);
             if (sizes[si] == 4 && nc == 4) {
                 put4 = a.put_gbps;
                 get4 = a.get_gbps;
