@@ -958,6 +958,7 @@ static void maint_segment(tqkv_ssd *ssd, tqkv__ssd_seg *victim, int evict)
     pthread_mutex_unlock(&ssd->mu);
     if (!live) {
         TQKV_LOGW(MOD, "msg=\"out of memory in maintenance\" seg=%u", victim->id);
+        if (!evict) return; /* compaction can wait; it must not lose live records */
         n = 0;
     }
     uint64_t budget = evict ? ssd->seg_bytes / 2 : UINT64_MAX;
@@ -1010,22 +1011,29 @@ static void maint_segment(tqkv_ssd *ssd, tqkv__ssd_seg *victim, int evict)
     } else {
         ssd->st.compactions++;
     }
-    segs_remove(ssd, victim);
-    if (unlink(path) != 0)
-        TQKV_LOGW(MOD, "msg=\"cannot remove segment\" path=\"%s\" errno=%d", path, errno);
-    /* Entries that could not be collected (out of memory) are unlinked from the segment here so
-     * that it can be freed; their keys read as misses afterwards. */
+    /* Entries that could not be collected (out of memory during an eviction) are dropped here,
+     * while the segment is still listed (so it is not freed under us); their keys read as
+     * misses afterwards. */
     if (victim->live_records) {
         for (size_t i = 0; i < ssd->ix.cap;) {
             tqkv__ssd_ent *e = &ssd->ix.slots[i];
-            if (e->seg == victim)
+            if (e->seg == victim) {
+                ssd->st.evicted_records += !e->tomb;
                 ent_drop(ssd, e); /* backward shift may move another entry into slot i */
-            else
+            } else {
                 i++;
+            }
         }
     }
-    seg_maybe_free(victim);
+    segs_remove(ssd, victim);
+    seg_maybe_free(victim); /* open fds keep the file readable for reads in flight */
     pthread_mutex_unlock(&ssd->mu);
+    if (unlink(path) != 0)
+        TQKV_LOGW(MOD, "msg=\"cannot remove segment\" path=\"%s\" errno=%d", path, errno);
+    /* A removal that a crash undid would bring back an evicted segment (and, with it, records
+     * that a dropped tombstone no longer shadows): make it durable before going on. */
+    else if (ssd->opt.fsync != TQKV_SSD_FSYNC_NONE)
+        fsync(ssd->dirfd);
     tqkv_free(live);
     TQKV_LOGD(MOD, "msg=\"%s\" seg=%u", evict ? "segment evicted" : "segment compacted", victim_id);
 }

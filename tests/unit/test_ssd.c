@@ -14,7 +14,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <stdatomic.h>
+
 #include "ssd_format.h"
+#include "tqkv_alloc.h"
 #include "tqkv_errors.h"
 #include "tqkv_ssd.h"
 #include "tqkv_test.h"
@@ -960,6 +963,122 @@ static void test_bad_arguments(void)
     rm_rf(dir);
 }
 
+/* An allocator that fails every allocation once `g_left` allocations have been made (while
+ * `g_limited`); engine threads allocate too, hence atomics. */
+static atomic_int g_limited;
+static atomic_long g_left;
+static atomic_long g_failed;
+
+static int oom_now(void)
+{
+    if (!atomic_load(&g_limited)) return 0;
+    if (atomic_fetch_sub(&g_left, 1) > 0) return 0;
+    atomic_fetch_add(&g_failed, 1);
+    return 1;
+}
+static void *oom_malloc(size_t n)
+{
+    return oom_now() ? NULL : malloc(n);
+}
+static void *oom_realloc(void *p, size_t n)
+{
+    return oom_now() ? NULL : realloc(p, n);
+}
+static void *oom_calloc(size_t c, size_t n)
+{
+    return oom_now() ? NULL : calloc(c, n);
+}
+
+static void limit_allocations(long n)
+{
+    atomic_store(&g_left, n);
+    atomic_store(&g_failed, 0);
+    atomic_store(&g_limited, 1);
+}
+
+static void unlimit_allocations(void)
+{
+    atomic_store(&g_limited, 0);
+}
+
+/* Out of memory at every allocation of open (scan, index growth) and of puts: each call fails
+ * cleanly with TQKV_ENOMEM or succeeds; nothing leaks (ASan), nothing crashes, and the engine
+ * works again once memory is back. */
+static void test_out_of_memory(void)
+{
+    char *dir = make_tmpdir();
+    uint8_t buf[200];
+    tqkv_ssd_options o;
+    base_opts(&o, dir);
+    tqkv_ssd *ssd = NULL;
+    ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    enum { N = 700 }; /* more than half of the initial index: the scan grows it */
+    done_t *d = calloc(N, sizeof(*d));
+    for (uint32_t i = 0; i < N; i++) {
+        size_t len = make_block(6, i, 0, 100, 200, buf);
+        uint8_t key[32];
+        make_key(6, i, key);
+        ASSERT_OK(tqkv_ssd_put(ssd, 1, key, buf, len, on_done, &d[i]));
+        wait_for(ssd, &d[i].done); /* the engine borrows buf until the callback */
+    }
+    free(d);
+    tqkv_ssd_close(ssd);
+    ssd = NULL;
+
+    ASSERT_OK(tqkv_replace_allocator(oom_malloc, oom_realloc, oom_calloc, free));
+    int opened_without_failure = 0;
+    for (long n = 0; n < 200 && !opened_without_failure; n++) {
+        limit_allocations(n);
+        int rc = tqkv_ssd_open(&o, &ssd);
+        unlimit_allocations();
+        if (rc == 0) {
+            opened_without_failure = atomic_load(&g_failed) == 0;
+            tqkv_ssd_close(ssd);
+            ssd = NULL;
+        } else if (rc != TQKV_ENOMEM) {
+            tqkv_replace_allocator(NULL, NULL, NULL, NULL);
+            TQKV__FAIL("open with %ld allocations: %d (%s), want 0 or TQKV_ENOMEM", n, rc,
+                       tqkv_err_name(rc));
+        }
+    }
+    ASSERT_TRUE(opened_without_failure);
+
+    ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    int ok_puts = 0, failed_puts = 0;
+    for (long n = 0; n < 12; n++) {
+        size_t len = make_block(6, 1000 + (uint32_t)n, 0, 100, 200, buf);
+        uint8_t key[32];
+        make_key(6, 1000 + (uint32_t)n, key);
+        done_t dd = {0};
+        limit_allocations(n);
+        int rc = tqkv_ssd_put(ssd, 1, key, buf, len, on_done, &dd);
+        if (rc == 0) wait_for(ssd, &dd.done);
+        unlimit_allocations();
+        if (rc == 0) rc = dd.status;
+        if (rc == 0)
+            ok_puts++;
+        else if (rc == TQKV_ENOMEM)
+            failed_puts++;
+        else
+            TQKV__FAIL("put with %ld allocations: %d, want 0 or TQKV_ENOMEM", n, rc);
+    }
+    tqkv_replace_allocator(NULL, NULL, NULL, NULL);
+    ASSERT_TRUE(failed_puts > 0 && ok_puts > 0);
+    /* Memory is back: the engine works and every block written before reads back. */
+    for (uint32_t i = 0; i < N; i += 50) {
+        expect_block(ssd, 6, i, 0, 100, 200, buf);
+        TQKV_TEST_CHECK();
+    }
+    size_t len = make_block(6, 2000, 0, 100, 200, buf);
+    uint8_t key[32];
+    make_key(6, 2000, key);
+    ASSERT_OK(put_sync(ssd, 1, key, buf, len));
+    expect_block(ssd, 6, 2000, 0, 100, 200, buf);
+    TQKV_TEST_CHECK();
+    tqkv_ssd_close(ssd);
+    rm_rf(dir);
+}
+
 #ifndef TQKV_SSD_SLOW
 static const tqkv_test_case cases[] = {
     {"reopen_roundtrip", test_reopen_roundtrip},
@@ -972,6 +1091,7 @@ static const tqkv_test_case cases[] = {
     {"lz4_per_record", test_lz4_per_record},
     {"direct_io", test_direct_io},
     {"bad_arguments", test_bad_arguments},
+    {"out_of_memory", test_out_of_memory},
     {"crash_kill9", test_crash_kill9},
     {NULL, NULL},
 };
@@ -987,6 +1107,7 @@ static void (*const fast_cases[])(void) = {
     test_evict_at_capacity, test_compaction,
     test_lz4_per_record,    test_direct_io,
     test_bad_arguments,     test_compact_all_live_terminates,
+    test_out_of_memory,
 };
 #endif
 
