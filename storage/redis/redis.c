@@ -892,6 +892,13 @@ void tqkv_redis_destroy(tqkv_redis *r)
     uv_close((uv_handle_t *)&r->tick, on_tick_close);
 }
 
+struct redisAsyncContext *tqkv__redis_context(tqkv_redis *r, size_t i)
+{
+    if (i >= r->n_nodes || r->nodes[i]->st != NODE_UP)
+        return NULL;
+    return r->nodes[i]->ac;
+}
+
 void tqkv_redis_get_stats(const tqkv_redis *r, tqkv_redis_stats *out)
 {
     *out = r->st;

@@ -63,6 +63,13 @@ int tqkv__redis_value_parse(const uint8_t *v, size_t len, const char *ns, size_t
  * bytes, no '{' or '}' (unless `allow_tags`), no space or control byte. */
 int tqkv__redis_name_ok(const char *s, size_t len, size_t max, int allow_tags);
 
+struct redisAsyncContext;
+struct tqkv_redis;
+/* The hiredis context of node `i` (NULL if none or not connected): for the benchmark, which runs
+ * its raw-hiredis baseline on the engine's own connection so that both see the same server-side
+ * client state. Nothing else may use it. */
+struct redisAsyncContext *tqkv__redis_context(struct tqkv_redis *r, size_t i);
+
 /* RESP command builder: size, then begin/arg into a buffer of exactly that size. */
 size_t tqkv__resp_size(int argc, const size_t *lens);
 char *tqkv__resp_begin(char *p, int argc);

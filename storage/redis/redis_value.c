@@ -11,6 +11,11 @@
 
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
+#if defined(__x86_64__)
+/* libxxhash's runtime dispatch to its AVX2 / AVX-512 kernels (the plain entry points are built
+ * for baseline SSE2): about twice the speed here, same results. Replaces XXH3_64bits* below. */
+#include <xxh_x86dispatch.h>
+#endif
 
 size_t tqkv__redis_value_size(size_t ns_len, size_t key_len, size_t stored_len)
 {
