@@ -169,7 +169,7 @@ static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
     while (len) {
         ssize_t n = pwrite(fd, p, len, (off_t)off);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return TQKV_EIO;
+        if (n <= 0) return n < 0 && errno == ENOSPC ? TQKV_ENOSPC : TQKV_EIO;
         p += n;
         len -= (size_t)n;
         off += (uint64_t)n;
@@ -465,17 +465,19 @@ static void batch_release(tqkv_ssd *ssd, tqkv__ssd_batch *b)
     ssd->pool = b;
 }
 
-static void seg_sync(tqkv_ssd *ssd, tqkv__ssd_seg *s)
+/* @return 0 or TQKV_EIO. */
+static int seg_sync(tqkv_ssd *ssd, tqkv__ssd_seg *s)
 {
+    int rc = 0;
     if (fdatasync(s->fd) != 0) {
         TQKV_LOGE(MOD, "msg=\"fdatasync failed\" seg=%u errno=%d", s->id, errno);
-        pthread_mutex_lock(&ssd->mu);
-        ssd->st.io_errors++;
-        pthread_mutex_unlock(&ssd->mu);
+        rc = TQKV_EIO;
     }
     pthread_mutex_lock(&ssd->mu);
     ssd->st.syncs++;
+    ssd->st.io_errors += rc != 0;
     pthread_mutex_unlock(&ssd->mu);
+    return rc;
 }
 
 static void flush_batch(tqkv_ssd *ssd, tqkv__ssd_batch *b)
@@ -495,7 +497,8 @@ static void flush_batch(tqkv_ssd *ssd, tqkv__ssd_batch *b)
                  now - ssd->last_sync_ns >= (uint64_t)ssd->opt.fsync_interval_ms * 1000000u)
             do_sync = 1;
         if (do_sync) {
-            seg_sync(ssd, b->seg);
+            /* A failed sync fails the batch: nothing in it may be acknowledged as durable. */
+            rc = seg_sync(ssd, b->seg);
             ssd->last_sync_ns = now;
         }
     }
@@ -505,8 +508,8 @@ static void flush_batch(tqkv_ssd *ssd, tqkv__ssd_batch *b)
     if (rc == 0) {
         if (b->off + wlen > b->seg->size) b->seg->size = b->off + wlen;
         ssd->st.bytes_written += wlen;
-    } else {
-        ssd->st.io_errors++;
+    } else if (!do_sync) {
+        ssd->st.io_errors++; /* the write failed (a failed sync is counted by seg_sync) */
     }
     for (size_t i = 0; i < b->nrec; i++) {
         tqkv__ssd_brec *r = &b->recs[i];
