@@ -39,6 +39,7 @@
 
 #include "ssd_format.h"
 #include "ssd_index.h"
+#include "ssd_testing.h"
 #include "tqkv_alloc.h"
 #include "tqkv_log.h"
 #include "tqkv_time.h"
@@ -163,8 +164,22 @@ struct tqkv_ssd {
 
 /* ---------------------------------------------------------------- helpers */
 
+atomic_int tqkv__ssd_fail_writes;
+atomic_int tqkv__ssd_fail_syncs;
+
+/* Consumes one injected fault of `counter`. @return 1 if the operation must fail. */
+static int injected(atomic_int *counter)
+{
+    int v = atomic_load(counter);
+    while (v > 0) {
+        if (atomic_compare_exchange_weak(counter, &v, v - 1)) return 1;
+    }
+    return 0;
+}
+
 static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 {
+    if (injected(&tqkv__ssd_fail_writes)) return TQKV_EIO;
     const uint8_t *p = buf;
     while (len) {
         ssize_t n = pwrite(fd, p, len, (off_t)off);
@@ -469,7 +484,7 @@ static void batch_release(tqkv_ssd *ssd, tqkv__ssd_batch *b)
 static int seg_sync(tqkv_ssd *ssd, tqkv__ssd_seg *s)
 {
     int rc = 0;
-    if (fdatasync(s->fd) != 0) {
+    if (injected(&tqkv__ssd_fail_syncs) || fdatasync(s->fd) != 0) {
         TQKV_LOGE(MOD, "msg=\"fdatasync failed\" seg=%u errno=%d", s->id, errno);
         rc = TQKV_EIO;
     }
