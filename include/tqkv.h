@@ -98,8 +98,8 @@ typedef struct {
     const char *client_name; /* shown in the daemon's logs; NULL: "libtqkv" */
     uint32_t timeout_ms;     /* a call fails with TQKV_ETIMEDOUT after this long without progress
                                 (0: 30000) */
-    uint32_t max_frame;      /* largest frame sent or accepted (0: 64 MiB; must not exceed the
-                                daemon's limit) */
+    uint32_t max_frame;      /* largest frame sent or accepted (0: 256 MiB; lowered to the
+                                limit the daemon announces in HELLO) */
     uint32_t max_inflight;   /* requests of one batch call in flight at once (0: 16) */
     char *errbuf;            /* if non-NULL, tqkv_connect writes why it failed here */
     size_t errbuf_len;

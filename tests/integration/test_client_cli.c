@@ -105,6 +105,42 @@ static void test_put_get_lookup_delete(void)
     free(raw);
 }
 
+/* Keys computed by the library for a token sequence are the keys the CLI computes from a token
+ * file: store the first two chunks, then `lookup --tokens` must find exactly those two. */
+static void test_lookup_from_token_file(void)
+{
+    char out[8192], path[128];
+    uint32_t toks[3 * TC_TOKENS];
+    for (uint32_t i = 0; i < 3 * TC_TOKENS; i++)
+        toks[i] = 1000 + 17 * i;
+    tqkv_key keys[3];
+    size_t n = 0;
+    ASSERT_OK(tqkv_chunk_keys("cli-tok", toks, 3 * TC_TOKENS, TC_TOKENS, 0, NULL, keys, 3, &n));
+    ASSERT_EQ_INT(n, 3);
+    tqkv_client *c = tc_connect(daemon_h.unix_url, NULL);
+    ASSERT_TRUE(c != NULL);
+    tc_geom g = tc_geom_small("tq4");
+    ASSERT_OK(tc_register(c, "cli-tok", &g));
+    uint16_t *raw = tc_make_raw(&g, g.tokens, 5);
+    for (int i = 0; i < 2; i++) {
+        tqkv_put_item it = {.key = keys[i], .data = raw, .len = tc_raw_len(&g, g.tokens),
+                            .n_tokens = g.tokens};
+        ASSERT_OK(tqkv_put_raw(c, "cli-tok", &it, 1, NULL));
+    }
+    free(raw);
+    tqkv_close(c);
+    snprintf(path, sizeof(path), "%s/tokens.txt", tmpdir);
+    FILE *f = fopen(path, "w");
+    ASSERT_TRUE(f != NULL);
+    for (uint32_t i = 0; i < 3 * TC_TOKENS; i++)
+        fprintf(f, "%u%c", toks[i], i % 10 == 9 ? '\n' : ' ');
+    fclose(f);
+    ASSERT_EQ_INT(cli(out, sizeof(out), "--json lookup --ns cli-tok --tokens %s --chunk-size %d",
+                      path, TC_TOKENS),
+                  0);
+    ASSERT_TRUE(strstr(out, "\"keys\":3,\"hits\":2") != NULL);
+}
+
 static void test_admin_commands(void)
 {
     char out[16384];
@@ -148,6 +184,7 @@ static void test_exit_codes(void)
 static const tqkv_test_case cases[] = {
     {"status_json", test_status_json},
     {"put_get_lookup_delete", test_put_get_lookup_delete},
+    {"lookup_from_token_file", test_lookup_from_token_file},
     {"admin_commands", test_admin_commands},
     {"bench_command", test_bench_command},
     {"exit_codes", test_exit_codes},
