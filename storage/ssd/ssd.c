@@ -48,6 +48,7 @@
 #define SCAN_WINDOW (8u << 20)
 #define LZ4_SAMPLE (64u << 10)
 #define MAX_INFLIGHT 2
+#define PEND_BUCKETS 1024u
 
 struct tqkv__ssd_seg {
     uint32_t id;
@@ -82,6 +83,9 @@ typedef struct tqkv__ssd_op {
     void *buf; /* engine-owned, freed after the callback */
     void *out;
     size_t out_len;
+    /* put/remove: in the pending map (the newest queued write of its key) */
+    struct tqkv__ssd_op *pnext;
+    int pending;
 } tqkv__ssd_op;
 
 typedef struct {
@@ -116,8 +120,11 @@ struct tqkv_ssd {
     uint64_t seg_bytes;
     int efd;
 
-    pthread_mutex_t mu; /* index, segs, st, capacity */
+    pthread_mutex_t mu; /* index, segs, st, capacity, pend */
     tqkv__ssd_index ix;
+    /* Puts and removes queued but not yet in the index, by key (newest per key): reads see
+     * their own writes before the disk does. */
+    tqkv__ssd_op *pend[PEND_BUCKETS];
     tqkv__ssd_seg **segs; /* listed segments, ascending id */
     size_t nsegs, segs_cap;
     tqkv_ssd_stats st;
@@ -330,6 +337,51 @@ static void ent_drop(tqkv_ssd *ssd, tqkv__ssd_ent *e)
     }
     tqkv__ssd_index_remove(&ssd->ix, e);
     seg_maybe_free(s);
+}
+
+static size_t pend_bucket(const uint8_t key[32])
+{
+    return (size_t)XXH3_64bits(key, 32) & (PEND_BUCKETS - 1);
+}
+
+/* Under mu. @return the newest queued put/remove of `key`, or NULL. */
+static tqkv__ssd_op *pend_find(tqkv_ssd *ssd, const uint8_t key[32])
+{
+    for (tqkv__ssd_op *o = ssd->pend[pend_bucket(key)]; o; o = o->pnext)
+        if (memcmp(o->key, key, 32) == 0) return o;
+    return NULL;
+}
+
+/* Under mu: `op` becomes the newest queued write of its key. */
+static void pend_add(tqkv_ssd *ssd, tqkv__ssd_op *op)
+{
+    tqkv__ssd_op **pp = &ssd->pend[pend_bucket(op->key)];
+    for (; *pp; pp = &(*pp)->pnext) {
+        if (memcmp((*pp)->key, op->key, 32) == 0) {
+            tqkv__ssd_op *old = *pp;
+            old->pending = 0;
+            op->pnext = old->pnext;
+            *pp = op;
+            op->pending = 1;
+            return;
+        }
+    }
+    op->pnext = NULL;
+    *pp = op;
+    op->pending = 1;
+}
+
+/* Under mu: `op` is done (in the index, or failed). */
+static void pend_done(tqkv_ssd *ssd, tqkv__ssd_op *op)
+{
+    if (!op->pending) return;
+    for (tqkv__ssd_op **pp = &ssd->pend[pend_bucket(op->key)]; *pp; pp = &(*pp)->pnext) {
+        if (*pp == op) {
+            *pp = op->pnext;
+            break;
+        }
+    }
+    op->pending = 0;
 }
 
 /* Under mu: the newest record of `key` is at (s, off). @return 1 if it was a live data record
@@ -551,6 +603,7 @@ static void flush_batch(tqkv_ssd *ssd, tqkv__ssd_batch *b)
         }
         if (r->op) {
             r->op->status = st;
+            pend_done(ssd, r->op);
             if (tail)
                 tail->next = r->op;
             else
@@ -1099,6 +1152,9 @@ static void writer_compact(tqkv_ssd *ssd, double below)
 
 static void writer_clear(tqkv_ssd *ssd, tqkv__ssd_op *op)
 {
+    /* Puts queued before the clear must be in the index to be cleared. */
+    writer_submit(ssd);
+    writer_wait_idle(ssd);
     size_t n = 0;
     pthread_mutex_lock(&ssd->mu);
     tqkv__ssd_live *live = collect_live(ssd, NULL, op->ns, &n);
@@ -1158,6 +1214,9 @@ static void *writer_main(void *p)
             }
             if (rc != 0) {
                 op->status = rc;
+                pthread_mutex_lock(&ssd->mu);
+                pend_done(ssd, op);
+                pthread_mutex_unlock(&ssd->mu);
                 cq_push(ssd, op);
             }
             op = next;
@@ -1687,6 +1746,11 @@ void tqkv_ssd_close(tqkv_ssd *ssd)
 
 static void wq_push(tqkv_ssd *ssd, tqkv__ssd_op *op)
 {
+    if (op->kind == OP_PUT || op->kind == OP_REMOVE) {
+        pthread_mutex_lock(&ssd->mu);
+        pend_add(ssd, op);
+        pthread_mutex_unlock(&ssd->mu);
+    }
     op->next = NULL;
     pthread_mutex_lock(&ssd->wq_mu);
     if (ssd->wq_tail)
@@ -1773,14 +1837,39 @@ int tqkv_ssd_get(tqkv_ssd *ssd, uint32_t ns_id, const uint8_t key[TQKV_SSD_KEY_B
     op->arg = arg;
     pthread_mutex_lock(&ssd->mu);
     ssd->st.reads++;
-    tqkv__ssd_ent *e = tqkv__ssd_index_find(&ssd->ix, key);
-    if (e && !e->tomb && e->ns == ns_id) {
-        op->seg = e->seg;
-        op->off = e->off;
-        op->disk_len = e->disk_len;
-        e->seg->readers++;
+    tqkv__ssd_op *pd = pend_find(ssd, key);
+    const void *pdata = NULL;
+    size_t plen = 0;
+    int pend_hit = pd && pd->kind == OP_PUT && pd->ns == ns_id;
+    if (pend_hit) {
+        pdata = pd->data;
+        plen = pd->len;
+        ssd->st.read_hits++;
+    } else if (!pd) {
+        tqkv__ssd_ent *e = tqkv__ssd_index_find(&ssd->ix, key);
+        if (e && !e->tomb && e->ns == ns_id) {
+            op->seg = e->seg;
+            op->off = e->off;
+            op->disk_len = e->disk_len;
+            e->seg->readers++;
+        }
     }
     pthread_mutex_unlock(&ssd->mu);
+    if (pend_hit) {
+        /* Served from the queued put's buffer, which the caller lends until that put's callback:
+         * that runs on this thread, later, so the bytes are valid now. */
+        void *out = dest ? dest(dest_arg, plen) : (op->buf = rbuf_get(ssd, plen));
+        if (out) {
+            if (plen) memcpy(out, pdata, plen);
+            op->out = out;
+            op->out_len = plen;
+            op->status = TQKV_SSD_HIT;
+        } else {
+            op->status = dest ? TQKV_ENOSPC : TQKV_ENOMEM;
+        }
+        cq_push(ssd, op);
+        return 0;
+    }
     if (!op->seg) {
         op->status = TQKV_SSD_MISS;
         cq_push(ssd, op);
@@ -1801,8 +1890,9 @@ int tqkv_ssd_get(tqkv_ssd *ssd, uint32_t ns_id, const uint8_t key[TQKV_SSD_KEY_B
 int tqkv_ssd_contains(tqkv_ssd *ssd, uint32_t ns_id, const uint8_t key[TQKV_SSD_KEY_BYTES])
 {
     pthread_mutex_lock(&ssd->mu);
-    tqkv__ssd_ent *e = tqkv__ssd_index_find(&ssd->ix, key);
-    int hit = e && !e->tomb && e->ns == ns_id;
+    tqkv__ssd_op *pd = pend_find(ssd, key);
+    tqkv__ssd_ent *e = pd ? NULL : tqkv__ssd_index_find(&ssd->ix, key);
+    int hit = pd ? pd->kind == OP_PUT && pd->ns == ns_id : e && !e->tomb && e->ns == ns_id;
     pthread_mutex_unlock(&ssd->mu);
     return hit ? TQKV_SSD_HIT : TQKV_SSD_MISS;
 }

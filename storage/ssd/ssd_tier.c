@@ -68,16 +68,32 @@ static int t_write(tqkv_tier *t, uint32_t ns_id, const uint8_t key[TQKV_KEY_BYTE
 
 typedef struct {
     size_t *out_len;
+    tqkv_tier_dest_fn dest;
+    void *dest_arg;
     tqkv_tier_done_cb cb;
     void *arg;
 } read_ctx;
 
+/* Runs on the loop thread (tqkv_ssd_drain). The policy's destination function is called here,
+ * not on the engine's reader thread: a policy allocates destinations from its own structures
+ * (the store evicts host entries to make room), which belong to the loop thread. It costs one
+ * copy of the block, small next to the disk read. */
 static void on_read(void *arg, int status, void *data, size_t len)
 {
     read_ctx c = *(read_ctx *)arg;
     tqkv_free(arg);
-    if (status == TQKV_SSD_HIT && c.out_len) *c.out_len = len;
-    c.cb(c.arg, status == TQKV_SSD_HIT ? 0 : status == TQKV_SSD_MISS ? TQKV_TIER_MISS : status);
+    if (status == TQKV_SSD_HIT) {
+        void *out = c.dest(c.dest_arg, len);
+        if (!out) {
+            c.cb(c.arg, TQKV_ENOSPC);
+            return;
+        }
+        if (len) memcpy(out, data, len);
+        if (c.out_len) *c.out_len = len;
+        c.cb(c.arg, 0);
+        return;
+    }
+    c.cb(c.arg, status == TQKV_SSD_MISS ? TQKV_TIER_MISS : status);
 }
 
 static int t_read(tqkv_tier *t, uint32_t ns_id, const uint8_t key[TQKV_KEY_BYTES],
@@ -88,9 +104,11 @@ static int t_read(tqkv_tier *t, uint32_t ns_id, const uint8_t key[TQKV_KEY_BYTES
     read_ctx *c = tqkv_malloc(sizeof(*c));
     if (!c) return TQKV_ENOMEM;
     c->out_len = out_len;
+    c->dest = dest;
+    c->dest_arg = dest_arg;
     c->cb = cb;
     c->arg = arg;
-    int rc = tqkv_ssd_get(from(t)->ssd, ns_id, key, dest, dest_arg, on_read, c);
+    int rc = tqkv_ssd_get(from(t)->ssd, ns_id, key, NULL, NULL, on_read, c);
     if (rc != 0) tqkv_free(c);
     return rc;
 }

@@ -15,7 +15,11 @@
  *
  * The functions below may be called from one thread at a time (the loop thread), except
  * tqkv_ssd_stats and tqkv_ssd_contains, which any thread may call. If a function that takes a
- * callback returns an error, the callback is never called. A miss is a result, not an error. */
+ * callback returns an error, the callback is never called. A miss is a result, not an error.
+ *
+ * Reads see writes as soon as they are queued: a get or contains of a key whose put is still
+ * queued or in flight is answered from the put's buffer (which the engine borrows until the put's
+ * callback anyway), and a queued remove hides the key at once. */
 #ifndef TQKV_SSD_H
 #define TQKV_SSD_H
 

@@ -10,3 +10,8 @@ if(TARGET tqkv_ssd_tier)
   tqkv_add_test(test_ssd_tier SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_ssd_tier.c
                 LIBS tqkv_ssd_tier LABELS unit TIMEOUT 60)
 endif()
+# The SSD tier under the store's policy (demotion, promotion, restart).
+if(TARGET tqkv_ssd_tier AND TARGET tqkv_store)
+  tqkv_add_test(test_ssd_store SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_ssd_store.c
+                LIBS tqkv_ssd_tier tqkv_store LABELS unit TIMEOUT 60)
+endif()

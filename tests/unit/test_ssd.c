@@ -1132,6 +1132,72 @@ static void test_io_errors(void)
     rm_rf(dir);
 }
 
+/* A put is visible to get and contains as soon as it is queued (served from the caller's buffer,
+ * which the engine borrows until the put's callback), a queued remove hides the key at once,
+ * and a clear removes puts queued before it. */
+static void test_read_your_writes(void)
+{
+    char *dir = make_tmpdir();
+    uint8_t *a = malloc(BMAX), *dst = malloc(BMAX);
+    tqkv_ssd_options o;
+    base_opts(&o, dir);
+    o.fsync = TQKV_SSD_FSYNC_ALWAYS;
+    tqkv_ssd *ssd = NULL;
+    ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    uint8_t ka[32], kb[32];
+    make_key(11, 1, ka);
+    make_key(11, 2, kb);
+    size_t alen = make_block(11, 1, 0, BMIN, BMAX, a);
+    done_t d1 = {0}, d2 = {0}, d3 = {0};
+    got_t g1 = {0}, g2 = {0};
+    ASSERT_OK(tqkv_ssd_put(ssd, 1, ka, a, alen, on_done, &d1));
+    ASSERT_EQ_INT(tqkv_ssd_contains(ssd, 1, ka), TQKV_SSD_HIT);
+    ASSERT_EQ_INT(tqkv_ssd_contains(ssd, 2, ka), TQKV_SSD_MISS);
+    ASSERT_OK(tqkv_ssd_get(ssd, 1, ka, NULL, NULL, on_got, &g1));
+    ASSERT_OK(tqkv_ssd_remove(ssd, 1, ka, on_done, &d2));
+    ASSERT_EQ_INT(tqkv_ssd_contains(ssd, 1, ka), TQKV_SSD_MISS);
+    ASSERT_OK(tqkv_ssd_get(ssd, 1, ka, NULL, NULL, on_got, &g2));
+    wait_for(ssd, &g1.done);
+    wait_for(ssd, &g2.done);
+    ASSERT_EQ_INT(g1.status, TQKV_SSD_HIT);
+    ASSERT_EQ_U64(g1.len, alen);
+    ASSERT_MEM_EQ(g1.data, a, alen);
+    ASSERT_EQ_INT(g2.status, TQKV_SSD_MISS);
+    wait_for(ssd, &d1.done);
+    wait_for(ssd, &d2.done);
+    ASSERT_EQ_INT(d1.status, 0);
+    ASSERT_EQ_INT(d2.status, 0);
+    free(g1.data);
+    ASSERT_EQ_INT(tqkv_ssd_contains(ssd, 1, ka), TQKV_SSD_MISS);
+    /* Into a destination, before the put is written. */
+    size_t blen = make_block(11, 2, 0, BMIN, BMAX, a);
+    size_t *cap = malloc(sizeof(size_t) + BMAX);
+    *cap = BMAX;
+    got_t g3 = {0};
+    ASSERT_OK(tqkv_ssd_put(ssd, 3, kb, a, blen, on_done, &d3));
+    ASSERT_OK(tqkv_ssd_get(ssd, 3, kb, dest_alloc, cap, on_got, &g3));
+    wait_for(ssd, &g3.done);
+    ASSERT_EQ_INT(g3.status, TQKV_SSD_HIT);
+    ASSERT_MEM_EQ(cap + 1, a, blen);
+    free(g3.data);
+    /* A clear right behind the put, without waiting for it. */
+    done_t dc = {0};
+    ASSERT_OK(tqkv_ssd_clear(ssd, 3, on_done, &dc));
+    wait_for(ssd, &dc.done);
+    wait_for(ssd, &d3.done);
+    ASSERT_EQ_INT(tqkv_ssd_contains(ssd, 3, kb), TQKV_SSD_MISS);
+    tqkv_ssd_close(ssd);
+    ssd = NULL;
+    ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    ASSERT_EQ_INT(tqkv_ssd_contains(ssd, 1, ka), TQKV_SSD_MISS);
+    ASSERT_EQ_INT(tqkv_ssd_contains(ssd, 3, kb), TQKV_SSD_MISS);
+    tqkv_ssd_close(ssd);
+    free(cap);
+    free(a);
+    free(dst);
+    rm_rf(dir);
+}
+
 #ifndef TQKV_SSD_SLOW
 #define TQKV_SSD_SLOW 0
 #endif
@@ -1149,6 +1215,7 @@ static const tqkv_test_case fast_cases[] = {
     {"bad_arguments", test_bad_arguments},
     {"out_of_memory", test_out_of_memory},
     {"io_errors", test_io_errors},
+    {"read_your_writes", test_read_your_writes},
     {"crash_kill9", test_crash_kill9},
     {NULL, NULL},
 };
