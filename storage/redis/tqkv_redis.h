@@ -42,7 +42,8 @@ typedef struct tqkv_redis tqkv_redis;
 
 typedef struct {
     /* "host:port" of the server (standalone: exactly one) or of one or more cluster nodes
-     * (seeds: the slot map is learnt from them). Borrowed during tqkv_redis_create only. */
+     * (seeds: the slot map is learnt from them). Borrowed during tqkv_redis_create only. Use IP
+     * addresses: hiredis resolves names with a blocking getaddrinfo on every connect. */
     const char *const *nodes;
     size_t n_nodes;
     int cluster;              /* 1: Redis Cluster (slot map, MOVED/ASK) */
