@@ -3,6 +3,7 @@
  * corrupt values served as misses, the directory operations, a server killed under load and
  * restarted, a server stopped (SIGSTOP) so that requests time out. */
 #include "redis_harness.h"
+#include "tqkv_alloc.h"
 #include "tqkv_log.h"
 #include "tqkv_redis.h"
 #include "tqkv_test.h"
@@ -829,6 +830,91 @@ static void test_destroy_in_callback(void)
     tqkv_test_redis_stop(&s);
 }
 
+/* Out of memory: the k-th allocation of the engine fails, for every k along one workload (create,
+ * PUT with LZ4, GET with decompression, SMEMBERS, CLEAR). Each call either succeeds or returns
+ * TQKV_ENOMEM; each accepted call completes exactly once; nothing leaks (run it under ASan). */
+static long oom_target = -1, oom_seen;
+static void *oom_malloc(size_t n)
+{
+    return oom_seen++ == oom_target ? NULL : malloc(n);
+}
+static void *oom_realloc(void *p, size_t n)
+{
+    return oom_seen++ == oom_target ? NULL : realloc(p, n);
+}
+static void *oom_calloc(size_t c, size_t n)
+{
+    return oom_seen++ == oom_target ? NULL : calloc(c, n);
+}
+
+static int oom_round(tqkv_test_redis *s, long target)
+{
+    tqkv_redis_config cfg;
+    char addr[64];
+    const char *nodes[1];
+    config_for(&cfg, s, addr, sizeof(addr), nodes);
+    cfg.lz4 = 1;
+    static uint8_t v[8192];
+    uint8_t key[32];
+    make_key(key, 77);
+    oom_seen = 0;
+    oom_target = target;
+    tqkv_replace_allocator(oom_malloc, oom_realloc, oom_calloc, free);
+    tqkv_redis *e = NULL;
+    int rc = tqkv_redis_create(&loop, &cfg, &e);
+    int bad = 0;
+    if (rc == 0) {
+        wait_state(e, TQKV_REDIS_UP);
+        result r[4];
+        memset(r, 0, sizeof(r));
+        int calls[4] = {
+            tqkv_redis_put(e, "ns", key, 32, v, sizeof(v), done_cb, &r[0]),
+            tqkv_redis_get(e, "ns", key, 32, get_cb, &r[1]),
+            tqkv_redis_set_members(e, "s", members_cb, &r[2]),
+            tqkv_redis_clear(e, "other", done_cb, &r[3]),
+        };
+        for (int i = 0; i < 4; i++) {
+            if (calls[i] == 0)
+                pending++;
+            else if (calls[i] != TQKV_ENOMEM)
+                bad++;
+        }
+        tqkv_test_loop_wait(&loop, &pending, 20);
+        for (int i = 0; i < 4; i++) {
+            if (calls[i] == 0 && !r[i].done)
+                bad++;
+            if (r[i].status < 0 && r[i].status != TQKV_ENOMEM)
+                bad++;
+        }
+        free(r[1].data);
+        destroy(e);
+    } else if (rc != TQKV_ENOMEM) {
+        bad++;
+    }
+    tqkv_replace_allocator(NULL, NULL, NULL, NULL);
+    return bad ? -1 : (oom_seen <= target ? 1 : 0); /* 1: the target was never reached */
+}
+
+static void test_out_of_memory(void)
+{
+    tqkv_test_redis s;
+    START_SERVER(&s, NULL);
+    int rounds = 0;
+    for (long k = 0; k < 200; k++) {
+        int rc = oom_round(&s, k);
+        if (rc < 0)
+            fprintf(stderr, "allocation %ld failing broke the contract\n", k);
+        ASSERT_TRUE(rc >= 0);
+        rounds++;
+        if (rc == 1)
+            break; /* past the last allocation of the workload */
+    }
+    fprintf(stderr, "failed each of the workload's %d allocations in turn\n", rounds - 1);
+    ASSERT_TRUE(rounds > 5);
+    ASSERT_TRUE(rounds < 200);
+    tqkv_test_redis_stop(&s);
+}
+
 static const tqkv_test_case cases[] = {
     {"roundtrip", test_roundtrip},
     {"ttl", test_ttl},
@@ -841,6 +927,7 @@ static const tqkv_test_case cases[] = {
     {"outage", test_outage},
     {"slow", test_slow},
     {"destroy_in_callback", test_destroy_in_callback},
+    {"out_of_memory", test_out_of_memory},
     {NULL, NULL},
 };
 
