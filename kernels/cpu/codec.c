@@ -426,6 +426,13 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
             float E[TQ_MAX_HEAD_DIM] = {0};
             uint32_t mask[TQ_MAX_HEAD_DIM / 32];
             for (uint32_t t = 0; t < n_tokens; t++) {
+#if defined(__x86_64__)
+                if (kern.avx2 && head_dim % 8 == 0) {
+                    tqkv__view_read_head_k(&kern, src, t, h, head_dim, x);
+                    tqkv__energy_add_avx2(x, head_dim, E);
+                    continue;
+                }
+#endif
                 tqkv__view_read_head(src, t, h, head_dim, x);
                 for (uint32_t j = 0; j < head_dim; j++) {
                     float e = x[j] * x[j];
@@ -437,7 +444,12 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
                 tqkv_store_le32(rec + 4 * i, mask[i]);
             split_channels(mask, P, r->n_out, ch[0], ch[1]);
         }
-        for (uint32_t t = 0; t < n_tokens; t++) {
+        uint32_t t_first = 0;
+#if defined(__x86_64__)
+        if (kern.avx2) /* groups of eight tokens; the tail token by token below */
+            t_first = tqkv__encode_head_avx2(ctx, &L, &ch[0][0], src, h, head_dim, rec);
+#endif
+        for (uint32_t t = t_first; t < n_tokens; t++) {
             tqkv__view_read_head_k(&kern, src, t, h, head_dim, x);
             for (uint32_t p = 0; p < L.n_parts; p++) {
                 const tq__part_layout *pl = &L.part[p];
@@ -580,7 +592,13 @@ int tq_decode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
             if (rc)
                 goto out;
         }
-        for (uint32_t t = 0; t < n_tokens; t++) {
+        uint32_t t_first = 0;
+#if defined(__x86_64__)
+        if (kern.avx2)
+            t_first = tqkv__decode_head_avx2(ctx, &L, &ch[0][0], rec, h, n_kv_heads, head_dim,
+                                             out_dtype, dst);
+#endif
+        for (uint32_t t = t_first; t < n_tokens; t++) {
             for (uint32_t p = 0; p < L.n_parts; p++) {
                 const tq__part_layout *pl = &L.part[p];
                 read_part_codes(&kern, rec, pl, n_tokens, t, codes, sg);

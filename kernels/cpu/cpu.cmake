@@ -8,6 +8,7 @@ add_library(tq STATIC
   ${CMAKE_CURRENT_LIST_DIR}/recipe.c
   ${CMAKE_CURRENT_LIST_DIR}/codec.c
   ${CMAKE_CURRENT_LIST_DIR}/avx2.c
+  ${CMAKE_CURRENT_LIST_DIR}/avx2_group.c
   ${CMAKE_CURRENT_LIST_DIR}/block.c
   ${CMAKE_CURRENT_LIST_DIR}/attention.c)
 set_target_properties(tq PROPERTIES POSITION_INDEPENDENT_CODE ON)

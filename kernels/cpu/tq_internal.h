@@ -171,6 +171,23 @@ void tqkv__pack_codes_bmi2(const uint8_t *codes, uint32_t n, uint32_t m, uint32_
                            uint32_t *w1);
 void tqkv__unpack_codes_bmi2(const uint32_t *w0, const uint32_t *w1, uint32_t n, uint32_t m,
                              uint8_t *codes);
+/* Vertical AVX2 section kernels (avx2_group.c): tokens [0, T & ~7) of head h, eight tokens at a
+ * time, bytes identical to the per-token path. ch holds the two parts' channel lists
+ * (ch + p * TQ_MAX_HEAD_DIM; the identity without outliers); the outlier mask must already be
+ * written. Encode writes the part records of rec; decode writes rows of dst ([token][head][dim],
+ * out_dtype). @return the number of tokens done (0 when the geometry or the codebook is not
+ * supported: head_dim not a multiple of 8, T < 8, m > 4; or no scratch memory); the caller
+ * does the rest with the per-token kernels. */
+uint32_t tqkv__encode_head_avx2(const tq__part_ctx *ctx, const tq__layout *L, const uint16_t *ch,
+                                const tq_kv_view *src, uint32_t h, uint32_t head_dim,
+                                uint8_t *rec);
+uint32_t tqkv__decode_head_avx2(const tq__part_ctx *ctx, const tq__layout *L, const uint16_t *ch,
+                                const uint8_t *rec, uint32_t h, uint32_t n_kv_heads,
+                                uint32_t head_dim, tq_dtype out_dtype, void *dst);
+/* E[j] = E[j] + x[j] * x[j] for j < n, n a multiple of 8. */
+void tqkv__energy_add_avx2(const float *x, uint32_t n, float *E);
+/* float row -> bf16 (round to nearest even, as tq__f32_to_bf16), n a multiple of 8. */
+void tqkv__bf16_store_avx2(const float *src, uint32_t n, uint16_t *dst);
 #endif
 
 /* The kernels of one implementation, looked up once per call. */
