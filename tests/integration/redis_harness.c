@@ -299,10 +299,16 @@ static int cluster_ok(int port)
 
 int tqkv_test_redis_cluster_start(tqkv_test_redis_cluster *c, int n)
 {
+    return tqkv_test_redis_cluster_start_replicas(c, n, 0);
+}
+
+int tqkv_test_redis_cluster_start_replicas(tqkv_test_redis_cluster *c, int masters, int replicas)
+{
+    int n = masters * (1 + replicas);
     static const char *const args[] = {"--cluster-enabled", "yes", "--cluster-config-file",
                                        "nodes.conf", "--cluster-node-timeout", "5000", NULL};
     memset(c, 0, sizeof(*c));
-    if (n < 3 || n > TQKV_TEST_REDIS_MAX_NODES)
+    if (masters < 3 || replicas < 0 || n > TQKV_TEST_REDIS_MAX_NODES)
         return -1;
     for (int i = 0; i < n; i++) {
         c->n = i + 1;
@@ -319,8 +325,10 @@ int tqkv_test_redis_cluster_start(tqkv_test_redis_cluster *c, int n)
         snprintf(addr[i], sizeof(addr[i]), "127.0.0.1:%d", c->node[i].port);
         argv[a++] = addr[i];
     }
+    char nrep[16];
+    snprintf(nrep, sizeof(nrep), "%d", replicas);
     argv[a++] = "--cluster-replicas";
-    argv[a++] = "0";
+    argv[a++] = nrep;
     argv[a++] = "--cluster-yes";
     argv[a] = NULL;
     char log[160];

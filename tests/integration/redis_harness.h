@@ -53,6 +53,9 @@ redisReply *tqkv_test_redis_cmd_argv(int port, const char *password, int argc, c
 /* Starts `n` (3..TQKV_TEST_REDIS_MAX_NODES) cluster-enabled servers and joins them into one
  * cluster of masters; waits until every node reports cluster_state:ok. @return 0 or -1. */
 int tqkv_test_redis_cluster_start(tqkv_test_redis_cluster *c, int n);
+/* The same with `replicas` replicas per master (masters * (1 + replicas) nodes at most
+ * TQKV_TEST_REDIS_MAX_NODES); redis-cli decides which node replicates which. */
+int tqkv_test_redis_cluster_start_replicas(tqkv_test_redis_cluster *c, int masters, int replicas);
 /* Waits until every node reports cluster_state:ok (e.g. after a restart). @return 0 or -1. */
 int tqkv_test_redis_cluster_wait(tqkv_test_redis_cluster *c);
 void tqkv_test_redis_cluster_stop(tqkv_test_redis_cluster *c);

@@ -1,7 +1,8 @@
 /* Integration tests of the Redis engine against a real 3-master Redis Cluster started here
  * (redis-server --cluster-enabled yes x3 on random loopback ports, joined with redis-cli --cluster
  * create): round trips across slots from a single seed, MOVED after a slot migration the engine
- * has not heard of, ASK while the slot is migrating, and the directory operations. */
+ * has not heard of, ASK while the slot is migrating, the directory operations, clearing, a master
+ * killed and restarted; and a 3+3 cluster with replicas where a replica is promoted. */
 #include "redis_harness.h"
 #include "tqkv_log.h"
 #include "tqkv_redis.h"
@@ -384,6 +385,122 @@ static void test_master_down(void)
     tqkv_test_loop_for(&loop, 5);
 }
 
+/* "master" or "slave" (ROLE), and for a replica its master's port and link state. */
+static int role_of(int port, int *master_port, int *linked)
+{
+    redisReply *r = tqkv_test_redis_cmd(port, NULL, "ROLE");
+    int is_master = -1;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->type == REDIS_REPLY_STRING) {
+        is_master = strcmp(r->element[0]->str, "master") == 0;
+        if (!is_master && r->elements >= 4) {
+            *master_port = (int)r->element[2]->integer;
+            *linked = strcmp(r->element[3]->str, "connected") == 0;
+        }
+    }
+    if (r)
+        freeReplyObject(r);
+    return is_master;
+}
+
+static void sleep_ms(int ms)
+{
+    tqkv_test_loop_for(&loop, ms);
+}
+
+/* A replica promoted by CLUSTER FAILOVER: the engine's map is stale for the old master's slots;
+ * MOVED leads it to the new master and the refreshed map keeps three masters. */
+static void failover_body(tqkv_test_redis_cluster *fc)
+{
+    /* A replica linked to its master (replication starts after the cluster is formed). */
+    int rep = -1, mport = 0, linked = 0;
+    for (int t = 0; t < 500 && rep < 0; t++) {
+        for (int i = 0; i < fc->n && rep < 0; i++)
+            if (role_of(fc->node[i].port, &mport, &linked) == 0 && linked)
+                rep = i;
+        if (rep < 0)
+            sleep_ms(20);
+    }
+    ASSERT_TRUE(rep >= 0);
+    char addr[64];
+    const char *nodes[1];
+    tqkv_redis_config cfg;
+    tqkv_redis_config_default(&cfg);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", mport);
+    nodes[0] = addr;
+    cfg.nodes = nodes;
+    cfg.n_nodes = 1;
+    cfg.cluster = 1;
+    cfg.backoff_min_ms = 20;
+    cfg.backoff_max_ms = 200;
+    tqkv_redis *e = NULL;
+    ASSERT_OK(tqkv_redis_create(&loop, &cfg, &e));
+
+    /* Blocks owned by the master that will be demoted. */
+    enum { N = 12 };
+    uint8_t keys[N][32];
+    char rkey[256];
+    result r = {0}, g = {0};
+    int mi = -1;
+    for (int i = 0; i < fc->n; i++)
+        if (fc->node[i].port == mport)
+            mi = i;
+    ASSERT_TRUE(mi >= 0);
+    for (int i = 0; i < N; i++) {
+        int slot;
+        do {
+            key_in_slot(keys[i], -1);
+            int n = tqkv_redis_block_key("tqkv", "ns", keys[i], 32, rkey, sizeof(rkey));
+            slot = tqkv_redis_key_slot(rkey, (size_t)n);
+        } while (tqkv_test_redis_cluster_owner(fc, slot) != mi);
+        ASSERT_EQ_INT(wait_result(tqkv_redis_put(e, "ns", keys[i], 32, "kv", 2, done_cb, &r), &r),
+                      0);
+    }
+    tqkv_redis_stats s0 = stats_of(e);
+    ASSERT_EQ_INT(s0.nodes_total, 3);
+
+    /* Manual failover: the replica catches up with its master, then takes its slots over. */
+    ASSERT_TRUE(ok_reply(tqkv_test_redis_cmd(fc->node[rep].port, NULL, "CLUSTER FAILOVER")));
+    int promoted = 0;
+    for (int t = 0; t < 500 && !promoted; t++) {
+        promoted = role_of(fc->node[rep].port, &mport, &linked) == 1 &&
+                   tqkv_test_redis_cluster_owner(fc, tqkv_redis_key_slot(rkey, strlen(rkey))) ==
+                       rep;
+        if (!promoted)
+            sleep_ms(20);
+    }
+    ASSERT_TRUE(promoted);
+    ASSERT_TRUE(tqkv_test_redis_cluster_wait(fc) == 0);
+
+    for (int i = 0; i < N; i++) {
+        g.data = NULL;
+        ASSERT_EQ_INT(wait_result(tqkv_redis_get(e, "ns", keys[i], 32, get_cb, &g), &g), 1);
+        ASSERT_MEM_EQ(g.data, "kv", 2);
+        free(g.data);
+    }
+    tqkv_redis_stats s1 = stats_of(e);
+    ASSERT_TRUE(s1.moved > s0.moved);
+    for (int t = 0; t < 100 && stats_of(e).slot_refreshes == s0.slot_refreshes; t++)
+        sleep_ms(10);
+    s1 = stats_of(e);
+    ASSERT_TRUE(s1.slot_refreshes > s0.slot_refreshes);
+    ASSERT_EQ_INT(s1.nodes_total, 3);
+    ASSERT_EQ_INT(s1.state, TQKV_REDIS_UP);
+    ASSERT_EQ_U64(s1.errors, 0);
+    tqkv_redis_destroy(e);
+    tqkv_test_loop_for(&loop, 5);
+}
+
+static void test_failover(void)
+{
+    if (!tqkv_test_redis_available())
+        TEST_SKIP("redis-server not installed");
+    tqkv_test_redis_cluster fc;
+    ASSERT_TRUE(tqkv_test_redis_cluster_start_replicas(&fc, 3, 1) == 0);
+    failover_body(&fc);
+    tqkv_test_redis_cluster_stop(&fc);
+}
+
 static const tqkv_test_case cases[] = {
     {"key_slot_matches_redis", test_key_slot_matches_redis},
     {"roundtrip_across_slots", test_roundtrip_across_slots},
@@ -391,6 +508,7 @@ static const tqkv_test_case cases[] = {
     {"directory", test_directory},
     {"clear", test_clear},
     {"master_down", test_master_down},
+    {"failover", test_failover},
     {NULL, NULL},
 };
 
