@@ -580,6 +580,14 @@ TQ_AVX2 static void encode_part(const tq__part_ctx *c, const grp_part *g, const 
     qjl_signs(c->S, n, V, rec, pl->signs_off, T, t0);
 }
 
+TQ_AVX2 static void quant_test(const grp_part *g, const tq__part_layout *pl, const float *t,
+                               uint8_t *rec, grp_scratch *s)
+{
+    for (uint32_t k = 0; k < g->n; k++)
+        s->W[k] = _mm256_loadu_ps(t + 8 * (size_t)k);
+    quant_all(g, pl, s->W, _mm256_set1_ps(1.0f), rec, 8, 0, s->L, s->V, 0, 0);
+}
+
 uint32_t tqkv__encode_head_avx2(const tq__part_ctx *ctx, const tq__layout *L, const uint16_t *ch,
                                 const tq_kv_view *src, uint32_t h, uint32_t head_dim, uint8_t *rec)
 {
@@ -768,6 +776,20 @@ TQ_AVX2 void tqkv__bf16_store_avx2(const float *src, uint32_t n, uint16_t *dst)
         __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(b, b), 0x08);
         _mm_storeu_si128((__m128i *)(dst + j), _mm256_castsi256_si128(p));
     }
+}
+
+/* Test hook: codes of t[k * 8 + lane] (k < n, eight lanes) through the encoder's quantiser,
+ * written as the plane words of a record of T = 8 tokens. @return 0, or TQKV_ENOTSUP. */
+int tqkv__quant_group_avx2(const tq__part_ctx *c, const tq__part_layout *pl, const float *t,
+                           uint8_t *rec)
+{
+    grp_part g;
+    if (!c->m || !grp_part_init(c, &g)) return TQKV_ENOTSUP;
+    grp_scratch *s = tqkv_aligned_alloc(64, sizeof(*s));
+    if (!s) return TQKV_ENOMEM;
+    quant_test(&g, pl, t, rec, s);
+    tqkv_aligned_free(s);
+    return 0;
 }
 
 #endif

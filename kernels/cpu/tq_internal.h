@@ -184,6 +184,11 @@ uint32_t tqkv__encode_head_avx2(const tq__part_ctx *ctx, const tq__layout *L, co
 uint32_t tqkv__decode_head_avx2(const tq__part_ctx *ctx, const tq__layout *L, const uint16_t *ch,
                                 const uint8_t *rec, uint32_t h, uint32_t n_kv_heads,
                                 uint32_t head_dim, tq_dtype out_dtype, void *dst);
+/* Test hook: the codes of t[k * 8 + lane] (k < n, 8 lanes = 8 tokens) by the vertical
+ * quantiser (t taken as the already scaled coordinate), written as the plane words of a record
+ * of T = 8 tokens (layout pl). @return 0, TQKV_ENOTSUP (m = 0 or m > 4) or TQKV_ENOMEM. */
+int tqkv__quant_group_avx2(const tq__part_ctx *c, const tq__part_layout *pl, const float *t,
+                           uint8_t *rec);
 /* E[j] = E[j] + x[j] * x[j] for j < n, n a multiple of 8. */
 void tqkv__energy_add_avx2(const float *x, uint32_t n, float *E);
 /* float row -> bf16 (round to nearest even, as tq__f32_to_bf16), n a multiple of 8. */

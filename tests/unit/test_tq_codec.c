@@ -344,6 +344,189 @@ static void test_scalar_vs_avx2(void)
 #endif
 }
 
+#if defined(__x86_64__)
+/* Encodes kv (T x H x d, dtype dt) with the scalar and the AVX2 implementation and decodes the
+ * scalar section with both, to every output dtype; everything must be identical. */
+static void compare_impls(const tq_recipe *r, uint32_t d, uint32_t H, uint32_t T, const void *kv,
+                          tq_dtype dt, const char *what)
+{
+    uint8_t *s1, *s2;
+    size_t l1, l2;
+    ASSERT_OK(tq_set_cpu_impl(TQ_IMPL_SCALAR));
+    ASSERT_OK(encode(r, d, H, T, 3, kv, dt, &s1, &l1));
+    ASSERT_OK(tq_set_cpu_impl(TQ_IMPL_AVX2));
+    ASSERT_OK(encode(r, d, H, T, 3, kv, dt, &s2, &l2));
+    if (memcmp(s1, s2, l1))
+        fprintf(stderr, "  %s: mode %d bits %d/%d norm %d d=%u T=%u dtype %d: sections differ\n",
+                what, r->mode, r->bits, r->out_bits, r->norm, d, T, dt);
+    ASSERT_MEM_EQ(s1, s2, l1);
+    size_t no = (size_t)T * H * d * 4;
+    uint8_t *o1 = malloc(no), *o2 = malloc(no);
+    for (int od = TQ_DTYPE_F16; od <= TQ_DTYPE_F32; od++) {
+        size_t len = (size_t)T * H * d * tq_dtype_size((tq_dtype)od);
+        memset(o1, 0xa5, no);
+        memset(o2, 0x5a, no);
+        ASSERT_OK(tq_set_cpu_impl(TQ_IMPL_SCALAR));
+        ASSERT_OK(
+            tq_decode_section(r, d, H, T, 3, TQ_CODEBOOK_EXACT, s1, l1, (tq_dtype)od, o1, len));
+        ASSERT_OK(tq_set_cpu_impl(TQ_IMPL_AVX2));
+        ASSERT_OK(
+            tq_decode_section(r, d, H, T, 3, TQ_CODEBOOK_EXACT, s1, l1, (tq_dtype)od, o2, len));
+        if (memcmp(o1, o2, len))
+            fprintf(stderr, "  %s: mode %d bits %d d=%u T=%u: decode to dtype %d differs\n", what,
+                    r->mode, r->bits, d, T, od);
+        ASSERT_MEM_EQ(o1, o2, len);
+    }
+    ASSERT_OK(tq_set_cpu_impl(TQ_IMPL_AUTO));
+    free(o1);
+    free(o2);
+    free(s1);
+    free(s2);
+}
+#endif
+
+/* Token counts around the AVX2 path's groups of eight (whole groups, tails, fewer than eight),
+ * head dims with 16- and 8-channel blocks and padding, every preset and input dtype. */
+static void test_avx2_token_counts(void)
+{
+#if defined(__x86_64__)
+    if (!tqkv__cpu_has_avx2()) TEST_SKIP("no AVX2 on this CPU");
+    static const struct {
+        uint32_t d, T;
+    } geo[] = {{128, 1}, {128, 7}, {128, 8}, {128, 9}, {128, 255}, {96, 16},
+               {40, 23}, {256, 9}, {32, 17}, {64, 8},  {24, 10}};
+    for (size_t gi = 0; gi < sizeof(geo) / sizeof(geo[0]); gi++)
+        for (const char *const *p = tq_preset_names(); *p; p++)
+            for (int dt = TQ_DTYPE_F16; dt <= TQ_DTYPE_F32; dt++) {
+                uint32_t d = geo[gi].d, T = geo[gi].T, H = 2;
+                if (T == 255 && dt != TQ_DTYPE_F16)
+                    continue; /* time: one dtype is enough for the long case */
+                tq_recipe k, v;
+                ASSERT_OK(tq_preset(*p, d, &k, &v));
+                void *kv = make_kv((tq_dtype)dt, T, H, d, 40 + gi, NULL);
+                compare_impls(&k, d, H, T, kv, (tq_dtype)dt, *p);
+                if (memcmp(&k, &v, sizeof(k))) compare_impls(&v, d, H, T, kv, (tq_dtype)dt, *p);
+                free(kv);
+            }
+#else
+    TEST_SKIP("not x86-64");
+#endif
+}
+
+/* Inputs that take the unusual branches: NaN and Inf (read as 0), all-zero tokens (norm 0),
+ * -0, subnormals, fp32 values whose FWHT overflows to Inf and NaN (t = NaN takes code 0), and
+ * the unbiased norm's dot <= 0 fallback. Scalar and AVX2 must agree byte for byte. */
+static void test_avx2_edge_values(void)
+{
+#if defined(__x86_64__)
+    if (!tqkv__cpu_has_avx2()) TEST_SKIP("no AVX2 on this CPU");
+    const uint32_t d = 64, H = 1, T = 24;
+    float *x = malloc((size_t)T * d * 4);
+    uint16_t *h16 = malloc((size_t)T * d * 2);
+    tq_rng rng = {.s = 5};
+    for (uint32_t t = 0; t < T; t++)
+        for (uint32_t j = 0; j < d; j++) {
+            float v = (float)tq_rng_gauss(&rng);
+            switch (t % 8) {
+            case 0:
+                v = 0.0f;
+                break; /* zero token */
+            case 1:
+                v = j == 3 ? NAN : j == 9 ? -INFINITY : v;
+                break; /* non-finite */
+            case 2:
+                v = (j & 1) ? -0.0f : 0x1p-140f * (float)j;
+                break; /* -0, subnormal */
+            case 3:
+                v = (j % 5 == 0) ? 3e38f : (j % 7 == 0) ? -3e38f : v;
+                break; /* overflow */
+            case 4:
+                v = j == 0 ? 1.0f : 0.0f;
+                break; /* one channel */
+            case 5:
+                v = (float)(j % 3) - 1.0f;
+                break; /* exact small values */
+            case 6:
+                v = 65504.0f * ((j & 2) ? 1.0f : -1.0f);
+                break; /* fp16 max */
+            default:
+                break;
+            }
+            x[(size_t)t * d + j] = v;
+            h16[(size_t)t * d + j] = tq__f32_to_f16(v);
+        }
+    for (const char *const *p = tq_preset_names(); *p; p++)
+        for (int norm = 0; norm < 3; norm++) {
+            tq_recipe k, v;
+            ASSERT_OK(tq_preset(*p, d, &k, &v));
+            if (k.mode == TQ_MODE_RAW && norm) continue;
+            if (k.mode != TQ_MODE_RAW) k.norm = (uint8_t)norm;
+            compare_impls(&k, d, H, T, x, TQ_DTYPE_F32, *p);
+            compare_impls(&k, d, H, T, h16, TQ_DTYPE_F16, *p);
+        }
+    free(x);
+    free(h16);
+#else
+    TEST_SKIP("not x86-64");
+#endif
+}
+
+/* The AVX2 quantiser counts on |t| against the positive boundaries only; values exactly on a
+ * boundary (either sign), one ulp either side, +-0, +-Inf, NaN and subnormals must get the
+ * reference's compare-and-count code (a value on a boundary takes the upper code, NaN code 0). */
+static void test_avx2_boundary_ties(void)
+{
+#if defined(__x86_64__)
+    if (!tqkv__cpu_has_avx2()) TEST_SKIP("no AVX2 on this CPU");
+    static const uint32_t ns[] = {16, 32, 128, 256};
+    for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++)
+        for (uint32_t m = 1; m <= 4; m++) {
+            const uint32_t n = ns[ni], K = 1u << m;
+            tq_recipe r = {.mode = TQ_MODE_MSE, .bits = (uint8_t)m};
+            tq__layout L;
+            tqkv__layout(&r, n, 8, &L);
+            tq__part_ctx *c = malloc(sizeof(*c));
+            ASSERT_OK(tqkv__part_ctx_init(c, &L.part[0], 0, TQ_NORM_PLAIN, 1, TQ_CODEBOOK_EXACT));
+            /* candidate values: every boundary, its neighbours, and the specials */
+            float cand[3 * 16 + 10];
+            uint32_t nc = 0;
+            for (uint32_t j = 0; j + 1 < K; j++) {
+                cand[nc++] = c->bnd[j];
+                cand[nc++] = nextafterf(c->bnd[j], INFINITY);
+                cand[nc++] = nextafterf(c->bnd[j], -INFINITY);
+            }
+            const float specials[] = {0.0f, -0.0f,     INFINITY,   -INFINITY, NAN,
+                                      -NAN, 0x1p-149f, -0x1p-149f, 1e30f,     -1e30f};
+            for (size_t i = 0; i < sizeof(specials) / sizeof(specials[0]); i++)
+                cand[nc++] = specials[i];
+            float *t = malloc((size_t)n * 8 * 4);
+            uint8_t *rec = calloc(1, L.record_size);
+            for (uint32_t i = 0; i < n * 8; i++) /* every candidate in many lanes and positions */
+                t[i] = cand[(i * 7 + i / 8) % nc];
+            ASSERT_OK(tqkv__quant_group_avx2(c, &L.part[0], t, rec));
+            for (uint32_t lane = 0; lane < 8; lane++) {
+                uint8_t got[256], sg[32];
+                tqkv__read_part_codes(rec, &L.part[0], 8, lane, got, (uint32_t *)sg);
+                for (uint32_t k = 0; k < n; k++) {
+                    float tv = t[k * 8 + lane];
+                    uint32_t want = 0;
+                    for (uint32_t j = 0; j + 1 < K; j++)
+                        want += tv >= c->bnd[j];
+                    if (got[k] != want)
+                        fprintf(stderr, "  n=%u m=%u t=%a: code %u, reference %u\n", n, m, tv,
+                                got[k], want);
+                    ASSERT_EQ_INT(got[k], want);
+                }
+            }
+            free(t);
+            free(rec);
+            free(c);
+        }
+#else
+    TEST_SKIP("not x86-64");
+#endif
+}
+
 /* One vector encoded by following FORMAT.md's "Reference arithmetic" literally, here in the test,
  * must give the library's codes, scale, gamma and signs. */
 static void test_reference_arithmetic(void)
@@ -486,6 +669,9 @@ static const tqkv_test_case cases[] = {
     {"roundtrip_presets", test_roundtrip_presets},
     {"determinism_and_seed", test_determinism_and_seed},
     {"scalar_vs_avx2", test_scalar_vs_avx2},
+    {"avx2_token_counts", test_avx2_token_counts},
+    {"avx2_edge_values", test_avx2_edge_values},
+    {"avx2_boundary_ties", test_avx2_boundary_ties},
     {"reference_arithmetic", test_reference_arithmetic},
     {"paged_view", test_paged_view},
     {"zero_and_nonfinite", test_zero_and_nonfinite},
