@@ -127,7 +127,8 @@ void tqkv_ssd_options_init(tqkv_ssd_options *opt);
 int tqkv_ssd_open(const tqkv_ssd_options *opt, tqkv_ssd **out);
 
 /* Finishes every queued operation (puts are written and synced per policy), stops the threads,
- * runs the remaining callbacks on the calling thread and frees the engine. NULL: no-op. */
+ * runs the remaining callbacks on the calling thread and frees the engine. Those callbacks must
+ * not start new operations on this engine. NULL: no-op. */
 void tqkv_ssd_close(tqkv_ssd *ssd);
 
 /* Stores `data` under (ns_id, key), replacing any earlier record. Borrows `data` until `cb`.
