@@ -39,7 +39,7 @@
 
 #define MOD "redis"
 #define REFRESH_MIN_NS (100ull * 1000 * 1000) /* at most 10 CLUSTER SLOTS per second */
-#define LZ4_MIN_BYTES 256                      /* below this compression is never worth it */
+#define LZ4_MIN_BYTES 256                     /* below this compression is never worth it */
 
 typedef enum {
     OP_PUT,
@@ -64,14 +64,14 @@ typedef struct req req;
 
 struct req {
     tqkv_redis *r;
-    node *n;              /* node it is in flight on */
-    req *prev, *next;     /* that node's in-flight list, in send order */
+    node *n;          /* node it is in flight on */
+    req *prev, *next; /* that node's in-flight list, in send order */
     op_kind op;
     uint8_t redirects;
     uint16_t slot;
-    char *cmd;            /* formatted command; NULL once sent in standalone mode */
+    char *cmd; /* formatted command; NULL once sent in standalone mode */
     size_t cmd_len;
-    size_t value_bytes;   /* PUT: bytes stored, for the statistics */
+    size_t value_bytes; /* PUT: bytes stored, for the statistics */
     union {
         tqkv_redis_done_cb done;
         tqkv_redis_get_cb get;
@@ -90,10 +90,10 @@ struct node {
     int port;
     redisAsyncContext *ac;
     node_state st;
-    int ever_up;       /* has been connected once: the next connect is a reconnect */
-    int down_logged;   /* the current outage has been logged */
-    int in_map;        /* owns slots (cluster) or is the server (standalone) */
-    int fail_status;   /* status for the requests of a connection we dropped */
+    int ever_up;     /* has been connected once: the next connect is a reconnect */
+    int down_logged; /* the current outage has been logged */
+    int in_map;      /* owns slots (cluster) or is the server (standalone) */
+    int fail_status; /* status for the requests of a connection we dropped */
     uint64_t connect_ns, retry_ns, progress_ns;
     uint32_t backoff_ms;
     req *head, *tail;
@@ -146,8 +146,7 @@ const char *tqkv_redis_state_name(tqkv_redis_state s)
 static req *req_new(tqkv_redis *r, op_kind op, size_t cmd_len, size_t extra)
 {
     req *q = tqkv_calloc(1, sizeof(*q) + extra);
-    if (!q)
-        return NULL;
+    if (!q) return NULL;
     q->cmd = tqkv_malloc(cmd_len);
     if (!q->cmd) {
         tqkv_free(q);
@@ -168,8 +167,7 @@ static void req_free(req *q)
 static void req_unlink(req *q)
 {
     node *n = q->n;
-    if (!n)
-        return;
+    if (!n) return;
     if (q->prev)
         q->prev->next = q->next;
     else
@@ -195,8 +193,7 @@ static void req_fail(req *q, int status)
         r->st.timeouts++;
     else
         r->st.errors++;
-    if (is_block_get(q))
-        r->st.misses++;
+    if (is_block_get(q)) r->st.misses++;
     switch (q->op) {
     case OP_GET:
     case OP_KV_GET:
@@ -218,8 +215,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static int req_send(req *q, node *n, int asking)
 {
     static const char asking_cmd[] = "*1\r\n$6\r\nASKING\r\n";
-    if (!n || n->st == NODE_DOWN || !n->ac)
-        return TQKV_ETIER;
+    if (!n || n->st == NODE_DOWN || !n->ac) return TQKV_ETIER;
     if (asking && redisAsyncFormattedCommand(n->ac, NULL, NULL, asking_cmd,
                                              sizeof(asking_cmd) - 1) != REDIS_OK)
         return TQKV_ETIER;
@@ -248,8 +244,7 @@ static node *node_find(tqkv_redis *r, const char *host, int port, size_t *idx)
 {
     for (size_t i = 0; i < r->n_nodes; i++) {
         if (r->nodes[i]->port == port && strcmp(r->nodes[i]->host, host) == 0) {
-            if (idx)
-                *idx = i;
+            if (idx) *idx = i;
             return r->nodes[i];
         }
     }
@@ -260,21 +255,17 @@ static node *node_find(tqkv_redis *r, const char *host, int port, size_t *idx)
 static node *node_get(tqkv_redis *r, const char *host, int port, size_t *idx)
 {
     node *n = node_find(r, host, port, idx);
-    if (n)
-        return n;
-    if (r->n_nodes >= INT16_MAX)
-        return NULL;
+    if (n) return n;
+    if (r->n_nodes >= INT16_MAX) return NULL;
     if (r->n_nodes == r->cap_nodes) {
         size_t cap = r->cap_nodes ? 2 * r->cap_nodes : 4;
         node **nn = tqkv_realloc(r->nodes, cap * sizeof(*nn));
-        if (!nn)
-            return NULL;
+        if (!nn) return NULL;
         r->nodes = nn;
         r->cap_nodes = cap;
     }
     n = tqkv_calloc(1, sizeof(*n));
-    if (!n)
-        return NULL;
+    if (!n) return NULL;
     n->host = tqkv_strdup(host);
     if (!n->host) {
         tqkv_free(n);
@@ -284,11 +275,9 @@ static node *node_get(tqkv_redis *r, const char *host, int port, size_t *idx)
     n->port = port;
     n->st = NODE_DOWN;
     n->backoff_ms = r->backoff_min_ms;
-    if (idx)
-        *idx = r->n_nodes;
+    if (idx) *idx = r->n_nodes;
     r->nodes[r->n_nodes++] = n;
-    if (!r->closing)
-        node_connect(n);
+    if (!r->closing) node_connect(n);
     return n;
 }
 
@@ -300,8 +289,7 @@ static void node_down(node *n, const char *why)
     n->ac = NULL;
     n->retry_ns = tqkv_now_ns() + (uint64_t)n->backoff_ms * 1000000ull;
     n->backoff_ms = n->backoff_ms >= r->backoff_max_ms / 2 ? r->backoff_max_ms : 2 * n->backoff_ms;
-    if (r->closing)
-        return;
+    if (r->closing) return;
     if (!n->down_logged) {
         TQKV_LOGW(MOD, "msg=\"redis node down\" node=%s:%d reason=\"%s\"", n->host, n->port, why);
         n->down_logged = 1;
@@ -340,8 +328,7 @@ static void node_fail(node *n, int status, const char *why)
     redisAsyncContext *ac = n->ac;
     n->fail_status = status;
     node_down(n, why);
-    if (ac)
-        redisAsyncFree(ac); /* deferred by hiredis when called from one of its callbacks */
+    if (ac) redisAsyncFree(ac); /* deferred by hiredis when called from one of its callbacks */
 }
 
 static int map_error(const redisReply *rep);
@@ -349,8 +336,7 @@ static int map_error(const redisReply *rep);
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     node *n = ac->data;
-    if (n->ac != ac)
-        return;
+    if (n->ac != ac) return;
     if (status != REDIS_OK) {
         /* hiredis frees the context after this callback. */
         node_down(n, ac->errstr ? ac->errstr : "connect failed");
@@ -363,8 +349,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     node *n = ac->data;
-    if (n->ac != ac)
-        return; /* a connection we dropped ourselves */
+    if (n->ac != ac) return; /* a connection we dropped ourselves */
     node_down(n, status == REDIS_OK ? "closed" : (ac->errstr ? ac->errstr : "connection lost"));
 }
 
@@ -372,16 +357,14 @@ static void on_hello(redisAsyncContext *ac, void *reply, void *privdata)
 {
     node *n = privdata;
     redisReply *rep = reply;
-    if (!rep || n->ac != ac)
-        return;
+    if (!rep || n->ac != ac) return;
     if (rep->type == REDIS_REPLY_ERROR) {
         /* NOAUTH / WRONGPASS, or LOADING from a server still reading its dataset. */
         int status = map_error(rep);
         if (!n->down_logged && status == TQKV_EAUTH)
             TQKV_LOGE(MOD, "msg=\"redis auth failed\" node=%s:%d reply=\"%.100s\"", n->host,
                       n->port, rep->str);
-        if (status == TQKV_EAUTH)
-            n->down_logged = 1;
+        if (status == TQKV_EAUTH) n->down_logged = 1;
         node_fail(n, status, "handshake refused");
         return;
     }
@@ -435,19 +418,15 @@ static void node_connect(node *n)
 
 static node *route(tqkv_redis *r, uint16_t slot)
 {
-    if (!r->cluster)
-        return r->nodes[0];
+    if (!r->cluster) return r->nodes[0];
     int idx = r->slots[slot];
-    if (idx >= 0)
-        return r->nodes[idx];
+    if (idx >= 0) return r->nodes[idx];
     /* Unknown slot (no map yet): any live node; a MOVED will tell us the owner. */
     node *best = NULL;
     for (size_t i = 0; i < r->n_nodes; i++) {
         node *n = r->nodes[i];
-        if (n->st == NODE_UP)
-            return n;
-        if (n->st == NODE_CONNECTING && !best)
-            best = n;
+        if (n->st == NODE_UP) return n;
+        if (n->st == NODE_CONNECTING && !best) best = n;
     }
     return best;
 }
@@ -458,8 +437,7 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *privdata)
     tqkv_redis *r = src->r;
     redisReply *rep = reply;
     r->refresh_inflight = 0;
-    if (r->closing)
-        return;
+    if (r->closing) return;
     if (!rep || rep->type != REDIS_REPLY_ARRAY) {
         r->refresh_wanted = 1;
         return;
@@ -476,14 +454,14 @@ static void on_slots(redisAsyncContext *ac, void *reply, void *privdata)
             goto bad;
         long long lo = e->element[0]->integer, hi = e->element[1]->integer;
         redisReply *m = e->element[2];
-        if (lo < 0 || hi < lo || hi >= TQKV_REDIS_SLOTS || m->element[0]->type != REDIS_REPLY_STRING ||
+        if (lo < 0 || hi < lo || hi >= TQKV_REDIS_SLOTS ||
+            m->element[0]->type != REDIS_REPLY_STRING ||
             m->element[1]->type != REDIS_REPLY_INTEGER || m->element[1]->integer <= 0 ||
             m->element[1]->integer > 65535)
             goto bad;
         /* An empty or "?" endpoint means "the address you reached me at". */
         const char *host = m->element[0]->str;
-        if (host[0] == '\0' || strcmp(host, "?") == 0)
-            host = src->host;
+        if (host[0] == '\0' || strcmp(host, "?") == 0) host = src->host;
         size_t idx;
         if (!node_get(r, host, (int)m->element[1]->integer, &idx)) {
             r->refresh_wanted = 1;
@@ -518,17 +496,13 @@ bad:
 static void maybe_refresh(tqkv_redis *r)
 {
     static const char cmd[] = "*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
-    if (!r->cluster || !r->refresh_wanted || r->refresh_inflight || r->closing)
-        return;
+    if (!r->cluster || !r->refresh_wanted || r->refresh_inflight || r->closing) return;
     uint64_t now = tqkv_now_ns();
-    if (r->refresh_ns && now - r->refresh_ns < REFRESH_MIN_NS)
-        return; /* the tick will come back */
+    if (r->refresh_ns && now - r->refresh_ns < REFRESH_MIN_NS) return; /* the tick will come back */
     node *src = NULL;
     for (size_t i = 0; i < r->n_nodes && !src; i++)
-        if (r->nodes[i]->st == NODE_UP)
-            src = r->nodes[i];
-    if (!src)
-        return;
+        if (r->nodes[i]->st == NODE_UP) src = r->nodes[i];
+    if (!src) return;
     if (redisAsyncFormattedCommand(src->ac, on_slots, src, cmd, sizeof(cmd) - 1) != REDIS_OK)
         return;
     r->refresh_inflight = 1;
@@ -543,8 +517,7 @@ static int map_error(const redisReply *rep)
     if (strncmp(rep->str, "NOAUTH", 6) == 0 || strncmp(rep->str, "WRONGPASS", 9) == 0 ||
         strncmp(rep->str, "NOPERM", 6) == 0)
         return TQKV_EAUTH;
-    if (strncmp(rep->str, "OOM", 3) == 0)
-        return TQKV_ENOSPC;
+    if (strncmp(rep->str, "OOM", 3) == 0) return TQKV_ENOSPC;
     if (strncmp(rep->str, "TRYAGAIN", 8) == 0 || strncmp(rep->str, "LOADING", 7) == 0 ||
         strncmp(rep->str, "CLUSTERDOWN", 11) == 0)
         return TQKV_EAGAIN;
@@ -607,8 +580,7 @@ static int handle_redirect(req *q, node *from, const redisReply *rep)
         maybe_refresh(r);
     }
     int rc = req_send(q, target, ask);
-    if (rc < 0)
-        req_fail(q, rc);
+    if (rc < 0) req_fail(q, rc);
     return 1;
 }
 
@@ -628,8 +600,7 @@ static void complete_get(req *q, const redisReply *rep)
         q->cb.get(q->arg, 1, v.payload, v.stored_len);
         return;
     }
-    if (v.raw_len > LZ4_MAX_INPUT_SIZE || v.stored_len > INT_MAX)
-        goto corrupt;
+    if (v.raw_len > LZ4_MAX_INPUT_SIZE || v.stored_len > INT_MAX) goto corrupt;
     char *raw = tqkv_malloc(v.raw_len ? (size_t)v.raw_len : 1);
     if (!raw) {
         r->st.errors++;
@@ -667,8 +638,7 @@ static void complete_members(req *q, const redisReply *rep)
     }
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (rep->element[i]->type != REDIS_REPLY_STRING)
-            continue;
+        if (rep->element[i]->type != REDIS_REPLY_STRING) continue;
         m[k] = rep->element[i]->str;
         lens[k++] = rep->element[i]->len;
     }
@@ -687,29 +657,24 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     (void)ac;
     if (!rep) {
         /* The connection went away with q in flight. */
-        int status = r->closing ? TQKV_ECANCELED
+        int status = r->closing              ? TQKV_ECANCELED
                      : (n && n->fail_status) ? n->fail_status
                                              : TQKV_ECLOSED;
         req_fail(q, status);
         return;
     }
-    if (n)
-        n->progress_ns = tqkv_now_ns();
+    if (n) n->progress_ns = tqkv_now_ns();
     if (rep->type == REDIS_REPLY_ERROR) {
-        if (r->cluster && handle_redirect(q, n, rep))
-            return;
-        if (r->cluster && strncmp(rep->str, "CLUSTERDOWN", 11) == 0)
-            r->refresh_wanted = 1;
+        if (r->cluster && handle_redirect(q, n, rep)) return;
+        if (r->cluster && strncmp(rep->str, "CLUSTERDOWN", 11) == 0) r->refresh_wanted = 1;
         req_fail(q, map_error(rep));
         return;
     }
     switch (q->op) {
     case OP_PUT:
     case OP_KV_SET:
-        if (rep->type != REDIS_REPLY_STATUS)
-            goto proto;
-        if (q->op == OP_PUT)
-            r->st.bytes_out += q->value_bytes;
+        if (rep->type != REDIS_REPLY_STATUS) goto proto;
+        if (q->op == OP_PUT) r->st.bytes_out += q->value_bytes;
         q->cb.done(q->arg, 0);
         break;
     case OP_GET:
@@ -736,13 +701,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     case OP_KV_EXPIRE:
     case OP_SADD:
     case OP_SREM:
-        if (rep->type != REDIS_REPLY_INTEGER)
-            goto proto;
+        if (rep->type != REDIS_REPLY_INTEGER) goto proto;
         q->cb.done(q->arg, rep->integer > 0 ? 1 : 0);
         break;
     case OP_SMEMBERS:
-        if (rep->type != REDIS_REPLY_ARRAY)
-            goto proto;
+        if (rep->type != REDIS_REPLY_ARRAY) goto proto;
         complete_members(q, rep);
         break;
     }
@@ -790,12 +753,10 @@ static void on_tick_close(uv_handle_t *h)
 static int parse_hostport(const char *s, char *host, size_t cap, int *port)
 {
     const char *colon = strrchr(s, ':');
-    if (!colon || colon == s || (size_t)(colon - s) >= cap)
-        return TQKV_EBADCONFIG;
+    if (!colon || colon == s || (size_t)(colon - s) >= cap) return TQKV_EBADCONFIG;
     char *end;
     long p = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || p <= 0 || p > 65535)
-        return TQKV_EBADCONFIG;
+    if (*end != '\0' || p <= 0 || p > 65535) return TQKV_EBADCONFIG;
     memcpy(host, s, (size_t)(colon - s));
     host[colon - s] = '\0';
     *port = (int)p;
@@ -804,10 +765,8 @@ static int parse_hostport(const char *s, char *host, size_t cap, int *port)
 
 int tqkv_redis_create(uv_loop_t *loop, const tqkv_redis_config *cfg, tqkv_redis **out)
 {
-    if (!loop || !cfg || !out || !cfg->nodes || cfg->n_nodes == 0)
-        return TQKV_EINVAL;
-    if (!cfg->cluster && cfg->n_nodes != 1)
-        return TQKV_EBADCONFIG;
+    if (!loop || !cfg || !out || !cfg->nodes || cfg->n_nodes == 0) return TQKV_EINVAL;
+    if (!cfg->cluster && cfg->n_nodes != 1) return TQKV_EBADCONFIG;
     const char *prefix = cfg->prefix ? cfg->prefix : "tqkv";
     if (!tqkv__redis_name_ok(prefix, strlen(prefix), TQKV_REDIS_MAX_PREFIX, 0) ||
         cfg->timeout_ms == 0 || cfg->backoff_min_ms == 0 ||
@@ -821,8 +780,7 @@ int tqkv_redis_create(uv_loop_t *loop, const tqkv_redis_config *cfg, tqkv_redis 
             return TQKV_EBADCONFIG;
 
     tqkv_redis *r = tqkv_calloc(1, sizeof(*r));
-    if (!r)
-        return TQKV_ENOMEM;
+    if (!r) return TQKV_ENOMEM;
     r->loop = loop;
     r->cluster = cfg->cluster;
     r->lz4 = cfg->lz4;
@@ -843,22 +801,17 @@ int tqkv_redis_create(uv_loop_t *loop, const tqkv_redis_config *cfg, tqkv_redis 
     r->closing = 1;
     for (size_t i = 0; i < cfg->n_nodes; i++) {
         parse_hostport(cfg->nodes[i], host, sizeof(host), &port);
-        if (!node_get(r, host, port, NULL))
-            goto nomem;
+        if (!node_get(r, host, port, NULL)) goto nomem;
     }
     r->closing = 0;
-    if (!r->cluster)
-        r->nodes[0]->in_map = 1;
+    if (!r->cluster) r->nodes[0]->in_map = 1;
 
     uv_timer_init(loop, &r->tick);
     r->tick.data = r;
     uint64_t period = r->timeout_ms / 4;
-    if (period > r->backoff_min_ms)
-        period = r->backoff_min_ms;
-    if (period < 5)
-        period = 5;
-    if (period > 250)
-        period = 250;
+    if (period > r->backoff_min_ms) period = r->backoff_min_ms;
+    if (period < 5) period = 5;
+    if (period > 250) period = 250;
     uv_timer_start(&r->tick, on_tick, period, period);
     uv_unref((uv_handle_t *)&r->tick); /* housekeeping alone does not keep the loop alive */
     for (size_t i = 0; i < r->n_nodes; i++)
@@ -880,22 +833,19 @@ nomem:
 
 void tqkv_redis_destroy(tqkv_redis *r)
 {
-    if (!r || r->closing)
-        return;
+    if (!r || r->closing) return;
     r->closing = 1;
     uv_timer_stop(&r->tick);
     for (size_t i = 0; i < r->n_nodes; i++) {
         node *n = r->nodes[i];
-        if (n->ac)
-            node_fail(n, TQKV_ECANCELED, "engine closed");
+        if (n->ac) node_fail(n, TQKV_ECANCELED, "engine closed");
     }
     uv_close((uv_handle_t *)&r->tick, on_tick_close);
 }
 
 struct redisAsyncContext *tqkv__redis_context(tqkv_redis *r, size_t i)
 {
-    if (i >= r->n_nodes || r->nodes[i]->st != NODE_UP)
-        return NULL;
+    if (i >= r->n_nodes || r->nodes[i]->st != NODE_UP) return NULL;
     return r->nodes[i]->ac;
 }
 
@@ -905,10 +855,8 @@ void tqkv_redis_get_stats(const tqkv_redis *r, tqkv_redis_stats *out)
     uint32_t up = 0, total = 0, any_up = 0;
     for (size_t i = 0; i < r->n_nodes; i++) {
         const node *n = r->nodes[i];
-        if (n->st == NODE_UP)
-            any_up = 1;
-        if (r->cluster && r->map_loaded && !n->in_map)
-            continue;
+        if (n->st == NODE_UP) any_up = 1;
+        if (r->cluster && r->map_loaded && !n->in_map) continue;
         total++;
         up += n->st == NODE_UP;
     }
@@ -934,10 +882,8 @@ static int req_submit(req *q, const char *rkey, size_t rkey_len)
     int rc = req_send(q, n, 0);
     if (rc < 0) {
         r->st.errors++;
-        if (is_block_get(q))
-            r->st.misses++;
-        if (r->cluster)
-            r->refresh_wanted = 1;
+        if (is_block_get(q)) r->st.misses++;
+        if (r->cluster) r->refresh_wanted = 1;
         req_free(q);
     }
     return rc;
@@ -946,10 +892,8 @@ static int req_submit(req *q, const char *rkey, size_t rkey_len)
 /* Checks what every call checks and counts the request. */
 static int check_call(tqkv_redis *r, tqkv__redis_fn cb)
 {
-    if (!r || !cb)
-        return TQKV_EINVAL;
-    if (r->closing)
-        return TQKV_ECANCELED;
+    if (!r || !cb) return TQKV_EINVAL;
+    if (r->closing) return TQKV_ECANCELED;
     r->st.requests++;
     return 0;
 }
@@ -957,27 +901,22 @@ static int check_call(tqkv_redis *r, tqkv__redis_fn cb)
 static int block_key(tqkv_redis *r, const char *ns, const void *key, size_t key_len, char *buf,
                      size_t cap)
 {
-    if (!ns || !key)
-        return TQKV_EINVAL;
+    if (!ns || !key) return TQKV_EINVAL;
     return tqkv_redis_block_key(r->prefix, ns, key, key_len, buf, cap);
 }
 
 #define RKEY_CAP (TQKV_REDIS_MAX_PREFIX + 4 + TQKV_REDIS_MAX_NS + 2 * TQKV_REDIS_MAX_KEY + 2)
 
-int tqkv_redis_put(tqkv_redis *r, const char *ns, const void *key, size_t key_len,
-                   const void *data, size_t len, tqkv_redis_done_cb cb, void *arg)
+int tqkv_redis_put(tqkv_redis *r, const char *ns, const void *key, size_t key_len, const void *data,
+                   size_t len, tqkv_redis_done_cb cb, void *arg)
 {
     int rc = check_call(r, (tqkv__redis_fn)cb);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     char rkey[RKEY_CAP];
     int kl = block_key(r, ns, key, key_len, rkey, sizeof(rkey));
-    if (kl < 0)
-        return kl;
-    if (!data && len)
-        return TQKV_EINVAL;
-    if (len > r->max_value)
-        return TQKV_ERANGE;
+    if (kl < 0) return kl;
+    if (!data && len) return TQKV_EINVAL;
+    if (len > r->max_value) return TQKV_ERANGE;
     size_t ns_len = strlen(ns);
 
     /* LZ4 into a scratch buffer capped at 15/16 of the input: LZ4 gives up (returns 0) as soon
@@ -1029,8 +968,7 @@ static int submit_simple(tqkv_redis *r, op_kind op, int argc, const char *const 
                          const size_t *lens, req **outq, size_t extra, tqkv__redis_fn cb, void *arg)
 {
     req *q = req_new(r, op, tqkv__resp_size(argc, lens), extra);
-    if (!q)
-        return TQKV_ENOMEM;
+    if (!q) return TQKV_ENOMEM;
     char *p = tqkv__resp_begin(q->cmd, argc);
     for (int i = 0; i < argc; i++)
         p = tqkv__resp_arg(p, argv[i], lens[i]);
@@ -1047,8 +985,7 @@ static int submit_simple(tqkv_redis *r, op_kind op, int argc, const char *const 
         break;
     }
     q->arg = arg;
-    if (outq)
-        *outq = q;
+    if (outq) *outq = q;
     return 0;
 }
 
@@ -1056,19 +993,16 @@ int tqkv_redis_get(tqkv_redis *r, const char *ns, const void *key, size_t key_le
                    tqkv_redis_get_cb cb, void *arg)
 {
     int rc = check_call(r, (tqkv__redis_fn)cb);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     char rkey[RKEY_CAP];
     int kl = block_key(r, ns, key, key_len, rkey, sizeof(rkey));
-    if (kl < 0)
-        return kl;
+    if (kl < 0) return kl;
     size_t ns_len = strlen(ns);
     const char *argv[2] = {"GET", rkey};
     size_t lens[2] = {3, (size_t)kl};
     req *q;
     rc = submit_simple(r, OP_GET, 2, argv, lens, &q, ns_len + key_len, (tqkv__redis_fn)cb, arg);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     q->ns = (char *)(q + 1);
     q->key = (uint8_t *)q->ns + ns_len;
     q->ns_len = ns_len;
@@ -1082,12 +1016,10 @@ static int block_simple(tqkv_redis *r, op_kind op, const char *verb, const char 
                         const void *key, size_t key_len, tqkv_redis_done_cb cb, void *arg)
 {
     int rc = check_call(r, (tqkv__redis_fn)cb);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     char rkey[RKEY_CAP];
     int kl = block_key(r, ns, key, key_len, rkey, sizeof(rkey));
-    if (kl < 0)
-        return kl;
+    if (kl < 0) return kl;
     const char *argv[2] = {verb, rkey};
     size_t lens[2] = {strlen(verb), (size_t)kl};
     req *q;
@@ -1110,8 +1042,7 @@ int tqkv_redis_del(tqkv_redis *r, const char *ns, const void *key, size_t key_le
 /* "<prefix>:<key>" for the directory records. @return its length or TQKV_EINVAL. */
 static int dir_key(const tqkv_redis *r, const char *key, char *buf, size_t cap)
 {
-    if (!key)
-        return TQKV_EINVAL;
+    if (!key) return TQKV_EINVAL;
     size_t kl = strlen(key), pl = strlen(r->prefix);
     if (!tqkv__redis_name_ok(key, kl, TQKV_REDIS_MAX_KEY, 1) || pl + 1 + kl + 1 > cap)
         return TQKV_EINVAL;
@@ -1123,16 +1054,13 @@ static int dir_key(const tqkv_redis *r, const char *key, char *buf, size_t cap)
 
 /* A directory command: verb, the record's key, then up to two more arguments. */
 static int dir_call(tqkv_redis *r, op_kind op, const char *verb, const char *key, const void *a2,
-                    size_t l2, const void *a3, size_t l3, int argc, tqkv__redis_fn cb,
-                    void *arg)
+                    size_t l2, const void *a3, size_t l3, int argc, tqkv__redis_fn cb, void *arg)
 {
     int rc = check_call(r, cb);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     char rkey[TQKV_REDIS_MAX_PREFIX + TQKV_REDIS_MAX_KEY + 2];
     int kl = dir_key(r, key, rkey, sizeof(rkey));
-    if (kl < 0)
-        return kl;
+    if (kl < 0) return kl;
     const char *argv[4] = {verb, rkey, a2, a3};
     size_t lens[4] = {strlen(verb), (size_t)kl, l2, l3};
     req *q;
@@ -1140,24 +1068,20 @@ static int dir_call(tqkv_redis *r, op_kind op, const char *verb, const char *key
     return rc < 0 ? rc : req_submit(q, rkey, (size_t)kl);
 }
 
-int tqkv_redis_kv_set(tqkv_redis *r, const char *key, const void *val, size_t len,
-                      uint32_t ttl_ms, tqkv_redis_done_cb cb, void *arg)
+int tqkv_redis_kv_set(tqkv_redis *r, const char *key, const void *val, size_t len, uint32_t ttl_ms,
+                      tqkv_redis_done_cb cb, void *arg)
 {
-    if (!r || (!val && len))
-        return TQKV_EINVAL;
-    if (len > r->max_value)
-        return TQKV_ERANGE;
+    if (!r || (!val && len)) return TQKV_EINVAL;
+    if (len > r->max_value) return TQKV_ERANGE;
     if (!ttl_ms)
         return dir_call(r, OP_KV_SET, "SET", key, val ? val : "", len, NULL, 0, 3,
                         (tqkv__redis_fn)cb, arg);
     /* SET key val PX ms: five arguments, built here rather than widening dir_call. */
     int rc = check_call(r, (tqkv__redis_fn)cb);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     char rkey[TQKV_REDIS_MAX_PREFIX + TQKV_REDIS_MAX_KEY + 2], ttl[24];
     int kl = dir_key(r, key, rkey, sizeof(rkey));
-    if (kl < 0)
-        return kl;
+    if (kl < 0) return kl;
     int tl = snprintf(ttl, sizeof(ttl), "%u", ttl_ms);
     const char *argv[5] = {"SET", rkey, val ? val : "", "PX", ttl};
     size_t lens[5] = {3, (size_t)kl, len, 2, (size_t)tl};
@@ -1179,8 +1103,7 @@ int tqkv_redis_kv_del(tqkv_redis *r, const char *key, tqkv_redis_done_cb cb, voi
 int tqkv_redis_kv_expire(tqkv_redis *r, const char *key, uint32_t ttl_ms, tqkv_redis_done_cb cb,
                          void *arg)
 {
-    if (ttl_ms == 0)
-        return TQKV_EINVAL;
+    if (ttl_ms == 0) return TQKV_EINVAL;
     char ttl[24];
     int tl = snprintf(ttl, sizeof(ttl), "%u", ttl_ms);
     return dir_call(r, OP_KV_EXPIRE, "PEXPIRE", key, ttl, (size_t)tl, NULL, 0, 3,
@@ -1190,16 +1113,14 @@ int tqkv_redis_kv_expire(tqkv_redis *r, const char *key, uint32_t ttl_ms, tqkv_r
 int tqkv_redis_set_add(tqkv_redis *r, const char *set, const void *member, size_t len,
                        tqkv_redis_done_cb cb, void *arg)
 {
-    if (!member || len == 0 || len > TQKV_REDIS_MAX_KEY)
-        return TQKV_EINVAL;
+    if (!member || len == 0 || len > TQKV_REDIS_MAX_KEY) return TQKV_EINVAL;
     return dir_call(r, OP_SADD, "SADD", set, member, len, NULL, 0, 3, (tqkv__redis_fn)cb, arg);
 }
 
 int tqkv_redis_set_rem(tqkv_redis *r, const char *set, const void *member, size_t len,
                        tqkv_redis_done_cb cb, void *arg)
 {
-    if (!member || len == 0 || len > TQKV_REDIS_MAX_KEY)
-        return TQKV_EINVAL;
+    if (!member || len == 0 || len > TQKV_REDIS_MAX_KEY) return TQKV_EINVAL;
     return dir_call(r, OP_SREM, "SREM", set, member, len, NULL, 0, 3, (tqkv__redis_fn)cb, arg);
 }
 
@@ -1232,11 +1153,9 @@ struct clear_op {
 
 static void clear_unref(clear_op *op)
 {
-    if (--op->refs > 0)
-        return;
+    if (--op->refs > 0) return;
     int status = op->status;
-    if (status == 0)
-        status = op->deleted > INT32_MAX ? INT32_MAX : (int)op->deleted;
+    if (status == 0) status = op->deleted > INT32_MAX ? INT32_MAX : (int)op->deleted;
     if (op->status < 0) {
         if (op->status == TQKV_ETIMEDOUT)
             op->r->st.timeouts++;
@@ -1250,8 +1169,7 @@ static void clear_unref(clear_op *op)
 
 static void clear_fail(clear_op *op, int status)
 {
-    if (op->status == 0)
-        op->status = status;
+    if (op->status == 0) op->status = status;
 }
 
 static void on_clear_unlink(redisAsyncContext *ac, void *reply, void *privdata)
@@ -1260,7 +1178,7 @@ static void on_clear_unlink(redisAsyncContext *ac, void *reply, void *privdata)
     redisReply *rep = reply;
     (void)ac;
     if (!rep)
-        clear_fail(cn->op, cn->op->r->closing ? TQKV_ECANCELED
+        clear_fail(cn->op, cn->op->r->closing   ? TQKV_ECANCELED
                            : cn->n->fail_status ? cn->n->fail_status
                                                 : TQKV_ECLOSED);
     else if (rep->type == REDIS_REPLY_INTEGER)
@@ -1291,7 +1209,7 @@ static void on_clear_scan(redisAsyncContext *ac, void *reply, void *privdata)
     clear_op *op = cn->op;
     redisReply *rep = reply;
     if (!rep) {
-        clear_fail(op, op->r->closing ? TQKV_ECANCELED
+        clear_fail(op, op->r->closing       ? TQKV_ECANCELED
                        : cn->n->fail_status ? cn->n->fail_status
                                             : TQKV_ECLOSED);
     } else if (rep->type == REDIS_REPLY_ERROR) {
@@ -1303,8 +1221,7 @@ static void on_clear_scan(redisAsyncContext *ac, void *reply, void *privdata)
     } else if (!op->r->closing) {
         redisReply *keys = rep->element[1];
         for (size_t i = 0; i < keys->elements; i++) {
-            if (keys->element[i]->type != REDIS_REPLY_STRING)
-                continue;
+            if (keys->element[i]->type != REDIS_REPLY_STRING) continue;
             const char *argv[2] = {"UNLINK", keys->element[i]->str};
             size_t lens[2] = {6, keys->element[i]->len};
             if (redisAsyncCommandArgv(ac, on_clear_unlink, cn, 2, argv, lens) != REDIS_OK) {
@@ -1323,8 +1240,7 @@ static void on_clear_scan(redisAsyncContext *ac, void *reply, void *privdata)
 static char *glob_escape(char *p, const char *s)
 {
     for (; *s; s++) {
-        if (*s == '*' || *s == '?' || *s == '[' || *s == ']' || *s == '\\')
-            *p++ = '\\';
+        if (*s == '*' || *s == '?' || *s == '[' || *s == ']' || *s == '\\') *p++ = '\\';
         *p++ = *s;
     }
     return p;
@@ -1333,18 +1249,15 @@ static char *glob_escape(char *p, const char *s)
 int tqkv_redis_clear(tqkv_redis *r, const char *ns, tqkv_redis_done_cb cb, void *arg)
 {
     int rc = check_call(r, (tqkv__redis_fn)cb);
-    if (rc < 0)
-        return rc;
-    if (ns && !tqkv__redis_name_ok(ns, strlen(ns), TQKV_REDIS_MAX_NS, 0))
-        return TQKV_EINVAL;
+    if (rc < 0) return rc;
+    if (ns && !tqkv__redis_name_ok(ns, strlen(ns), TQKV_REDIS_MAX_NS, 0)) return TQKV_EINVAL;
     size_t masters = 0;
     for (size_t i = 0; i < r->n_nodes; i++)
         masters += r->nodes[i]->in_map;
     if (masters == 0 || (r->cluster && !r->map_loaded))
         return TQKV_ETIER; /* which masters exist is not known yet */
     clear_op *op = tqkv_calloc(1, sizeof(*op) + masters * sizeof(clear_node));
-    if (!op)
-        return TQKV_ENOMEM;
+    if (!op) return TQKV_ENOMEM;
     op->pattern = tqkv_malloc(2 * (strlen(r->prefix) + (ns ? strlen(ns) : 0)) + 8);
     if (!op->pattern) {
         tqkv_free(op);
@@ -1364,8 +1277,7 @@ int tqkv_redis_clear(tqkv_redis *r, const char *ns, tqkv_redis_done_cb cb, void 
     op->arg = arg;
     op->refs = 1; /* ours, until every scan is started */
     for (size_t i = 0; i < r->n_nodes; i++) {
-        if (!r->nodes[i]->in_map)
-            continue;
+        if (!r->nodes[i]->in_map) continue;
         clear_node *cn = &op->nodes[op->n_nodes++];
         cn->op = op;
         cn->n = r->nodes[i];

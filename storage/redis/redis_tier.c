@@ -32,8 +32,7 @@ static int ns_of(redis_tier *t, uint32_t ns_id, char *buf, size_t cap)
 {
     static const char hex[] = "0123456789abcdef";
     const char *name = t->ns_name(t->ns_arg, ns_id);
-    if (!name || !*name)
-        return TQKV_ENONAMESPACE;
+    if (!name || !*name) return TQKV_ENONAMESPACE;
     size_t n = strlen(name);
     if (n < cap && tqkv__redis_name_ok(name, n, TQKV_REDIS_MAX_NS, 0) &&
         !(name[0] == 'x' && n > 1 && strspn(name + 1, hex) == n - 1)) {
@@ -42,8 +41,7 @@ static int ns_of(redis_tier *t, uint32_t ns_id, char *buf, size_t cap)
         memcpy(buf, name, n + 1);
         return 0;
     }
-    if (1 + 2 * n + 1 > cap || 1 + 2 * n > TQKV_REDIS_MAX_NS)
-        return TQKV_ENONAMESPACE;
+    if (1 + 2 * n + 1 > cap || 1 + 2 * n > TQKV_REDIS_MAX_NS) return TQKV_ENONAMESPACE;
     buf[0] = 'x';
     for (size_t i = 0; i < n; i++) {
         buf[1 + 2 * i] = hex[(unsigned char)name[i] >> 4];
@@ -99,14 +97,11 @@ static int tier_write(tqkv_tier *tt, uint32_t ns_id, const uint8_t key[TQKV_KEY_
     redis_tier *t = (redis_tier *)tt;
     char ns[TQKV_REDIS_MAX_NS + 1];
     int rc = ns_of(t, ns_id, ns, sizeof(ns));
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     op_ctx *c = ctx_new(cb, arg);
-    if (!c)
-        return TQKV_ENOMEM;
+    if (!c) return TQKV_ENOMEM;
     rc = tqkv_redis_put(t->r, ns, key, TQKV_KEY_BYTES, data, len, write_done, c);
-    if (rc < 0)
-        tqkv_free(c);
+    if (rc < 0) tqkv_free(c);
     return rc;
 }
 
@@ -134,21 +129,17 @@ static int tier_read(tqkv_tier *tt, uint32_t ns_id, const uint8_t key[TQKV_KEY_B
                      void *arg)
 {
     redis_tier *t = (redis_tier *)tt;
-    if (!dest || !out_len || !cb)
-        return TQKV_EINVAL;
+    if (!dest || !out_len || !cb) return TQKV_EINVAL;
     char ns[TQKV_REDIS_MAX_NS + 1];
     int rc = ns_of(t, ns_id, ns, sizeof(ns));
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     op_ctx *c = ctx_new(cb, arg);
-    if (!c)
-        return TQKV_ENOMEM;
+    if (!c) return TQKV_ENOMEM;
     c->dest = dest;
     c->dest_arg = dest_arg;
     c->out_len = out_len;
     rc = tqkv_redis_get(t->r, ns, key, TQKV_KEY_BYTES, read_done, c);
-    if (rc < 0)
-        tqkv_free(c);
+    if (rc < 0) tqkv_free(c);
     return rc;
 }
 
@@ -166,14 +157,11 @@ static int tier_remove(tqkv_tier *tt, uint32_t ns_id, const uint8_t key[TQKV_KEY
     redis_tier *t = (redis_tier *)tt;
     char ns[TQKV_REDIS_MAX_NS + 1];
     int rc = ns_of(t, ns_id, ns, sizeof(ns));
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     op_ctx *c = ctx_new(cb, arg);
-    if (!c)
-        return TQKV_ENOMEM;
+    if (!c) return TQKV_ENOMEM;
     rc = tqkv_redis_del(t->r, ns, key, TQKV_KEY_BYTES, presence_done, c);
-    if (rc < 0)
-        tqkv_free(c);
+    if (rc < 0) tqkv_free(c);
     return rc;
 }
 
@@ -181,15 +169,12 @@ static int tier_exists(tqkv_tier *tt, uint32_t ns_id, const uint8_t key[TQKV_KEY
                        tqkv_tier_done_cb cb, void *arg)
 {
     redis_tier *t = (redis_tier *)tt;
-    if (!cb)
-        return TQKV_EAGAIN; /* remote: no answer without a round trip */
+    if (!cb) return TQKV_EAGAIN; /* remote: no answer without a round trip */
     char ns[TQKV_REDIS_MAX_NS + 1];
     int rc = ns_of(t, ns_id, ns, sizeof(ns));
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     op_ctx *c = ctx_new(cb, arg);
-    if (!c)
-        return TQKV_ENOMEM;
+    if (!c) return TQKV_ENOMEM;
     rc = tqkv_redis_exists(t->r, ns, key, TQKV_KEY_BYTES, presence_done, c);
     if (rc < 0) {
         tqkv_free(c);
@@ -211,15 +196,12 @@ static int tier_clear(tqkv_tier *tt, uint32_t ns_id, tqkv_tier_done_cb cb, void 
     char ns[TQKV_REDIS_MAX_NS + 1];
     if (ns_id != UINT32_MAX) {
         int rc = ns_of(t, ns_id, ns, sizeof(ns));
-        if (rc < 0)
-            return rc;
+        if (rc < 0) return rc;
     }
     op_ctx *c = ctx_new(cb, arg);
-    if (!c)
-        return TQKV_ENOMEM;
+    if (!c) return TQKV_ENOMEM;
     int rc = tqkv_redis_clear(t->r, ns_id == UINT32_MAX ? NULL : ns, clear_done, c);
-    if (rc < 0)
-        tqkv_free(c);
+    if (rc < 0) tqkv_free(c);
     return rc;
 }
 
@@ -238,11 +220,9 @@ static const tqkv_tier_ops redis_tier_ops = {
 int tqkv_redis_tier_create(tqkv_redis *r, tqkv_redis_ns_name_fn ns_name, void *ns_arg,
                            tqkv_tier **out)
 {
-    if (!r || !ns_name || !out)
-        return TQKV_EINVAL;
+    if (!r || !ns_name || !out) return TQKV_EINVAL;
     redis_tier *t = tqkv_calloc(1, sizeof(*t));
-    if (!t)
-        return TQKV_ENOMEM;
+    if (!t) return TQKV_ENOMEM;
     t->base.ops = &redis_tier_ops;
     t->base.id = TQKV_TIER_REDIS;
     t->base.flags = TQKV_TIER_F_KEYED | TQKV_TIER_F_PERSISTENT | TQKV_TIER_F_SHARED;
@@ -256,7 +236,6 @@ int tqkv_redis_tier_create(tqkv_redis *r, tqkv_redis_ns_name_fn ns_name, void *n
 
 tqkv_redis *tqkv_redis_from_tier(tqkv_tier *t)
 {
-    if (!t || t->ops != &redis_tier_ops)
-        return NULL;
+    if (!t || t->ops != &redis_tier_ops) return NULL;
     return ((redis_tier *)t)->r;
 }

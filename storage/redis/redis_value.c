@@ -72,11 +72,9 @@ int tqkv__redis_value_parse(const uint8_t *v, size_t len, const char *ns, size_t
 {
     if (len < TQKV__REDIS_HDR_SIZE)
         return len >= 4 && tqkv_load_le32(v) != TQKV__REDIS_MAGIC ? TQKV_EBADMAGIC
-                                                                   : TQKV_ETRUNCATED;
-    if (tqkv_load_le32(v) != TQKV__REDIS_MAGIC)
-        return TQKV_EBADMAGIC;
-    if (v[4] != TQKV__REDIS_VERSION)
-        return TQKV_EBADVERSION;
+                                                                  : TQKV_ETRUNCATED;
+    if (tqkv_load_le32(v) != TQKV__REDIS_MAGIC) return TQKV_EBADMAGIC;
+    if (v[4] != TQKV__REDIS_VERSION) return TQKV_EBADVERSION;
     uint8_t flags = v[5];
     size_t vns = tqkv_load_le16(v + 6), vkey = tqkv_load_le16(v + 8);
     size_t hdr = tqkv_load_le16(v + 10);
@@ -87,13 +85,11 @@ int tqkv__redis_value_parse(const uint8_t *v, size_t len, const char *ns, size_t
     size_t body = len - TQKV__REDIS_HDR_SIZE;
     if (vns > body || vkey > body - vns || stored != (uint64_t)(body - vns - vkey))
         return TQKV_ETRUNCATED;
-    if (!(flags & TQKV__REDIS_FLAG_LZ4) && raw_len != stored)
-        return TQKV_EBADHEADER;
+    if (!(flags & TQKV__REDIS_FLAG_LZ4) && raw_len != stored) return TQKV_EBADHEADER;
     if (vns != ns_len || vkey != key_len || memcmp(v + TQKV__REDIS_HDR_SIZE, ns, ns_len) != 0 ||
         memcmp(v + TQKV__REDIS_HDR_SIZE + ns_len, key, key_len) != 0)
         return TQKV_EBADKEY;
-    if (raw_len > max_raw)
-        return TQKV_ERANGE;
+    if (raw_len > max_raw) return TQKV_ERANGE;
 
     uint8_t h[TQKV__REDIS_HDR_SIZE];
     memcpy(h, v, sizeof(h));
@@ -102,8 +98,7 @@ int tqkv__redis_value_parse(const uint8_t *v, size_t len, const char *ns, size_t
     XXH3_64bits_reset(&st);
     XXH3_64bits_update(&st, h, sizeof(h));
     XXH3_64bits_update(&st, v + sizeof(h), len - sizeof(h));
-    if (XXH3_64bits_digest(&st) != tqkv_load_le64(v + TQKV__REDIS_CKSUM_OFF))
-        return TQKV_ECHECKSUM;
+    if (XXH3_64bits_digest(&st) != tqkv_load_le64(v + TQKV__REDIS_CKSUM_OFF)) return TQKV_ECHECKSUM;
 
     out->flags = flags;
     out->raw_len = raw_len;
@@ -114,14 +109,11 @@ int tqkv__redis_value_parse(const uint8_t *v, size_t len, const char *ns, size_t
 
 int tqkv__redis_name_ok(const char *s, size_t len, size_t max, int allow_tags)
 {
-    if (len == 0 || len > max)
-        return 0;
+    if (len == 0 || len > max) return 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c <= ' ' || c == 0x7f)
-            return 0;
-        if (!allow_tags && (c == '{' || c == '}'))
-            return 0;
+        if (c <= ' ' || c == 0x7f) return 0;
+        if (!allow_tags && (c == '{' || c == '}')) return 0;
     }
     return 1;
 }
@@ -158,16 +150,14 @@ int tqkv_redis_block_key(const char *prefix, const char *ns, const void *key, si
                          char *buf, size_t cap)
 {
     static const char hex[] = "0123456789abcdef";
-    if (!prefix || !ns || !key || !buf)
-        return TQKV_EINVAL;
+    if (!prefix || !ns || !key || !buf) return TQKV_EINVAL;
     size_t pl = strlen(prefix), nl = strlen(ns);
     if (!tqkv__redis_name_ok(prefix, pl, TQKV_REDIS_MAX_PREFIX, 0) ||
         !tqkv__redis_name_ok(ns, nl, TQKV_REDIS_MAX_NS, 0) || key_len == 0 ||
         key_len > TQKV_REDIS_MAX_KEY)
         return TQKV_EINVAL;
     size_t need = pl + 3 + nl + 1 + 2 * key_len;
-    if (need + 1 > cap)
-        return TQKV_ERANGE;
+    if (need + 1 > cap) return TQKV_ERANGE;
     char *p = buf;
     memcpy(p, prefix, pl);
     p += pl;

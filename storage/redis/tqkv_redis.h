@@ -36,9 +36,9 @@ extern "C" {
 typedef struct tqkv_redis tqkv_redis;
 
 #define TQKV_REDIS_SLOTS 16384
-#define TQKV_REDIS_MAX_NS 255      /* namespace name, bytes */
-#define TQKV_REDIS_MAX_KEY 255     /* block key, bytes (chunk keys are 32) */
-#define TQKV_REDIS_MAX_PREFIX 64   /* key prefix, bytes */
+#define TQKV_REDIS_MAX_NS 255    /* namespace name, bytes */
+#define TQKV_REDIS_MAX_KEY 255   /* block key, bytes (chunk keys are 32) */
+#define TQKV_REDIS_MAX_PREFIX 64 /* key prefix, bytes */
 
 typedef struct {
     /* "host:port" of the server (standalone: exactly one) or of one or more cluster nodes
@@ -97,8 +97,8 @@ typedef void (*tqkv_redis_done_cb)(void *arg, int status);
 typedef void (*tqkv_redis_get_cb)(void *arg, int status, const void *data, size_t len);
 /* Completion of tqkv_redis_set_members: on success (status 0) `n` members, each `lens[i]` bytes
  * at `members[i]`; all borrowed until the callback returns. */
-typedef void (*tqkv_redis_members_cb)(void *arg, int status, size_t n,
-                                      const char *const *members, const size_t *lens);
+typedef void (*tqkv_redis_members_cb)(void *arg, int status, size_t n, const char *const *members,
+                                      const size_t *lens);
 
 /* Creates an engine on `loop` (borrowed; must outlive the engine) and starts connecting. A node
  * that cannot be reached is not an error: the engine retries in the background.
@@ -115,8 +115,8 @@ void tqkv_redis_destroy(tqkv_redis *r);
  * call only (it is copied, LZ4-compressed if configured and worth it). Callback status 0: stored.
  * @return 0, TQKV_EINVAL, TQKV_ERANGE (larger than max_value_bytes), TQKV_ENOMEM, TQKV_ETIER
  * (no node for the key is reachable), TQKV_ECANCELED (engine closing). */
-int tqkv_redis_put(tqkv_redis *r, const char *ns, const void *key, size_t key_len,
-                   const void *data, size_t len, tqkv_redis_done_cb cb, void *arg);
+int tqkv_redis_put(tqkv_redis *r, const char *ns, const void *key, size_t key_len, const void *data,
+                   size_t len, tqkv_redis_done_cb cb, void *arg);
 
 /* Fetches block `key` of `ns`. A value whose header, key or checksum does not match is dropped,
  * counted in `corrupt` and reported as a miss (status 0), never served.
@@ -145,8 +145,8 @@ int tqkv_redis_clear(tqkv_redis *r, const char *ns, tqkv_redis_done_cb cb, void 
  * tag ("{dir}:node:a") to keep related records in one cluster slot. */
 
 /* SET with an optional expiry (ttl_ms 0: none). Callback status 0: stored. */
-int tqkv_redis_kv_set(tqkv_redis *r, const char *key, const void *val, size_t len,
-                      uint32_t ttl_ms, tqkv_redis_done_cb cb, void *arg);
+int tqkv_redis_kv_set(tqkv_redis *r, const char *key, const void *val, size_t len, uint32_t ttl_ms,
+                      tqkv_redis_done_cb cb, void *arg);
 /* GET. Callback status 1 (data valid until the callback returns) or 0 (absent). */
 int tqkv_redis_kv_get(tqkv_redis *r, const char *key, tqkv_redis_get_cb cb, void *arg);
 /* DEL. Callback status 1 if it existed, 0 if not. */

@@ -33,11 +33,11 @@
 static uv_loop_t loop;
 
 typedef struct {
-    int raw;            /* 1: hiredis baseline, 0: engine */
-    int put;            /* 1: PUT/SET, 0: GET */
+    int raw; /* 1: hiredis baseline, 0: engine */
+    int put; /* 1: PUT/SET, 0: GET */
     size_t size;
     int n_ops, issued, done, inflight, depth, n_keys, errors;
-    uint64_t bytes;     /* value bytes moved */
+    uint64_t bytes; /* value bytes moved */
     const uint8_t *value;
     tqkv_redis *e;
     redisAsyncContext *ac;
@@ -125,8 +125,7 @@ static double measure(run_state *s)
     while (s->done < s->n_ops)
         uv_run(&loop, UV_RUN_ONCE);
     double sec = (double)(tqkv_now_ns() - t0) * 1e-9;
-    if (s->errors)
-        return -1;
+    if (s->errors) return -1;
     return (double)s->bytes / sec / 1e6;
 }
 
@@ -164,18 +163,15 @@ int main(int argc, char **argv)
             n_sizes = 0;
             for (char *p = argv[++i]; *p && n_sizes < 8;) {
                 sizes[n_sizes++] = (size_t)strtoul(p, &p, 10) << 10;
-                if (*p == ',')
-                    p++;
+                if (*p == ',') p++;
             }
         } else {
-            fprintf(stderr,
-                    "usage: redis_bench [--port P] [--sizes-kb 256,1024,4096] [--depth 8] "
-                    "[--total-mb 128] [--keys 16] [--reps 15] [--lz4]\n");
+            fprintf(stderr, "usage: redis_bench [--port P] [--sizes-kb 256,1024,4096] [--depth 8] "
+                            "[--total-mb 128] [--keys 16] [--reps 15] [--lz4]\n");
             return 2;
         }
     }
-    if (depth < 1 || reps < 1 || reps > 64 || n_keys < 1 || total_mb < 1)
-        return 2;
+    if (depth < 1 || reps < 1 || reps > 64 || n_keys < 1 || total_mb < 1) return 2;
     signal(SIGPIPE, SIG_IGN);
     tqkv_log_set_level(TQKV_LOG_WARN);
     uv_loop_init(&loop);
@@ -186,8 +182,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "redis-server not installed\n");
             return 77;
         }
-        if (tqkv_test_redis_start(&server, NULL) < 0)
-            return 1;
+        if (tqkv_test_redis_start(&server, NULL) < 0) return 1;
         port = server.port;
     }
 
@@ -201,13 +196,11 @@ int main(int argc, char **argv)
     cfg.lz4 = lz4;
     cfg.timeout_ms = 10000;
     tqkv_redis *e = NULL;
-    if (tqkv_redis_create(&loop, &cfg, &e) < 0)
-        return 1;
+    if (tqkv_redis_create(&loop, &cfg, &e) < 0) return 1;
     tqkv_redis_stats st;
     for (int i = 0; i < 1000; i++) { /* up to ~10 s */
         tqkv_redis_get_stats(e, &st);
-        if (st.state == TQKV_REDIS_UP)
-            break;
+        if (st.state == TQKV_REDIS_UP) break;
         tqkv_test_loop_for(&loop, 10);
     }
     redisAsyncContext *ac = tqkv__redis_context(e, 0);
@@ -228,8 +221,7 @@ int main(int argc, char **argv)
             value[i] = (uint8_t)(x >> 24);
         }
         int n_ops = (int)(((uint64_t)total_mb << 20) / size);
-        if (n_ops < 2 * depth)
-            n_ops = 2 * depth;
+        if (n_ops < 2 * depth) n_ops = 2 * depth;
         int keys = n_keys < n_ops ? n_keys : n_ops;
         for (int put = 1; put >= 0 && rc == 0; put--) {
             double eng[64], raw[64], t_eng = 0, t_raw = 0;
@@ -259,8 +251,7 @@ int main(int argc, char **argv)
                 t_raw += (double)n_ops * (double)size / 1e6 / raw[r];
                 t_eng += (double)n_ops * (double)size / 1e6 / eng[r];
             }
-            if (rc)
-                break;
+            if (rc) break;
             /* Throughput over all rounds (total bytes / total time), and the median over rounds
              * of the engine/raw ratio within a round (both run back to back, so a load change on
              * a shared machine hits the pair rather than one side). */
@@ -274,8 +265,8 @@ int main(int argc, char **argv)
                    "\"ops_per_round\":%d,\"rounds\":%d,\"lz4\":%d,\"engine_MBps\":%.1f,"
                    "\"raw_hiredis_MBps\":%.1f,\"engine_ops_per_s\":%.1f,\"raw_ops_per_s\":%.1f,"
                    "\"ratio\":%.3f,\"ratio_median_of_rounds\":%.3f}\n",
-                   put ? "put" : "get", size, depth, n_ops, reps, lz4, me, mr, me * 1e6 / (double)size,
-                   mr * 1e6 / (double)size, me / mr, mp);
+                   put ? "put" : "get", size, depth, n_ops, reps, lz4, me, mr,
+                   me * 1e6 / (double)size, mr * 1e6 / (double)size, me / mr, mp);
             fflush(stdout);
         }
         free(value);

@@ -50,8 +50,7 @@ static void track(pid_t pid, int add)
 static int on_path(const char *prog)
 {
     const char *path = getenv("PATH");
-    if (!path)
-        path = "/usr/local/bin:/usr/bin:/bin";
+    if (!path) path = "/usr/local/bin:/usr/bin:/bin";
     char buf[1024];
     while (*path) {
         size_t n = strcspn(path, ":");
@@ -59,8 +58,7 @@ static int on_path(const char *prog)
             memcpy(buf, path, n);
             buf[n] = '/';
             strcpy(buf + n + 1, prog);
-            if (access(buf, X_OK) == 0)
-                return 1;
+            if (access(buf, X_OK) == 0) return 1;
         }
         path += n + (path[n] == ':');
     }
@@ -75,8 +73,7 @@ int tqkv_test_redis_available(void)
 static int port_free(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return 0;
+    if (fd < 0) return 0;
     struct sockaddr_in a = {0};
     a.sin_family = AF_INET;
     a.sin_port = htons((uint16_t)port);
@@ -98,8 +95,7 @@ static int random_port(void)
     for (int i = 0; i < 200; i++) {
         /* The cluster bus listens on port + 10000: keep both below 65536 and free. */
         int p = 20000 + rand() % 30000;
-        if (port_free(p) && port_free(p + 10000))
-            return p;
+        if (port_free(p) && port_free(p + 10000)) return p;
     }
     return -1;
 }
@@ -107,8 +103,7 @@ static int random_port(void)
 static pid_t spawn(char *const *argv, const char *log)
 {
     pid_t pid = fork();
-    if (pid < 0)
-        return -1;
+    if (pid < 0) return -1;
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
         int fd = open(log ? log : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0600);
@@ -134,15 +129,13 @@ static redisContext *connect_port(int port, const char *password)
     struct timeval tv = {1, 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
     if (!c || c->err) {
-        if (c)
-            redisFree(c);
+        if (c) redisFree(c);
         return NULL;
     }
     redisSetTimeout(c, (struct timeval){10, 0});
     if (password) {
         redisReply *r = redisCommand(c, "AUTH %s", password);
-        if (r)
-            freeReplyObject(r);
+        if (r) freeReplyObject(r);
     }
     return c;
 }
@@ -150,8 +143,7 @@ static redisContext *connect_port(int port, const char *password)
 redisReply *tqkv_test_redis_cmd(int port, const char *password, const char *fmt, ...)
 {
     redisContext *c = connect_port(port, password);
-    if (!c)
-        return NULL;
+    if (!c) return NULL;
     va_list ap;
     va_start(ap, fmt);
     redisReply *r = redisvCommand(c, fmt, ap);
@@ -164,8 +156,7 @@ redisReply *tqkv_test_redis_cmd_argv(int port, const char *password, int argc, c
                                      const size_t *lens)
 {
     redisContext *c = connect_port(port, password);
-    if (!c)
-        return NULL;
+    if (!c) return NULL;
     redisReply *r = redisCommandArgv(c, argc, argv, lens);
     redisFree(c);
     return r;
@@ -225,8 +216,7 @@ int tqkv_test_redis_start(tqkv_test_redis *s, const char *const *args)
     memset(s, 0, sizeof(*s));
     for (int i = 0; args && args[i] && i < TQKV_TEST_REDIS_MAX_ARGS; i++) {
         s->args[s->n_args++] = args[i];
-        if (strcmp(args[i], "--requirepass") == 0 && args[i + 1])
-            s->password = args[i + 1];
+        if (strcmp(args[i], "--requirepass") == 0 && args[i + 1]) s->password = args[i + 1];
     }
     const char *tmp = getenv("TMPDIR");
     snprintf(s->dir, sizeof(s->dir), "%s/tqkv-redis-XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -237,8 +227,7 @@ int tqkv_test_redis_start(tqkv_test_redis *s, const char *const *args)
     }
     for (int attempt = 0; attempt < 5; attempt++) {
         s->port = random_port();
-        if (s->port > 0 && launch(s) == 0)
-            return 0;
+        if (s->port > 0 && launch(s) == 0) return 0;
     }
     fprintf(stderr, "redis harness: cannot start redis-server (see %s/redis.log)\n", s->dir);
     return -1;
@@ -246,15 +235,13 @@ int tqkv_test_redis_start(tqkv_test_redis *s, const char *const *args)
 
 int tqkv_test_redis_restart(tqkv_test_redis *s)
 {
-    if (s->pid)
-        tqkv_test_redis_kill(s);
+    if (s->pid) tqkv_test_redis_kill(s);
     return launch(s);
 }
 
 void tqkv_test_redis_signal(tqkv_test_redis *s, int sig)
 {
-    if (s->pid > 0)
-        kill(s->pid, sig);
+    if (s->pid > 0) kill(s->pid, sig);
 }
 
 void tqkv_test_redis_kill(tqkv_test_redis *s)
@@ -276,8 +263,7 @@ void tqkv_test_redis_stop(tqkv_test_redis *s)
             struct dirent *e;
             char path[512];
             while ((e = readdir(d))) {
-                if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                    continue;
+                if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
                 snprintf(path, sizeof(path), "%s/%s", s->dir, e->d_name);
                 unlink(path);
             }
@@ -292,8 +278,7 @@ static int cluster_ok(int port)
 {
     redisReply *r = tqkv_test_redis_cmd(port, NULL, "CLUSTER INFO");
     int ok = r && r->type == REDIS_REPLY_STRING && strstr(r->str, "cluster_state:ok") != NULL;
-    if (r)
-        freeReplyObject(r);
+    if (r) freeReplyObject(r);
     return ok;
 }
 
@@ -305,15 +290,18 @@ int tqkv_test_redis_cluster_start(tqkv_test_redis_cluster *c, int n)
 int tqkv_test_redis_cluster_start_replicas(tqkv_test_redis_cluster *c, int masters, int replicas)
 {
     int n = masters * (1 + replicas);
-    static const char *const args[] = {"--cluster-enabled", "yes", "--cluster-config-file",
-                                       "nodes.conf", "--cluster-node-timeout", "5000", NULL};
+    static const char *const args[] = {"--cluster-enabled",
+                                       "yes",
+                                       "--cluster-config-file",
+                                       "nodes.conf",
+                                       "--cluster-node-timeout",
+                                       "5000",
+                                       NULL};
     memset(c, 0, sizeof(*c));
-    if (masters < 3 || replicas < 0 || n > TQKV_TEST_REDIS_MAX_NODES)
-        return -1;
+    if (masters < 3 || replicas < 0 || n > TQKV_TEST_REDIS_MAX_NODES) return -1;
     for (int i = 0; i < n; i++) {
         c->n = i + 1;
-        if (tqkv_test_redis_start(&c->node[i], args) < 0)
-            goto fail;
+        if (tqkv_test_redis_start(&c->node[i], args) < 0) goto fail;
     }
     char addr[TQKV_TEST_REDIS_MAX_NODES][32];
     char *argv[TQKV_TEST_REDIS_MAX_NODES + 8];
@@ -339,8 +327,7 @@ int tqkv_test_redis_cluster_start_replicas(tqkv_test_redis_cluster *c, int maste
         fprintf(stderr, "redis harness: redis-cli --cluster create failed (see %s)\n", log);
         goto fail;
     }
-    if (tqkv_test_redis_cluster_wait(c) == 0)
-        return 0;
+    if (tqkv_test_redis_cluster_wait(c) == 0) return 0;
 fail:
     tqkv_test_redis_cluster_stop(c);
     return -1;
@@ -352,8 +339,7 @@ int tqkv_test_redis_cluster_wait(tqkv_test_redis_cluster *c)
         int ok = 1;
         for (int i = 0; i < c->n && ok; i++)
             ok = cluster_ok(c->node[i].port);
-        if (ok)
-            return 0;
+        if (ok) return 0;
         sleep_ms(20);
     }
     fprintf(stderr, "redis harness: cluster did not reach cluster_state:ok\n");
@@ -371,20 +357,17 @@ int tqkv_test_redis_cluster_owner(tqkv_test_redis_cluster *c, int slot)
 {
     redisReply *r = tqkv_test_redis_cmd(c->node[0].port, NULL, "CLUSTER SLOTS");
     int owner = -1;
-    if (!r || r->type != REDIS_REPLY_ARRAY)
-        goto out;
+    if (!r || r->type != REDIS_REPLY_ARRAY) goto out;
     for (size_t i = 0; i < r->elements; i++) {
         redisReply *e = r->element[i];
         if (e->elements < 3 || slot < e->element[0]->integer || slot > e->element[1]->integer)
             continue;
         long long port = e->element[2]->element[1]->integer;
         for (int k = 0; k < c->n; k++)
-            if (c->node[k].port == port)
-                owner = k;
+            if (c->node[k].port == port) owner = k;
     }
 out:
-    if (r)
-        freeReplyObject(r);
+    if (r) freeReplyObject(r);
     return owner;
 }
 
@@ -396,8 +379,7 @@ int tqkv_test_redis_cluster_id(tqkv_test_redis_cluster *c, int i, char id[41])
         memcpy(id, r->str, 41);
         rc = 0;
     }
-    if (r)
-        freeReplyObject(r);
+    if (r) freeReplyObject(r);
     return rc;
 }
 

@@ -61,11 +61,9 @@ static void members_cb(void *arg, int status, size_t n, const char *const *m, co
  * or the call's error. */
 static int wait_result(int rc, result *r)
 {
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     pending++;
-    if (tqkv_test_loop_wait(&loop, &pending, 20) < 0)
-        return -10000;
+    if (tqkv_test_loop_wait(&loop, &pending, 20) < 0) return -10000;
     return r->status;
 }
 
@@ -104,8 +102,7 @@ static void make_key(uint8_t key[32], int i)
 /* Starts a server (extra args may be NULL); skips the test if redis-server is missing. */
 #define START_SERVER(s, args)                                                                      \
     do {                                                                                           \
-        if (!tqkv_test_redis_available())                                                         \
-            TEST_SKIP("redis-server not installed");                                               \
+        if (!tqkv_test_redis_available()) TEST_SKIP("redis-server not installed");                 \
         ASSERT_TRUE(tqkv_test_redis_start((s), (args)) == 0);                                      \
     } while (0)
 
@@ -128,8 +125,7 @@ static int wait_state(tqkv_redis *e, tqkv_redis_state want)
     for (int i = 0; i < 1000; i++) {
         tqkv_redis_stats st;
         tqkv_redis_get_stats(e, &st);
-        if (st.state == want)
-            return 0;
+        if (st.state == want) return 0;
         tqkv_test_loop_for(&loop, 10);
     }
     return -1;
@@ -233,8 +229,7 @@ static long long pttl_of(tqkv_test_redis *s, const char *rkey)
 {
     redisReply *rep = tqkv_test_redis_cmd(s->port, s->password, "PTTL %s", rkey);
     long long v = rep && rep->type == REDIS_REPLY_INTEGER ? rep->integer : -999;
-    if (rep)
-        freeReplyObject(rep);
+    if (rep) freeReplyObject(rep);
     return v;
 }
 
@@ -319,8 +314,8 @@ static void auth_body(tqkv_test_redis *s)
     destroy(e);
 
     /* An ACL user. */
-    redisReply *rep = tqkv_test_redis_cmd(s->port, s->password,
-                                          "ACL SETUSER tq on >pw2 ~tqkv:* +@all");
+    redisReply *rep =
+        tqkv_test_redis_cmd(s->port, s->password, "ACL SETUSER tq on >pw2 ~tqkv:* +@all");
     ASSERT_TRUE(rep && rep->type == REDIS_REPLY_STATUS);
     freeReplyObject(rep);
     cfg.username = "tq";
@@ -345,8 +340,7 @@ static long long strlen_of(tqkv_test_redis *s, const char *rkey)
 {
     redisReply *rep = tqkv_test_redis_cmd(s->port, NULL, "STRLEN %s", rkey);
     long long v = rep && rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
-    if (rep)
-        freeReplyObject(rep);
+    if (rep) freeReplyObject(rep);
     return v;
 }
 
@@ -506,8 +500,8 @@ static void directory_body(tqkv_test_redis *s)
     tqkv_redis *e = NULL;
     ASSERT_OK(tqkv_redis_create(&loop, &cfg, &e));
     result r = {0};
-    ASSERT_EQ_INT(wait_result(tqkv_redis_kv_set(e, "ns:llama", "{\"d\":128}", 9, 0, done_cb, &r),
-                              &r), 0);
+    ASSERT_EQ_INT(
+        wait_result(tqkv_redis_kv_set(e, "ns:llama", "{\"d\":128}", 9, 0, done_cb, &r), &r), 0);
     memset(&r, 0, sizeof(r));
     ASSERT_EQ_INT(wait_result(tqkv_redis_kv_get(e, "ns:llama", get_cb, &r), &r), 1);
     ASSERT_EQ_U64(r.len, 9);
@@ -641,8 +635,7 @@ static void tally_get(void *arg, int status, const void *data, size_t len)
 static size_t count_in_file(const char *path, const char *needle)
 {
     FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
+    if (!f) return 0;
     char line[2048];
     size_t n = 0;
     while (fgets(line, sizeof(line), f))
@@ -761,11 +754,9 @@ static void slow_body(tqkv_test_redis *s)
     int hit = 0;
     for (int i = 0; i < 200 && !hit; i++) { /* until it reconnects */
         hit = get_sync(e, "ns", key, 32, &r) == 1;
-        if (hit)
-            ASSERT_MEM_EQ(r.data, v, sizeof(v));
+        if (hit) ASSERT_MEM_EQ(r.data, v, sizeof(v));
         free(r.data);
-        if (!hit)
-            tqkv_test_loop_for(&loop, 20);
+        if (!hit) tqkv_test_loop_for(&loop, 20);
     }
     ASSERT_TRUE(hit);
     destroy(e);
@@ -881,10 +872,8 @@ static int oom_round(tqkv_test_redis *s, long target)
         }
         tqkv_test_loop_wait(&loop, &pending, 20);
         for (int i = 0; i < 4; i++) {
-            if (calls[i] == 0 && !r[i].done)
-                bad++;
-            if (r[i].status < 0 && r[i].status != TQKV_ENOMEM)
-                bad++;
+            if (calls[i] == 0 && !r[i].done) bad++;
+            if (r[i].status < 0 && r[i].status != TQKV_ENOMEM) bad++;
         }
         free(r[1].data);
         destroy(e);
@@ -902,12 +891,10 @@ static void test_out_of_memory(void)
     int rounds = 0;
     for (long k = 0; k < 200; k++) {
         int rc = oom_round(&s, k);
-        if (rc < 0)
-            fprintf(stderr, "allocation %ld failing broke the contract\n", k);
+        if (rc < 0) fprintf(stderr, "allocation %ld failing broke the contract\n", k);
         ASSERT_TRUE(rc >= 0);
         rounds++;
-        if (rc == 1)
-            break; /* past the last allocation of the workload */
+        if (rc == 1) break; /* past the last allocation of the workload */
     }
     fprintf(stderr, "failed each of the workload's %d allocations in turn\n", rounds - 1);
     ASSERT_TRUE(rounds > 5);

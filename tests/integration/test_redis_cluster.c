@@ -42,11 +42,9 @@ static void get_cb(void *arg, int status, const void *data, size_t len)
 
 static int wait_result(int rc, result *r)
 {
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     pending++;
-    if (tqkv_test_loop_wait(&loop, &pending, 20) < 0)
-        return -10000;
+    if (tqkv_test_loop_wait(&loop, &pending, 20) < 0) return -10000;
     return r->status;
 }
 
@@ -72,15 +70,13 @@ static void key_in_slot(uint8_t key[32], int slot)
     for (;;) {
         fill_random(key, 32);
         int n = tqkv_redis_block_key("tqkv", "ns", key, 32, rkey, sizeof(rkey));
-        if (slot < 0 || tqkv_redis_key_slot(rkey, (size_t)n) == slot)
-            return;
+        if (slot < 0 || tqkv_redis_key_slot(rkey, (size_t)n) == slot) return;
     }
 }
 
 #define NEED_CLUSTER()                                                                             \
     do {                                                                                           \
-        if (!tqkv_test_redis_available())                                                         \
-            TEST_SKIP("redis-server not installed");                                               \
+        if (!tqkv_test_redis_available()) TEST_SKIP("redis-server not installed");                 \
         if (!cluster_up) {                                                                         \
             ASSERT_TRUE(tqkv_test_redis_cluster_start(&cl, 3) == 0);                               \
             cluster_up = 1;                                                                        \
@@ -115,8 +111,7 @@ static long long dbsize(int port)
 {
     redisReply *r = tqkv_test_redis_cmd(port, NULL, "DBSIZE");
     long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
-    if (r)
-        freeReplyObject(r);
+    if (r) freeReplyObject(r);
     return v;
 }
 
@@ -182,8 +177,7 @@ static int ok_reply(redisReply *r)
     int ok = r && r->type == REDIS_REPLY_STATUS;
     if (r && !ok)
         fprintf(stderr, "reply: %s\n", r->type == REDIS_REPLY_ERROR ? r->str : "(unexpected)");
-    if (r)
-        freeReplyObject(r);
+    if (r) freeReplyObject(r);
     return ok;
 }
 
@@ -215,19 +209,17 @@ static void test_moved_and_ask(void)
     key_in_slot(k2, slot);
     fill_random(v1, sizeof(v1));
     fill_random(v2, sizeof(v2));
-    ASSERT_EQ_INT(wait_result(tqkv_redis_put(e, "ns", k1, 32, v1, sizeof(v1), done_cb, &r), &r),
-                  0);
+    ASSERT_EQ_INT(wait_result(tqkv_redis_put(e, "ns", k1, 32, v1, sizeof(v1), done_cb, &r), &r), 0);
 
     /* Slot migrating from a to b. */
     int pa = cl.node[a].port, pb = cl.node[b].port;
-    ASSERT_TRUE(ok_reply(tqkv_test_redis_cmd(pb, NULL, "CLUSTER SETSLOT %d IMPORTING %s", slot,
-                                             id_a)));
-    ASSERT_TRUE(ok_reply(tqkv_test_redis_cmd(pa, NULL, "CLUSTER SETSLOT %d MIGRATING %s", slot,
-                                             id_b)));
+    ASSERT_TRUE(
+        ok_reply(tqkv_test_redis_cmd(pb, NULL, "CLUSTER SETSLOT %d IMPORTING %s", slot, id_a)));
+    ASSERT_TRUE(
+        ok_reply(tqkv_test_redis_cmd(pa, NULL, "CLUSTER SETSLOT %d MIGRATING %s", slot, id_b)));
     /* k2 does not exist on a: a answers ASK, the engine writes it on b with ASKING. */
     tqkv_redis_stats s0 = stats_of(e);
-    ASSERT_EQ_INT(wait_result(tqkv_redis_put(e, "ns", k2, 32, v2, sizeof(v2), done_cb, &r), &r),
-                  0);
+    ASSERT_EQ_INT(wait_result(tqkv_redis_put(e, "ns", k2, 32, v2, sizeof(v2), done_cb, &r), &r), 0);
     ASSERT_EQ_U64(stats_of(e).ask, s0.ask + 1);
     result g = {0};
     ASSERT_EQ_INT(wait_result(tqkv_redis_get(e, "ns", k2, 32, get_cb, &g), &g), 1);
@@ -243,8 +235,8 @@ static void test_moved_and_ask(void)
     /* Move k1, finish the migration: the engine's map is now wrong about the slot. */
     char rk1[256];
     tqkv_redis_block_key("tqkv", "ns", k1, 32, rk1, sizeof(rk1));
-    ASSERT_TRUE(ok_reply(tqkv_test_redis_cmd(pa, NULL, "MIGRATE 127.0.0.1 %d %s 0 5000 KEYS %s",
-                                             pb, "", rk1)));
+    ASSERT_TRUE(ok_reply(
+        tqkv_test_redis_cmd(pa, NULL, "MIGRATE 127.0.0.1 %d %s 0 5000 KEYS %s", pb, "", rk1)));
     ASSERT_TRUE(ok_reply(tqkv_test_redis_cmd(pb, NULL, "CLUSTER SETSLOT %d NODE %s", slot, id_b)));
     ASSERT_TRUE(ok_reply(tqkv_test_redis_cmd(pa, NULL, "CLUSTER SETSLOT %d NODE %s", slot, id_b)));
     ASSERT_TRUE(ok_reply(tqkv_test_redis_cmd(cl.node[3 - a - b].port, NULL,
@@ -274,8 +266,8 @@ static void test_directory(void)
     result r = {0};
     /* Records under one hash tag share a slot (and a master). */
     ASSERT_EQ_INT(tqkv_redis_key_slot("tqkv:{dir}:node:a", 17), tqkv_redis_key_slot("dir", 3));
-    ASSERT_EQ_INT(wait_result(tqkv_redis_kv_set(e, "{dir}:node:a", "up", 2, 10000, done_cb, &r),
-                              &r), 0);
+    ASSERT_EQ_INT(
+        wait_result(tqkv_redis_kv_set(e, "{dir}:node:a", "up", 2, 10000, done_cb, &r), &r), 0);
     ASSERT_EQ_INT(wait_result(tqkv_redis_set_add(e, "{dir}:members", "a", 1, done_cb, &r), &r), 1);
     result g = {0};
     ASSERT_EQ_INT(wait_result(tqkv_redis_kv_get(e, "{dir}:node:a", get_cb, &g), &g), 1);
@@ -373,8 +365,7 @@ static void test_master_down(void)
     ASSERT_EQ_INT(stats_of(e).state, TQKV_REDIS_UP);
     ASSERT_TRUE(stats_of(e).reconnects >= 1);
     for (int i = 0; i < N; i++) {
-        if (owner[i] != victim)
-            continue;
+        if (owner[i] != victim) continue;
         /* The restarted master lost its data (no persistence): write, then read back. */
         ASSERT_EQ_INT(wait_result(tqkv_redis_put(e, "ns", keys[i], 32, "w", 1, done_cb, &r), &r),
                       0);
@@ -398,8 +389,7 @@ static int role_of(int port, int *master_port, int *linked)
             *linked = strcmp(r->element[3]->str, "connected") == 0;
         }
     }
-    if (r)
-        freeReplyObject(r);
+    if (r) freeReplyObject(r);
     return is_master;
 }
 
@@ -416,10 +406,8 @@ static void failover_body(tqkv_test_redis_cluster *fc)
     int rep = -1, mport = 0, linked = 0;
     for (int t = 0; t < 500 && rep < 0; t++) {
         for (int i = 0; i < fc->n && rep < 0; i++)
-            if (role_of(fc->node[i].port, &mport, &linked) == 0 && linked)
-                rep = i;
-        if (rep < 0)
-            sleep_ms(20);
+            if (role_of(fc->node[i].port, &mport, &linked) == 0 && linked) rep = i;
+        if (rep < 0) sleep_ms(20);
     }
     ASSERT_TRUE(rep >= 0);
     char addr[64];
@@ -443,8 +431,7 @@ static void failover_body(tqkv_test_redis_cluster *fc)
     result r = {0}, g = {0};
     int mi = -1;
     for (int i = 0; i < fc->n; i++)
-        if (fc->node[i].port == mport)
-            mi = i;
+        if (fc->node[i].port == mport) mi = i;
     ASSERT_TRUE(mi >= 0);
     for (int i = 0; i < N; i++) {
         int slot;
@@ -463,11 +450,10 @@ static void failover_body(tqkv_test_redis_cluster *fc)
     ASSERT_TRUE(ok_reply(tqkv_test_redis_cmd(fc->node[rep].port, NULL, "CLUSTER FAILOVER")));
     int promoted = 0;
     for (int t = 0; t < 500 && !promoted; t++) {
-        promoted = role_of(fc->node[rep].port, &mport, &linked) == 1 &&
-                   tqkv_test_redis_cluster_owner(fc, tqkv_redis_key_slot(rkey, strlen(rkey))) ==
-                       rep;
-        if (!promoted)
-            sleep_ms(20);
+        promoted =
+            role_of(fc->node[rep].port, &mport, &linked) == 1 &&
+            tqkv_test_redis_cluster_owner(fc, tqkv_redis_key_slot(rkey, strlen(rkey))) == rep;
+        if (!promoted) sleep_ms(20);
     }
     ASSERT_TRUE(promoted);
     ASSERT_TRUE(tqkv_test_redis_cluster_wait(fc) == 0);
@@ -493,8 +479,7 @@ static void failover_body(tqkv_test_redis_cluster *fc)
 
 static void test_failover(void)
 {
-    if (!tqkv_test_redis_available())
-        TEST_SKIP("redis-server not installed");
+    if (!tqkv_test_redis_available()) TEST_SKIP("redis-server not installed");
     tqkv_test_redis_cluster fc;
     ASSERT_TRUE(tqkv_test_redis_cluster_start_replicas(&fc, 3, 1) == 0);
     failover_body(&fc);

@@ -39,11 +39,9 @@ static void done(void *arg, int status)
 
 static int wait_res(int rc, res *r)
 {
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     pending++;
-    if (tqkv_test_loop_wait(&loop, &pending, 20) < 0)
-        return -10000;
+    if (tqkv_test_loop_wait(&loop, &pending, 20) < 0) return -10000;
     return r->status;
 }
 
@@ -70,8 +68,7 @@ static tqkv_tier *make_tier(void)
     cfg.n_nodes = 1;
     tqkv_redis *r = NULL;
     tqkv_tier *t = NULL;
-    if (tqkv_redis_create(&loop, &cfg, &r) < 0)
-        return NULL;
+    if (tqkv_redis_create(&loop, &cfg, &r) < 0) return NULL;
     if (tqkv_redis_tier_create(r, ns_name, NULL, &t) < 0) {
         tqkv_redis_destroy(r);
         return NULL;
@@ -81,8 +78,7 @@ static tqkv_tier *make_tier(void)
 
 static void test_vtable(void)
 {
-    if (!tqkv_test_redis_available())
-        TEST_SKIP("redis-server not installed");
+    if (!tqkv_test_redis_available()) TEST_SKIP("redis-server not installed");
     ASSERT_TRUE(tqkv_test_redis_start(&server, NULL) == 0);
     tqkv_tier *t = make_tier();
     ASSERT_TRUE(t != NULL);

@@ -7,7 +7,7 @@
 #include "tqkv_redis.h"
 #include "tqkv_test.h"
 
-static const uint8_t KEY[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+static const uint8_t KEY[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16,
                                 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
 
 /* A sealed value of `n` payload bytes into buf; @return its size. */
@@ -82,8 +82,7 @@ static void test_value_corrupt(void)
             blen = c->off;
         tqkv__redis_value_view v;
         int rc = tqkv__redis_value_parse(bad, blen, "llama", 5, KEY, 32, 1 << 20, &v);
-        if (rc != c->want)
-            fprintf(stderr, "case %s\n", c->name);
+        if (rc != c->want) fprintf(stderr, "case %s\n", c->name);
         ASSERT_ERR(rc, c->want);
     }
     tqkv__redis_value_view v;
@@ -106,7 +105,7 @@ static void test_key_slot(void)
         {"user1000", 3443},
         {"{user1000}.following", 3443},
         {"{user1000}.followers", 3443},
-        {"foo{}{bar}", 8363},  /* "{}" is no tag: the whole key hashes */
+        {"foo{}{bar}", 8363},    /* "{}" is no tag: the whole key hashes */
         {"foo{{bar}}zap", 4015}, /* the tag is "{bar" */
         {"foo{bar}{zap}", 5061}, /* the first tag wins */
         {"", 0},
