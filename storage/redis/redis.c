@@ -374,6 +374,7 @@ static void on_hello(redisAsyncContext *ac, void *reply, void *privdata)
 static void node_connect(node *n)
 {
     tqkv_redis *r = n->r;
+    if (r->closing) return; /* never a new connection for an engine being destroyed */
     n->fail_status = 0;
     redisAsyncContext *ac = redisAsyncConnect(n->host, n->port);
     if (!ac) {
@@ -721,7 +722,8 @@ static void on_tick(uv_timer_t *t)
 {
     tqkv_redis *r = t->data;
     uint64_t now = tqkv_now_ns(), limit = (uint64_t)r->timeout_ms * 1000000ull;
-    for (size_t i = 0; i < r->n_nodes; i++) {
+    /* node_fail runs request callbacks, which may destroy the engine: stop then. */
+    for (size_t i = 0; i < r->n_nodes && !r->closing; i++) {
         node *n = r->nodes[i];
         if (n->st == NODE_CONNECTING && now - n->connect_ns > limit)
             node_fail(n, TQKV_ETIMEDOUT, "connect timed out");

@@ -821,6 +821,45 @@ static void test_destroy_in_callback(void)
     tqkv_test_redis_stop(&s);
 }
 
+/* Destroying the engine from a callback run by the timeout check (the engine's own timer), with
+ * more requests timing out behind it: nothing may reconnect or touch freed memory afterwards. */
+static void destroy_on_timeout_body(tqkv_test_redis *s)
+{
+    tqkv_redis_config cfg;
+    char addr[64];
+    const char *nodes[1];
+    config_for(&cfg, s, addr, sizeof(addr), nodes);
+    cfg.timeout_ms = 100;
+    tqkv_redis *e = NULL;
+    ASSERT_OK(tqkv_redis_create(&loop, &cfg, &e));
+    ASSERT_OK(wait_state(e, TQKV_REDIS_UP));
+    tqkv_test_redis_signal(s, SIGSTOP);
+    uint8_t key[32] = {0};
+    tally t = {0};
+    cancelled = 0;
+    ASSERT_OK(tqkv_redis_put(e, "ns", key, 32, "v", 1, destroy_from_cb, &t));
+    pending++;
+    for (int i = 0; i < 5; i++) {
+        ASSERT_OK(tqkv_redis_put(e, "ns", key, 32, "v", 1, count_cancel, &t));
+        pending++;
+    }
+    victim = e;
+    ASSERT_OK(tqkv_test_loop_wait(&loop, &pending, 20));
+    ASSERT_TRUE(victim == NULL);    /* destroyed from the first callback */
+    ASSERT_EQ_INT(t.failed, 6);     /* timed out (the first) or canceled (the rest) */
+    tqkv_test_loop_for(&loop, 300); /* several ticks' worth: nothing may run any more */
+    tqkv_test_redis_signal(s, SIGCONT);
+}
+
+static void test_destroy_on_timeout(void)
+{
+    tqkv_test_redis s;
+    START_SERVER(&s, NULL);
+    destroy_on_timeout_body(&s);
+    tqkv_test_redis_signal(&s, SIGCONT);
+    tqkv_test_redis_stop(&s);
+}
+
 /* Out of memory: the k-th allocation of the engine fails, for every k along one workload (create,
  * PUT with LZ4, GET with decompression, SMEMBERS, CLEAR). Each call either succeeds or returns
  * TQKV_ENOMEM; each accepted call completes exactly once; nothing leaks (run it under ASan). */
@@ -914,6 +953,7 @@ static const tqkv_test_case cases[] = {
     {"outage", test_outage},
     {"slow", test_slow},
     {"destroy_in_callback", test_destroy_in_callback},
+    {"destroy_on_timeout", test_destroy_on_timeout},
     {"out_of_memory", test_out_of_memory},
     {NULL, NULL},
 };
