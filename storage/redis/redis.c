@@ -97,6 +97,7 @@ struct node {
     uint64_t connect_ns, retry_ns, progress_ns;
     uint32_t backoff_ms;
     req *head, *tail;
+    uint64_t queued_bytes; /* command bytes of the requests in flight (hiredis' buffers) */
 };
 
 struct tqkv_redis {
@@ -105,7 +106,7 @@ struct tqkv_redis {
     char *prefix, *username, *password;
     int cluster, lz4, closing;
     uint32_t ttl_ms, timeout_ms, backoff_min_ms, backoff_max_ms, max_redirects;
-    uint64_t max_value;
+    uint64_t max_value, max_queued;
     node **nodes;
     size_t n_nodes, cap_nodes;
     int16_t slots[TQKV_REDIS_SLOTS]; /* node index, -1: unknown */
@@ -126,6 +127,7 @@ void tqkv_redis_config_default(tqkv_redis_config *cfg)
     cfg->backoff_max_ms = 2000;
     cfg->max_redirects = 5;
     cfg->max_value_bytes = 256ull << 20;
+    cfg->max_queued_bytes = 256ull << 20;
 }
 
 const char *tqkv_redis_state_name(tqkv_redis_state s)
@@ -178,6 +180,7 @@ static void req_unlink(req *q)
         n->tail = q->prev;
     q->prev = q->next = NULL;
     q->n = NULL;
+    n->queued_bytes -= q->cmd_len;
 }
 
 static int is_block_get(const req *q)
@@ -216,6 +219,10 @@ static int req_send(req *q, node *n, int asking)
 {
     static const char asking_cmd[] = "*1\r\n$6\r\nASKING\r\n";
     if (!n || n->st == NODE_DOWN || !n->ac) return TQKV_ETIER;
+    /* Backpressure: hiredis buffers without limit (and memmoves its whole output buffer after
+     * every partial write), so a slow server must not make the caller's memory grow with it. */
+    if (q->r->max_queued && n->head && n->queued_bytes + q->cmd_len > q->r->max_queued)
+        return TQKV_EBUSY;
     if (asking && redisAsyncFormattedCommand(n->ac, NULL, NULL, asking_cmd,
                                              sizeof(asking_cmd) - 1) != REDIS_OK)
         return TQKV_ETIER;
@@ -224,6 +231,7 @@ static int req_send(req *q, node *n, int asking)
     if (!n->head)
         n->progress_ns = tqkv_now_ns(); /* the no-progress clock starts with the first request */
     q->n = n;
+    n->queued_bytes += q->cmd_len;
     q->prev = n->tail;
     if (n->tail)
         n->tail->next = q;
@@ -792,6 +800,7 @@ int tqkv_redis_create(uv_loop_t *loop, const tqkv_redis_config *cfg, tqkv_redis 
     r->backoff_max_ms = cfg->backoff_max_ms;
     r->max_redirects = cfg->max_redirects;
     r->max_value = cfg->max_value_bytes;
+    r->max_queued = cfg->max_queued_bytes;
     for (size_t s = 0; s < TQKV_REDIS_SLOTS; s++)
         r->slots[s] = -1;
     r->prefix = tqkv_strdup(prefix);

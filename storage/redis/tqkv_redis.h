@@ -57,6 +57,10 @@ typedef struct {
     int lz4;                  /* 1: LZ4-compress a block when that saves >= 1/16 of its size */
     uint32_t max_redirects;   /* MOVED/ASK hops per request, default 5 */
     uint64_t max_value_bytes; /* largest block accepted on PUT or GET, default 256 MiB */
+    /* Command bytes in flight per node (sent or waiting in hiredis' buffer) beyond which new
+     * requests are refused with TQKV_EBUSY (one request is always let through); default
+     * 256 MiB, 0: no limit. Bounds the memory a slow server can make the engine hold. */
+    uint64_t max_queued_bytes;
 } tqkv_redis_config;
 
 /* Fills `cfg` with the defaults above (no nodes: the caller sets nodes/n_nodes). */
@@ -114,7 +118,8 @@ void tqkv_redis_destroy(tqkv_redis *r);
  * (1..TQKV_REDIS_MAX_NS bytes, no '{', '}', ' ' or control bytes). `data` is borrowed during the
  * call only (it is copied, LZ4-compressed if configured and worth it). Callback status 0: stored.
  * @return 0, TQKV_EINVAL, TQKV_ERANGE (larger than max_value_bytes), TQKV_ENOMEM, TQKV_ETIER
- * (no node for the key is reachable), TQKV_ECANCELED (engine closing). */
+ * (no node for the key is reachable), TQKV_EBUSY (max_queued_bytes reached on that node),
+ * TQKV_ECANCELED (engine closing). */
 int tqkv_redis_put(tqkv_redis *r, const char *ns, const void *key, size_t key_len, const void *data,
                    size_t len, tqkv_redis_done_cb cb, void *arg);
 

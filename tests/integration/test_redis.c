@@ -821,6 +821,51 @@ static void test_destroy_in_callback(void)
     tqkv_test_redis_stop(&s);
 }
 
+/* A stalled server: once max_queued_bytes of commands wait on the node, new requests are refused
+ * at once (TQKV_EBUSY) instead of piling up in memory; small ones still fit; all resumes. */
+static void backpressure_body(tqkv_test_redis *s)
+{
+    tqkv_redis_config cfg;
+    char addr[64];
+    const char *nodes[1];
+    config_for(&cfg, s, addr, sizeof(addr), nodes);
+    cfg.max_queued_bytes = 1 << 20;
+    cfg.timeout_ms = 10000; /* this test is about the limit, not the timeout */
+    tqkv_redis *e = NULL;
+    ASSERT_OK(tqkv_redis_create(&loop, &cfg, &e));
+    ASSERT_OK(wait_state(e, TQKV_REDIS_UP));
+    enum { LEN = 600 * 1024 };
+    uint8_t *v = calloc(1, LEN), key[32];
+    tally t = {0};
+    result g = {0};
+    tqkv_test_redis_signal(s, SIGSTOP);
+    make_key(key, 1);
+    ASSERT_OK(tqkv_redis_put(e, "ns", key, 32, v, LEN, tally_done, &t));
+    pending++;
+    make_key(key, 2);
+    ASSERT_ERR(tqkv_redis_put(e, "ns", key, 32, v, LEN, tally_done, &t), TQKV_EBUSY);
+    ASSERT_OK(tqkv_redis_kv_get(e, "small", get_cb, &g));
+    pending++;
+    tqkv_test_loop_for(&loop, 50);
+    tqkv_test_redis_signal(s, SIGCONT);
+    ASSERT_OK(tqkv_test_loop_wait(&loop, &pending, 20));
+    ASSERT_EQ_INT(t.ok, 1);
+    ASSERT_EQ_INT(g.status, 0);
+    ASSERT_EQ_INT(put_sync(e, "ns", key, 32, v, LEN), 0); /* room again */
+    ASSERT_EQ_U64(stats_of(e).errors, 1);
+    free(v);
+    destroy(e);
+}
+
+static void test_backpressure(void)
+{
+    tqkv_test_redis s;
+    START_SERVER(&s, NULL);
+    backpressure_body(&s);
+    tqkv_test_redis_signal(&s, SIGCONT);
+    tqkv_test_redis_stop(&s);
+}
+
 /* Destroying the engine from a callback run by the timeout check (the engine's own timer), with
  * more requests timing out behind it: nothing may reconnect or touch freed memory afterwards. */
 static void destroy_on_timeout_body(tqkv_test_redis *s)
@@ -954,6 +999,7 @@ static const tqkv_test_case cases[] = {
     {"slow", test_slow},
     {"destroy_in_callback", test_destroy_in_callback},
     {"destroy_on_timeout", test_destroy_on_timeout},
+    {"backpressure", test_backpressure},
     {"out_of_memory", test_out_of_memory},
     {NULL, NULL},
 };
