@@ -14,4 +14,8 @@ if(TARGET tqkv_redis)
                 LIBS tqkv_redis_harness LABELS integration TIMEOUT 120)
   tqkv_add_test(test_redis_tier SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_redis_tier.c
                 LIBS tqkv_redis_harness LABELS integration TIMEOUT 60)
+  if(TARGET tqkv_store)
+    tqkv_add_test(test_redis_store SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_redis_store.c
+                  LIBS tqkv_redis_harness tqkv_store LABELS integration TIMEOUT 60)
+  endif()
 endif()
