@@ -11,6 +11,7 @@
 
 #include "frame.h"
 #include "tqkv_alloc.h"
+#include "tqkv_errors.h"
 #include "tqkv.h"
 #include "tqkv_test.h"
 
@@ -236,6 +237,8 @@ static int fixture_start(fixture *f, script_kind kind, int n_requests)
 
 static void fixture_stop(fixture *f)
 {
+    /* wakes a server still waiting in accept() for a client that never connected */
+    shutdown(f->srv.listen_fd, SHUT_RDWR);
     pthread_join(f->th, NULL);
     close(f->srv.listen_fd);
     unlink(f->path);
@@ -353,6 +356,70 @@ static void test_miss_between_hits_in_one_response(void)
     ASSERT_EQ_INT(f.srv.failures, 0);
 }
 
+/* Failing allocator: the n-th allocation made by the armed thread (the client's) fails. The
+ * scripted server thread is never armed. */
+static __thread int oom_armed;
+static __thread long oom_countdown;
+
+static int oom_fail_now(void)
+{
+    return oom_armed && oom_countdown-- == 0;
+}
+static void *oom_malloc(size_t n)
+{
+    return oom_fail_now() ? NULL : malloc(n);
+}
+static void *oom_realloc(void *p, size_t n)
+{
+    return oom_fail_now() ? NULL : realloc(p, n);
+}
+static void *oom_calloc(size_t c, size_t n)
+{
+    return oom_fail_now() ? NULL : calloc(c, n);
+}
+
+/* Every allocation of connect + a batched GET + close fails in turn: each failure is reported as
+ * TQKV_ENOMEM (never a crash, never another code), and nothing leaks (ASan build). */
+static void test_out_of_memory_everywhere(void)
+{
+    ASSERT_OK(tqkv_replace_allocator(oom_malloc, oom_realloc, oom_calloc, free));
+    int completed = 0;
+    long n = 0;
+    for (; n < 500 && !completed; n++) {
+        fixture f;
+        if (fixture_start(&f, SCRIPT_MISS_IN_BATCH, 0))
+            TQKV__FAIL("fixture");
+        oom_armed = 1;
+        oom_countdown = n;
+        tqkv_options o;
+        tqkv_options_init(&o);
+        o.timeout_ms = 10000;
+        tqkv_client *c = NULL;
+        int rc = tqkv_connect(f.url, &o, &c);
+        if (rc == 0) {
+            tqkv_key keys[3];
+            tqkv_get_item items[3];
+            memset(keys, 0, sizeof(keys));
+            memset(items, 0, sizeof(items));
+            rc = tqkv_get(c, "ns", keys, 3, NULL, items);
+            int item_oom = 0;
+            for (int i = 0; i < 3; i++)
+                item_oom |= items[i].status == TQKV_ENOMEM;
+            completed = rc == 0 && !item_oom && oom_countdown >= 0;
+            tqkv_get_items_release(items, 3);
+            tqkv_close(c);
+        }
+        oom_armed = 0;
+        fixture_stop(&f);
+        if (rc != 0 && rc != TQKV_ENOMEM)
+            TQKV__FAIL("allocation %ld failing: got %s", n, tqkv_err_name(rc));
+    }
+    ASSERT_OK(tqkv_replace_allocator(NULL, NULL, NULL, NULL));
+    fprintf(stderr, "failed each of the first %ld allocations in turn\n", n - 1);
+    ASSERT_TRUE(completed);
+    ASSERT_TRUE(n > 5);
+}
+
 static void test_bad_urls(void)
 {
     static const struct {
@@ -382,6 +449,7 @@ static const tqkv_test_case cases[] = {
     {"server_error_message", test_server_error_message},
     {"unknown_request_id_breaks_connection", test_unknown_request_id_breaks_connection},
     {"miss_between_hits_in_one_response", test_miss_between_hits_in_one_response},
+    {"out_of_memory_everywhere", test_out_of_memory_everywhere},
     {"bad_urls", test_bad_urls},
     {NULL, NULL},
 };
