@@ -498,7 +498,10 @@ int tqkv_get(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n,
     memset(&def, 0, sizeof(def));
     if (!opts)
         opts = &def;
-    size_t per = opts->keys_per_request ? opts->keys_per_request : TQKV__DEFAULT_GET_KEYS;
+    /* Decoded KV is 4-16x the block: one key per request keeps each reply frame small. */
+    size_t per = opts->keys_per_request ? opts->keys_per_request
+                 : opts->decode != TQKV_DTYPE_NONE ? 1
+                                                   : TQKV__DEFAULT_GET_KEYS;
     size_t n_req = (n + per - 1) / per;
     batch b;
     int rc = batch_alloc(&b, n_req);

@@ -182,7 +182,7 @@ typedef struct {
     uint32_t layer_count; /* 0: all layers from layer_begin */
     tqkv_dtype decode;    /* TQKV_DTYPE_NONE: the encoded block (a sub-block for a layer range);
                              F16/BF16/F32: decoded KV [layers][2][n_tokens][n_kv_heads][head_dim] */
-    uint32_t keys_per_request; /* keys per pipelined request; 0: 8 */
+    uint32_t keys_per_request; /* keys per pipelined request; 0: 8 (1 when decoding) */
     uint64_t release_lease;    /* non-zero: a lease from tqkv_lookup that the daemon releases
                                   once this GET is served */
 } tqkv_get_options;
