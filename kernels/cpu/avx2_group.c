@@ -41,6 +41,7 @@ typedef struct {
     __m256 W[TQ_MAX_HEAD_DIM]; /* rotated part */
     __m256 V[TQ_MAX_HEAD_DIM]; /* centroid values, then the residual (prod) */
     __m256 L[32];              /* tree-sum lane partials */
+    uint16_t ident[2 * TQ_MAX_HEAD_DIM];
 } grp_scratch;
 
 /* @return 1 when the vertical kernels reproduce the reference for this part, else 0. */
@@ -149,19 +150,13 @@ TQ_AVX2_INL __m256 half8_to_ps(__m128i h, int bf16)
 
 /* X[j] (j < P) = channel j of tokens t0..t0+7 of head h, non-finite read as +0, channels
  * head_dim..P-1 zero (FORMAT.md, "Input"). head_dim is a multiple of 8. */
-TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t pf_t0, uint32_t h,
-                               uint32_t head_dim, uint32_t P, __m256 *X)
+TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uint32_t head_dim,
+                               uint32_t P, __m256 *X)
 {
     const size_t es = tq_dtype_size((tq_dtype)v->dtype);
     const uint8_t *rows[8];
     for (uint32_t i = 0; i < 8; i++)
         rows[i] = (const uint8_t *)v->data + view_index(v, t0 + i, h) * (int64_t)es;
-    if (pf_t0 != UINT32_MAX) /* the next group's rows: eight strided streams */
-        for (uint32_t i = 0; i < 8; i++) {
-            const uint8_t *r = (const uint8_t *)v->data + view_index(v, pf_t0 + i, h) * (int64_t)es;
-            for (size_t b = 0; b < head_dim * es; b += 64)
-                _mm_prefetch((const char *)r + b, _MM_HINT_T0);
-        }
     uint32_t j = 0;
     if (v->dtype == TQ_DTYPE_F32) {
         const __m256i expm = _mm256_set1_epi32(0x7f800000);
@@ -378,12 +373,15 @@ static inline uint8_t *plane_ptr(uint8_t *rec, size_t off, uint32_t T, uint32_t 
 }
 
 /* Quantises t = W[k] * inv for k in [k0, k0 + nb) (nb = 16 or 32, one block of plane words),
- * stores the plane words, and feeds the corrected norm's tree (SQ) or the centroid values
- * (VAL). M is a constant after inlining. */
+ * stores the plane words, and feeds the corrected norm's tree (want_sq) or stores the centroid
+ * values (want_v). M and FAST are constants after inlining. FAST: every t is known to be finite
+ * (the group's sums of squares are), so t >= 0 is exactly !(t < 0) and the code is
+ * (cnt ^ neg) + K/2 mod K: the K/2 is one xor of the whole word. Otherwise NaN needs its own
+ * compare (it takes code 0). */
 TQ_AVX2_INL void quant_block(const grp_part *g, const tq__part_layout *pl, const __m256 *W,
                              __m256 inv, uint32_t k0, uint32_t nb, uint8_t *rec, uint32_t T,
                              uint32_t t0, __m256 *L, __m256 *V, int want_sq, int want_v,
-                             const uint32_t M)
+                             const uint32_t M, const int FAST)
 {
     const __m256i absm = _mm256_set1_epi32(0x7fffffff);
     const __m256 zero = _mm256_setzero_ps();
@@ -391,6 +389,10 @@ TQ_AVX2_INL void quant_block(const grp_part *g, const tq__part_layout *pl, const
     const __m256i base = _mm256_set1_epi32((int)((1u << (M - 1)) - 1));
     const __m256i three = _mm256_set1_epi32(3);
     const __m256 sgn = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000));
+    /* the K/2 of every code of a word, and the 1-bit planes' complement */
+    const __m256i half4 = _mm256_set1_epi32((int)0x88888888u);
+    const __m256i half2 = _mm256_set1_epi32((int)0xAAAAAAAAu);
+    const __m256i ones = _mm256_set1_epi32(nb == 32 ? -1 : 0xffff);
     __m256i pb[7];
     for (uint32_t i = 0; i + 1 < (1u << (M - 1)); i++)
         pb[i] = _mm256_set1_epi32(g->pb[i]);
@@ -401,77 +403,89 @@ TQ_AVX2_INL void quant_block(const grp_part *g, const tq__part_layout *pl, const
         if (s >= nb) break;
         const uint32_t k = k0 + s;
         __m256 t = _mm256_mul_ps(W[k], inv);
-        __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(t, zero, _CMP_LT_OQ));
-        __m256i pos = _mm256_castps_si256(_mm256_cmp_ps(t, zero, _CMP_GE_OQ));
+        __m256 negf = _mm256_cmp_ps(t, zero, _CMP_LT_OQ);
+        __m256i neg = _mm256_castps_si256(negf);
         __m256i key = _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(t), absm), neg);
         __m256i cnt = _mm256_setzero_si256();
         for (uint32_t i = 0; i + 1 < (1u << (M - 1)); i++)
             cnt = _mm256_sub_epi32(cnt, _mm256_cmpgt_epi32(key, pb[i]));
+        __m256i pos = neg; /* unused when FAST */
+        if (!FAST) pos = _mm256_castps_si256(_mm256_cmp_ps(t, zero, _CMP_GE_OQ));
         if (want_sq) L[k & 31] = _mm256_add_ps(L[k & 31], _mm256_permutevar8x32_ps(sqt, cnt));
         if (want_v)
             V[k] = _mm256_xor_ps(_mm256_permutevar8x32_ps(magt, cnt),
-                                 _mm256_andnot_ps(_mm256_castsi256_ps(pos), sgn));
+                                 FAST ? _mm256_and_ps(negf, sgn)
+                                      : _mm256_andnot_ps(_mm256_castsi256_ps(pos), sgn));
+        /* FAST: low bits of the code before the K/2 xor; else the code */
+        __m256i c;
+        if (FAST)
+            c = _mm256_and_si256(_mm256_xor_si256(cnt, neg), M == 3 ? three : flip);
+        else if (M == 3)
+            c = _mm256_xor_si256(cnt, _mm256_andnot_si256(pos, three));
+        else
+            c = _mm256_xor_si256(cnt, _mm256_xor_si256(_mm256_and_si256(pos, flip), base));
         switch (M) {
-        case 4: {
-            __m256i c = _mm256_xor_si256(cnt, _mm256_xor_si256(_mm256_and_si256(pos, flip), base));
+        case 4:
             w0 = _mm256_or_si256(w0, _mm256_slli_epi32(c, 4 * (s & 7)));
             if ((s & 7) == 7) {
+                if (FAST) w0 = _mm256_xor_si256(w0, half4);
                 _mm256_storeu_si256((__m256i *)plane_ptr(rec, pl->plane_off[0], T, k / 8, t0), w0);
                 w0 = _mm256_setzero_si256();
             }
             break;
-        }
-        case 3: {
-            __m256i lo = _mm256_xor_si256(cnt, _mm256_andnot_si256(pos, three));
-            w0 = _mm256_or_si256(w0, _mm256_slli_epi32(lo, 2 * (s & 15)));
-            if ((s & 15) == 15) {
-                _mm256_storeu_si256((__m256i *)plane_ptr(rec, pl->plane_off[0], T, k / 16, t0), w0);
-                w0 = _mm256_setzero_si256();
-            }
-            w1 = _mm256_or_si256(w1, _mm256_and_si256(pos, _mm256_set1_epi32((int)(1u << s))));
-            break;
-        }
-        case 2: {
-            __m256i c = _mm256_xor_si256(cnt, _mm256_xor_si256(_mm256_and_si256(pos, flip), base));
+        case 3:
+        case 2:
             w0 = _mm256_or_si256(w0, _mm256_slli_epi32(c, 2 * (s & 15)));
             if ((s & 15) == 15) {
+                if (FAST && M == 2) w0 = _mm256_xor_si256(w0, half2);
                 _mm256_storeu_si256((__m256i *)plane_ptr(rec, pl->plane_off[0], T, k / 16, t0), w0);
                 w0 = _mm256_setzero_si256();
             }
+            if (M == 3) /* FAST: the sign bits, complemented at the end */
+                w1 = _mm256_or_si256(
+                    w1, _mm256_and_si256(FAST ? neg : pos, _mm256_set1_epi32((int)(1u << s))));
             break;
-        }
         default:
-            w0 = _mm256_or_si256(w0, _mm256_and_si256(pos, _mm256_set1_epi32((int)(1u << s))));
+            w0 = _mm256_or_si256(
+                w0, _mm256_and_si256(FAST ? neg : pos, _mm256_set1_epi32((int)(1u << s))));
             break;
         }
     }
     /* the words of 1-bit planes cover the whole block (n = 16: high half 0) */
     if (M == 3)
-        _mm256_storeu_si256((__m256i *)plane_ptr(rec, pl->plane_off[1], T, k0 / 32, t0), w1);
+        _mm256_storeu_si256((__m256i *)plane_ptr(rec, pl->plane_off[1], T, k0 / 32, t0),
+                            FAST ? _mm256_xor_si256(w1, ones) : w1);
     if (M == 1)
-        _mm256_storeu_si256((__m256i *)plane_ptr(rec, pl->plane_off[0], T, k0 / 32, t0), w0);
+        _mm256_storeu_si256((__m256i *)plane_ptr(rec, pl->plane_off[0], T, k0 / 32, t0),
+                            FAST ? _mm256_xor_si256(w0, ones) : w0);
 }
+
+/* Every (M, FAST, want_sq, want_v) as its own unrolled body: no test is left in the loop. */
+#define QUANT_CASE(M_, F_, SQ_, V_)                                                                \
+    case ((M_)-1) * 8 + (F_)*4 + (SQ_)*2 + (V_):                                                   \
+        for (uint32_t k0 = 0; k0 < n; k0 += 32)                                                    \
+            quant_block(g, pl, W, inv, k0, nb, rec, T, t0, L, V, SQ_, V_, M_, F_);                 \
+        break;
+#define QUANT_CASES(M_)                                                                            \
+    QUANT_CASE(M_, 0, 0, 0)                                                                        \
+    QUANT_CASE(M_, 0, 0, 1)                                                                        \
+    QUANT_CASE(M_, 0, 1, 0)                                                                        \
+    QUANT_CASE(M_, 0, 1, 1)                                                                        \
+    QUANT_CASE(M_, 1, 0, 0)                                                                        \
+    QUANT_CASE(M_, 1, 0, 1)                                                                        \
+    QUANT_CASE(M_, 1, 1, 0)                                                                        \
+    QUANT_CASE(M_, 1, 1, 1)
 
 TQ_AVX2 static void quant_all(const grp_part *g, const tq__part_layout *pl, const __m256 *W,
                               __m256 inv, uint8_t *rec, uint32_t T, uint32_t t0, __m256 *L,
-                              __m256 *V, int want_sq, int want_v)
+                              __m256 *V, int want_sq, int want_v, int fast)
 {
     const uint32_t n = g->n, nb = n < 32 ? n : 32;
-    for (uint32_t k0 = 0; k0 < n; k0 += 32) {
-        switch (g->m) {
-        case 4:
-            quant_block(g, pl, W, inv, k0, nb, rec, T, t0, L, V, want_sq, want_v, 4);
-            break;
-        case 3:
-            quant_block(g, pl, W, inv, k0, nb, rec, T, t0, L, V, want_sq, want_v, 3);
-            break;
-        case 2:
-            quant_block(g, pl, W, inv, k0, nb, rec, T, t0, L, V, want_sq, want_v, 2);
-            break;
-        default:
-            quant_block(g, pl, W, inv, k0, nb, rec, T, t0, L, V, want_sq, want_v, 1);
-            break;
-        }
+    switch ((g->m - 1) * 8 + (fast ? 4 : 0) + (want_sq ? 2 : 0) + (want_v ? 1 : 0)) {
+        QUANT_CASES(1)
+        QUANT_CASES(2)
+        QUANT_CASES(3)
+        QUANT_CASES(4)
     }
 }
 
@@ -551,7 +565,9 @@ TQ_AVX2 static void encode_part(const tq__part_ctx *c, const grp_part *g, const 
         const int corrected = c->norm == TQ_NORM_CORRECTED;
         const int want_v = c->prod || c->norm == TQ_NORM_UNBIASED;
         if (corrected) tree_zero(L);
-        quant_all(g, pl, W, inv, rec, T, t0, L, V, corrected, want_v);
+        const int fast =
+            _mm256_movemask_ps(_mm256_cmp_ps(ss, _mm256_set1_ps(INFINITY), _CMP_LT_OQ)) == 0xff;
+        quant_all(g, pl, W, inv, rec, T, t0, L, V, corrected, want_v, fast);
         if (corrected) {
             __m256 q = tree_finish(L);
             sc = _mm256_div_ps(norm, _mm256_sqrt_ps(_mm256_mul_ps(q, _mm256_set1_ps(rn))));
@@ -585,24 +601,48 @@ TQ_AVX2 static void quant_test(const grp_part *g, const tq__part_layout *pl, con
 {
     for (uint32_t k = 0; k < g->n; k++)
         s->W[k] = _mm256_loadu_ps(t + 8 * (size_t)k);
-    quant_all(g, pl, s->W, _mm256_set1_ps(1.0f), rec, 8, 0, s->L, s->V, 0, 0);
+    int fast = 1;
+    for (uint32_t i = 0; i < 8 * g->n; i++)
+        fast &= isfinite(t[i]) != 0;
+    quant_all(g, pl, s->W, _mm256_set1_ps(1.0f), rec, 8, 0, s->L, s->V, 0, 0, fast);
 }
 
-uint32_t tqkv__encode_head_avx2(const tq__part_ctx *ctx, const tq__layout *L, const uint16_t *ch,
-                                const tq_kv_view *src, uint32_t h, uint32_t head_dim, uint8_t *rec)
+/* Identity channel lists (parts without outliers). */
+static void identity_channels(grp_scratch *s)
+{
+    for (uint32_t p = 0; p < 2; p++)
+        for (uint32_t j = 0; j < TQ_MAX_HEAD_DIM; j++)
+            s->ident[p * TQ_MAX_HEAD_DIM + j] = (uint16_t)j;
+}
+
+/* The kernels' tables of every part and the scratch. @return NULL when not supported. */
+static grp_scratch *group_begin(const tq__part_ctx *ctx, const tq__layout *L, uint32_t head_dim,
+                                grp_part *g)
+{
+    if (head_dim % 8 || L->T < 8) return NULL;
+    for (uint32_t p = 0; p < L->n_parts; p++)
+        if (!grp_part_init(&ctx[p], &g[p])) return NULL;
+    grp_scratch *s = tqkv_aligned_alloc(64, sizeof(*s));
+    if (s) identity_channels(s);
+    return s;
+}
+
+uint32_t tqkv__encode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
+                                   const uint16_t *chs, const tq_kv_view *src, uint32_t n_kv_heads,
+                                   uint32_t head_dim, uint8_t *dst)
 {
     grp_part g[2];
-    if (head_dim % 8 || L->T < 8) return 0;
-    for (uint32_t p = 0; p < L->n_parts; p++)
-        if (!grp_part_init(&ctx[p], &g[p])) return 0;
-    grp_scratch *s = tqkv_aligned_alloc(64, sizeof(*s));
+    grp_scratch *s = group_begin(ctx, L, head_dim, g);
     if (!s) return 0;
     const uint32_t T = L->T, T8 = T & ~7u;
-    for (uint32_t t0 = 0; t0 < T8; t0 += 8) {
-        load_group(src, t0, t0 + 8 < T8 ? t0 + 8 : UINT32_MAX, h, head_dim, L->P, s->X);
-        for (uint32_t p = 0; p < L->n_parts; p++)
-            encode_part(&ctx[p], &g[p], &L->part[p], ch + p * TQ_MAX_HEAD_DIM, s, rec, T, t0);
-    }
+    for (uint32_t t0 = 0; t0 < T8; t0 += 8)
+        for (uint32_t h = 0; h < n_kv_heads; h++) {
+            uint8_t *rec = dst + (size_t)h * L->record_size;
+            const uint16_t *ch = chs ? chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM : s->ident;
+            load_group(src, t0, h, head_dim, L->P, s->X);
+            for (uint32_t p = 0; p < L->n_parts; p++)
+                encode_part(&ctx[p], &g[p], &L->part[p], ch + p * TQ_MAX_HEAD_DIM, s, rec, T, t0);
+        }
     tqkv_aligned_free(s);
     return T8;
 }
@@ -737,23 +777,24 @@ TQ_AVX2 static void decode_part(const tq__part_ctx *c, const grp_part *g, const 
                                     _mm256_castsi256_ps(_mm256_set1_epi32((int)c->dsign[k])));
 }
 
-uint32_t tqkv__decode_head_avx2(const tq__part_ctx *ctx, const tq__layout *L, const uint16_t *ch,
-                                const uint8_t *rec, uint32_t h, uint32_t n_kv_heads,
-                                uint32_t head_dim, tq_dtype out_dtype, void *dst)
+uint32_t tqkv__decode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
+                                   const uint16_t *chs, const uint8_t *sec, uint32_t n_kv_heads,
+                                   uint32_t head_dim, tq_dtype out_dtype, void *dst)
 {
     grp_part g[2];
-    if (head_dim % 8 || L->T < 8) return 0;
-    for (uint32_t p = 0; p < L->n_parts; p++)
-        if (!grp_part_init(&ctx[p], &g[p])) return 0;
-    grp_scratch *s = tqkv_aligned_alloc(64, sizeof(*s));
+    grp_scratch *s = group_begin(ctx, L, head_dim, g);
     if (!s) return 0;
     const uint32_t T = L->T, T8 = T & ~7u;
     const size_t row = (size_t)n_kv_heads * head_dim;
-    for (uint32_t t0 = 0; t0 < T8; t0 += 8) {
-        for (uint32_t p = 0; p < L->n_parts; p++)
-            decode_part(&ctx[p], &g[p], &L->part[p], ch + p * TQ_MAX_HEAD_DIM, s, rec, T, t0);
-        store_group(s->X, head_dim, out_dtype, dst, (size_t)t0 * row + (size_t)h * head_dim, row);
-    }
+    for (uint32_t t0 = 0; t0 < T8; t0 += 8)
+        for (uint32_t h = 0; h < n_kv_heads; h++) {
+            const uint8_t *rec = sec + (size_t)h * L->record_size;
+            const uint16_t *ch = chs ? chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM : s->ident;
+            for (uint32_t p = 0; p < L->n_parts; p++)
+                decode_part(&ctx[p], &g[p], &L->part[p], ch + p * TQ_MAX_HEAD_DIM, s, rec, T, t0);
+            store_group(s->X, head_dim, out_dtype, dst, (size_t)t0 * row + (size_t)h * head_dim,
+                        row);
+        }
     tqkv_aligned_free(s);
     return T8;
 }

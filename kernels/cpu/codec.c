@@ -377,6 +377,48 @@ static int encode_raw(const tq__layout *L, uint32_t head_dim, uint32_t n_kv_head
     return 0;
 }
 
+/* Outlier masks of every head (written to the records) and the part channel lists chs
+ * ([n_kv_heads][2][TQ_MAX_HEAD_DIM]). The energies are summed token by token over all heads, so
+ * that the input is read in its own order; each channel's sum is still sequential over tokens
+ * (FORMAT.md). @return 0 or TQKV_ENOMEM. */
+static int encode_masks(const tq__kernels *kern, const tq_recipe *r, const tq__layout *L,
+                        uint32_t head_dim, uint32_t n_kv_heads, const tq_kv_view *src,
+                        uint8_t *dst, uint16_t *chs)
+{
+    const uint32_t P = L->P;
+    float *E = tqkv_calloc((size_t)n_kv_heads * P, sizeof(float));
+    if (!E)
+        return TQKV_ENOMEM;
+    _Alignas(32) float x[TQ_MAX_HEAD_DIM];
+    for (uint32_t t = 0; t < L->T; t++)
+        for (uint32_t h = 0; h < n_kv_heads; h++) {
+            float *Eh = E + (size_t)h * P;
+#if defined(__x86_64__)
+            if (kern->avx2 && head_dim % 8 == 0) {
+                tqkv__view_read_head_k(kern, src, t, h, head_dim, x);
+                tqkv__energy_add_avx2(x, head_dim, Eh);
+                continue;
+            }
+#endif
+            tqkv__view_read_head(src, t, h, head_dim, x);
+            for (uint32_t j = 0; j < head_dim; j++) {
+                float e = x[j] * x[j];
+                Eh[j] = Eh[j] + e;
+            }
+        }
+    for (uint32_t h = 0; h < n_kv_heads; h++) {
+        uint8_t *rec = dst + (size_t)h * L->record_size;
+        uint16_t *ch = chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM;
+        uint32_t mask[TQ_MAX_HEAD_DIM / 32];
+        choose_outliers(E + (size_t)h * P, P, r->n_out, mask);
+        for (uint32_t i = 0; i < L->mask_words; i++)
+            tqkv_store_le32(rec + 4 * i, mask[i]);
+        split_channels(mask, P, r->n_out, ch, ch + TQ_MAX_HEAD_DIM);
+    }
+    tqkv_free(E);
+    return 0;
+}
+
 int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads,
                       uint32_t n_tokens, uint64_t seed, tq_codebook_kind cb, const tq_kv_view *src,
                       void *dst, size_t dst_cap)
@@ -400,6 +442,7 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
     if (L.raw)
         return encode_raw(&L, head_dim, n_kv_heads, r->raw_dtype, src, dst);
 
+    uint16_t *chs = NULL; /* [n_kv_heads][2][TQ_MAX_HEAD_DIM] part channels, split only */
     tq__part_ctx *ctx = tqkv_aligned_alloc(64, 2 * sizeof(tq__part_ctx));
     if (!ctx)
         return TQKV_ENOMEM;
@@ -411,52 +454,32 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
     tq__kernels kern;
     tqkv__kernels(&kern);
     tq__encode_vec_fn enc = kern.encode_vec;
-    uint16_t ch[2][TQ_MAX_HEAD_DIM];
-    for (uint32_t p = 0; p < 2; p++)
-        for (uint32_t j = 0; j < P; j++)
-            ch[p][j] = (uint16_t)j;
+    if (L.n_parts == 2) {
+        chs = tqkv_mallocarray((size_t)n_kv_heads * 2 * TQ_MAX_HEAD_DIM, sizeof(uint16_t));
+        rc = chs ? encode_masks(&kern, r, &L, head_dim, n_kv_heads, src, dst, chs) : TQKV_ENOMEM;
+        if (rc)
+            goto out;
+    }
+    uint32_t t_first = 0;
+#if defined(__x86_64__)
+    if (kern.avx2) /* groups of eight tokens, all heads; the tails token by token below */
+        t_first = tqkv__encode_section_avx2(ctx, &L, chs, src, n_kv_heads, head_dim, dst);
+#endif
     _Alignas(32) float x[TQ_MAX_HEAD_DIM], xp[TQ_MAX_HEAD_DIM];
     uint8_t codes[TQ_MAX_HEAD_DIM];
     uint32_t w0[TQ_MAX_HEAD_DIM / 4], w1[TQ_MAX_HEAD_DIM / 4], sg[TQ_MAX_HEAD_DIM / 32];
-    for (uint32_t h = 0; h < n_kv_heads; h++) {
+    for (uint32_t h = 0; h < n_kv_heads && t_first < n_tokens; h++) {
         uint8_t *rec = (uint8_t *)dst + (size_t)h * L.record_size;
+        const uint16_t *ch = chs ? chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM : NULL;
         memset(x, 0, sizeof(x));
-        if (L.n_parts == 2) {
-            /* energies: sequential over tokens in float (FORMAT.md) */
-            float E[TQ_MAX_HEAD_DIM] = {0};
-            uint32_t mask[TQ_MAX_HEAD_DIM / 32];
-            for (uint32_t t = 0; t < n_tokens; t++) {
-#if defined(__x86_64__)
-                if (kern.avx2 && head_dim % 8 == 0) {
-                    tqkv__view_read_head_k(&kern, src, t, h, head_dim, x);
-                    tqkv__energy_add_avx2(x, head_dim, E);
-                    continue;
-                }
-#endif
-                tqkv__view_read_head(src, t, h, head_dim, x);
-                for (uint32_t j = 0; j < head_dim; j++) {
-                    float e = x[j] * x[j];
-                    E[j] = E[j] + e;
-                }
-            }
-            choose_outliers(E, P, r->n_out, mask);
-            for (uint32_t i = 0; i < L.mask_words; i++)
-                tqkv_store_le32(rec + 4 * i, mask[i]);
-            split_channels(mask, P, r->n_out, ch[0], ch[1]);
-        }
-        uint32_t t_first = 0;
-#if defined(__x86_64__)
-        if (kern.avx2) /* groups of eight tokens; the tail token by token below */
-            t_first = tqkv__encode_head_avx2(ctx, &L, &ch[0][0], src, h, head_dim, rec);
-#endif
         for (uint32_t t = t_first; t < n_tokens; t++) {
             tqkv__view_read_head_k(&kern, src, t, h, head_dim, x);
             for (uint32_t p = 0; p < L.n_parts; p++) {
                 const tq__part_layout *pl = &L.part[p];
                 const float *in = x;
-                if (L.n_parts == 2) {
+                if (ch) {
                     for (uint32_t k = 0; k < pl->n; k++)
-                        xp[k] = x[ch[p][k]];
+                        xp[k] = x[ch[p * TQ_MAX_HEAD_DIM + k]];
                     in = xp;
                 }
                 uint16_t sc = 0, ga = 0;
@@ -479,6 +502,7 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
         }
     }
 out:
+    tqkv_free(chs);
     tqkv_aligned_free(ctx);
     return rc;
 }
@@ -564,6 +588,7 @@ int tq_decode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
             }
         return 0;
     }
+    uint16_t *chs = NULL; /* [n_kv_heads][2][TQ_MAX_HEAD_DIM] part channels, split only */
     tq__part_ctx *ctx = tqkv_aligned_alloc(64, 2 * sizeof(tq__part_ctx));
     if (!ctx)
         return TQKV_ENOMEM;
@@ -575,38 +600,45 @@ int tq_decode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
     tq__kernels kern;
     tqkv__kernels(&kern);
     tq__decode_vec_fn dec = kern.decode_vec;
-    uint16_t ch[2][TQ_MAX_HEAD_DIM];
-    for (uint32_t p = 0; p < 2; p++)
-        for (uint32_t j = 0; j < P; j++)
-            ch[p][j] = (uint16_t)j;
-    _Alignas(32) float x[TQ_MAX_HEAD_DIM], xp[TQ_MAX_HEAD_DIM];
-    uint8_t codes[TQ_MAX_HEAD_DIM];
-    uint32_t sg[TQ_MAX_HEAD_DIM / 32];
-    for (uint32_t h = 0; h < n_kv_heads; h++) {
-        const uint8_t *rec = sec + (size_t)h * L.record_size;
-        if (L.n_parts == 2) {
+    if (L.n_parts == 2) { /* every head's mask first: a bad one fails before any output */
+        chs = tqkv_mallocarray((size_t)n_kv_heads * 2 * TQ_MAX_HEAD_DIM, sizeof(uint16_t));
+        if (!chs) {
+            rc = TQKV_ENOMEM;
+            goto out;
+        }
+        for (uint32_t h = 0; h < n_kv_heads; h++) {
+            const uint8_t *rec = sec + (size_t)h * L.record_size;
+            uint16_t *ch = chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM;
             uint32_t mask[TQ_MAX_HEAD_DIM / 32];
             for (uint32_t i = 0; i < L.mask_words; i++)
                 mask[i] = tqkv_load_le32(rec + 4 * i);
-            rc = split_channels(mask, P, r->n_out, ch[0], ch[1]);
+            rc = split_channels(mask, P, r->n_out, ch, ch + TQ_MAX_HEAD_DIM);
             if (rc)
                 goto out;
         }
-        uint32_t t_first = 0;
+    }
+    uint32_t t_first = 0;
 #if defined(__x86_64__)
-        if (kern.avx2)
-            t_first = tqkv__decode_head_avx2(ctx, &L, &ch[0][0], rec, h, n_kv_heads, head_dim,
-                                             out_dtype, dst);
+    if (kern.avx2) /* groups of eight tokens, all heads; the tails token by token below */
+        t_first = tqkv__decode_section_avx2(ctx, &L, chs, sec, n_kv_heads, head_dim, out_dtype,
+                                            dst);
 #endif
+    _Alignas(32) float x[TQ_MAX_HEAD_DIM], xp[TQ_MAX_HEAD_DIM];
+    uint8_t codes[TQ_MAX_HEAD_DIM];
+    uint32_t sg[TQ_MAX_HEAD_DIM / 32];
+    for (uint32_t h = 0; h < n_kv_heads && t_first < n_tokens; h++) {
+        const uint8_t *rec = sec + (size_t)h * L.record_size;
+        const uint16_t *ch = chs ? chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM : NULL;
         for (uint32_t t = t_first; t < n_tokens; t++) {
             for (uint32_t p = 0; p < L.n_parts; p++) {
                 const tq__part_layout *pl = &L.part[p];
                 read_part_codes(&kern, rec, pl, n_tokens, t, codes, sg);
                 uint16_t sc = tqkv_load_le16(rec + pl->scale_off + 2 * (size_t)t);
                 uint16_t ga = pl->prod ? tqkv_load_le16(rec + pl->gamma_off + 2 * (size_t)t) : 0;
-                dec(&ctx[p], codes, sc, ga, sg, xp);
-                for (uint32_t k = 0; k < pl->n; k++)
-                    x[ch[p][k]] = xp[k];
+                dec(&ctx[p], codes, sc, ga, sg, ch ? xp : x);
+                if (ch)
+                    for (uint32_t k = 0; k < pl->n; k++)
+                        x[ch[p * TQ_MAX_HEAD_DIM + k]] = xp[k];
             }
             size_t o = ((size_t)t * n_kv_heads + h) * head_dim;
 #if defined(__x86_64__)
@@ -620,6 +652,7 @@ int tq_decode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
         }
     }
 out:
+    tqkv_free(chs);
     tqkv_aligned_free(ctx);
     return rc;
 }

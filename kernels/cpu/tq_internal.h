@@ -171,19 +171,20 @@ void tqkv__pack_codes_bmi2(const uint8_t *codes, uint32_t n, uint32_t m, uint32_
                            uint32_t *w1);
 void tqkv__unpack_codes_bmi2(const uint32_t *w0, const uint32_t *w1, uint32_t n, uint32_t m,
                              uint8_t *codes);
-/* Vertical AVX2 section kernels (avx2_group.c): tokens [0, T & ~7) of head h, eight tokens at a
- * time, bytes identical to the per-token path. ch holds the two parts' channel lists
- * (ch + p * TQ_MAX_HEAD_DIM; the identity without outliers); the outlier mask must already be
- * written. Encode writes the part records of rec; decode writes rows of dst ([token][head][dim],
- * out_dtype). @return the number of tokens done (0 when the geometry or the codebook is not
- * supported: head_dim not a multiple of 8, T < 8, m > 4; or no scratch memory); the caller
- * does the rest with the per-token kernels. */
-uint32_t tqkv__encode_head_avx2(const tq__part_ctx *ctx, const tq__layout *L, const uint16_t *ch,
-                                const tq_kv_view *src, uint32_t h, uint32_t head_dim,
-                                uint8_t *rec);
-uint32_t tqkv__decode_head_avx2(const tq__part_ctx *ctx, const tq__layout *L, const uint16_t *ch,
-                                const uint8_t *rec, uint32_t h, uint32_t n_kv_heads,
-                                uint32_t head_dim, tq_dtype out_dtype, void *dst);
+/* Vertical AVX2 section kernels (avx2_group.c): tokens [0, T & ~7) of every head, eight
+ * tokens at a time in token order, bytes identical to the per-token path. chs holds each head's
+ * two part channel lists ([n_kv_heads][2][TQ_MAX_HEAD_DIM]; NULL without outliers), and the
+ * outlier masks must already be in the records. Encode writes the part records of the section
+ * dst; decode writes rows of dst ([token][head][dim], out_dtype). @return the number of tokens
+ * done per head (0 when the geometry or the codebook is not supported: head_dim not a multiple
+ * of 8, T < 8, m > 4; or no scratch memory); the caller does the rest with the per-token
+ * kernels. */
+uint32_t tqkv__encode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
+                                   const uint16_t *chs, const tq_kv_view *src,
+                                   uint32_t n_kv_heads, uint32_t head_dim, uint8_t *dst);
+uint32_t tqkv__decode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
+                                   const uint16_t *chs, const uint8_t *sec, uint32_t n_kv_heads,
+                                   uint32_t head_dim, tq_dtype out_dtype, void *dst);
 /* Test hook: the codes of t[k * 8 + lane] (k < n, 8 lanes = 8 tokens) by the vertical
  * quantiser (t taken as the already scaled coordinate), written as the plane words of a record
  * of T = 8 tokens (layout pl). @return 0, TQKV_ENOTSUP (m = 0 or m > 4) or TQKV_ENOMEM. */

@@ -1,6 +1,7 @@
 /* Single-core encode and decode throughput of the CPU codec, per preset, in GB/s of fp16 KV
  * (fp16 input bytes / time), with a memcpy of the same bytes measured in the same run as the
- * baseline. Times are the best of `reps` runs in thread CPU time. One JSON object per line. Usage: tq_cpu_speed [reps] [scalar|avx2|auto] */
+ * baseline. Times are the best of `reps` runs in thread CPU time. One JSON object per line.
+ * Usage: tq_cpu_speed [reps] [scalar|avx2|auto] [preset,preset,...] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,20 @@ static int do_memcpy(void *a)
     return 0;
 }
 
+/* Whether name is one of the comma-separated list. */
+static int in_list(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n))
+            return 1;
+        p += len + (e ? 1 : 0);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int reps = argc > 1 ? atoi(argv[1]) : 5;
@@ -83,6 +98,8 @@ int main(int argc, char **argv)
     printf("{\"bench\":\"tq_cpu_speed\",\"op\":\"memcpy\",\"bytes\":%zu,\"gbps\":%.3f}\n", bytes,
            bytes / mc / 1e9);
     for (const char *const *p = tq_preset_names(); *p; p++) {
+        if (argc > 3 && !in_list(argv[3], *p))
+            continue;
         tq_recipe k, v;
         tq_preset(*p, D, &k, &v);
         for (int t = 0; t < 2; t++) {
