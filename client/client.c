@@ -478,6 +478,45 @@ static int get_sink(tqkv__call *call, const Tqkv__Header *resp, uint32_t payload
     return 0;
 }
 
+/* The daemon answers TQKV_EFRAMETOOBIG (no bytes) for the hits of a request that do not fit in
+ * one reply frame (docs/protocol.md, GET): asks for those again, one key per request. */
+static int get_retry_too_big(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n,
+                             const tqkv_get_options *opts, tqkv_get_item *items)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        m += items[i].status == TQKV_EFRAMETOOBIG;
+    if (m == 0)
+        return 0;
+    tqkv_key *rk = tqkv_mallocarray(m, sizeof(*rk));
+    tqkv_get_item *ri = tqkv_calloc(m, sizeof(*ri));
+    size_t *idx = tqkv_mallocarray(m, sizeof(*idx));
+    int rc = TQKV_ENOMEM;
+    if (rk && ri && idx) {
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (items[i].status == TQKV_EFRAMETOOBIG) {
+                idx[k] = i;
+                rk[k] = keys[i];
+                ri[k].buf = items[i].buf;
+                ri[k].cap = items[i].cap;
+                k++;
+            }
+        tqkv_get_options one = *opts;
+        one.keys_per_request = 1;
+        one.release_lease = 0; /* released by the first pass */
+        rc = tqkv_get(c, ns, rk, m, &one, ri);
+        for (size_t k2 = 0; k2 < m; k2++)
+            items[idx[k2]] = ri[k2]; /* hands over any allocation */
+    } else {
+        tqkv__fail(c, rc, NULL);
+    }
+    tqkv_free(rk);
+    tqkv_free(ri);
+    tqkv_free(idx);
+    return rc;
+}
+
 int tqkv_get(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n,
              const tqkv_get_options *opts, tqkv_get_item *items)
 {
@@ -574,6 +613,8 @@ int tqkv_get(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n,
         }
     }
     batch_free(&b);
+    if (!first_err && per > 1)
+        first_err = get_retry_too_big(c, ns, keys, n, opts, items);
     return first_err;
 }
 

@@ -201,7 +201,8 @@ typedef struct {
 } tqkv_get_item;
 
 /* Fetches n keys. items[i].buf/cap are inputs; the rest are outputs. opts may be NULL
- * (whole encoded blocks). Misses are not errors.
+ * (whole encoded blocks). Misses are not errors. Keys the daemon could not fit in one reply
+ * frame with the others are asked for again on their own.
  * @return 0 when every key was answered (hit or miss; see each item's status), or a
  *         connection-level / request-level error (bad namespace, bad layer range, ...). Items
  *         with allocated data must be released with tqkv_get_items_release even on error. */
@@ -253,9 +254,9 @@ int tqkv_config_get(tqkv_client *c, const char *name, tqkv_kv_list *out);
 /* Changes a mutable setting (admin token). @return 0, TQKV_EPERM, TQKV_EREADONLY,
  * TQKV_ENOENT (unknown setting), TQKV_EBADCONFIG / TQKV_ERANGE (bad value). */
 int tqkv_config_set(tqkv_client *c, const char *name, const char *value);
-/* Evicts at least `bytes` bytes (LRU order, pins and leases exempt) from the host tier (admin).
- * ns non-NULL restricts eviction to one namespace. *evicted (may be NULL) receives the bytes
- * freed. */
+/* Evicts at least `bytes` bytes (LRU order, pins and leases exempt) from the host tier (admin),
+ * or as much as is evictable. ns must be NULL: this daemon version answers TQKV_ENOTSUP to a
+ * namespace filter. *evicted (may be NULL) receives the bytes freed. */
 int tqkv_evict(tqkv_client *c, const char *ns, uint64_t bytes, uint64_t *evicted);
 /* Drops every block (ns NULL) or those of one namespace (admin). */
 int tqkv_clear(tqkv_client *c, const char *ns);

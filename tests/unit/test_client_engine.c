@@ -15,7 +15,13 @@
 #include "tqkv.h"
 #include "tqkv_test.h"
 
-typedef enum { SCRIPT_REVERSE_GET, SCRIPT_ERROR, SCRIPT_BAD_ID, SCRIPT_MISS_IN_BATCH } script_kind;
+typedef enum {
+    SCRIPT_REVERSE_GET,
+    SCRIPT_ERROR,
+    SCRIPT_BAD_ID,
+    SCRIPT_MISS_IN_BATCH,
+    SCRIPT_TOO_BIG,
+} script_kind;
 
 typedef struct {
     int listen_fd;
@@ -135,6 +141,48 @@ static void *server_main(void *arg)
             send_resp(fd, &a, pl, (uint32_t)len);
             free(pl);
         }
+    } else if (s->kind == SCRIPT_TOO_BIG) {
+        /* GET of three keys: the first fits, the other two answer EFRAMETOOBIG with no bytes;
+         * then each of those must be asked for again alone, and is answered. Key byte 0 says
+         * which; its payload is 500 + 100 * that bytes of that value. */
+        for (int round = 0; round < 3; round++) {
+            Tqkv__Header *q = read_req(fd);
+            size_t want = round == 0 ? 3 : 1;
+            if (!q || q->op != TQKV__OP__OP_GET || q->n_items != want) {
+                snprintf(s->why, sizeof(s->why), "round %d: bad request", round);
+                s->failures++;
+                tqkv_header_free(q);
+                goto out;
+            }
+            Tqkv__Item it[3], *itp[3];
+            uint8_t pl[800];
+            size_t pl_len = 0;
+            for (size_t i = 0; i < want; i++) {
+                Tqkv__Item init = TQKV__ITEM__INIT;
+                it[i] = init;
+                it[i].key = q->items[i]->key;
+                uint8_t id = q->items[i]->key.data[0];
+                if (round == 0 && i > 0) {
+                    it[i].status = TQKV_EFRAMETOOBIG;
+                } else {
+                    it[i].payload_len = 500 + 100 * (size_t)id;
+                    it[i].tier = TQKV__TIER__TIER_HOST;
+                    memset(pl + pl_len, id, it[i].payload_len);
+                    pl_len += it[i].payload_len;
+                }
+                itp[i] = &it[i];
+            }
+            Tqkv__Header a = TQKV__HEADER__INIT;
+            a.op = TQKV__OP__OP_GET;
+            a.request_id = q->request_id;
+            a.n_items = want;
+            a.items = itp;
+            send_resp(fd, &a, pl, (uint32_t)pl_len);
+            tqkv_header_free(q);
+        }
+        char ch;
+        while (read(fd, &ch, 1) > 0)
+            ;
     } else if (s->kind == SCRIPT_MISS_IN_BATCH) {
         /* One GET of three keys answered hit (500 bytes), miss (no bytes), hit (700 bytes), the
          * whole frame in one write so that the client finds it in its receive buffer. */
@@ -356,6 +404,37 @@ static void test_miss_between_hits_in_one_response(void)
     ASSERT_EQ_INT(f.srv.failures, 0);
 }
 
+/* Items the daemon could not fit in one reply (TQKV_EFRAMETOOBIG, no bytes) are fetched again
+ * on their own, and land where the caller asked. */
+static void test_too_big_items_are_retried(void)
+{
+    fixture f;
+    ASSERT_OK(fixture_start(&f, SCRIPT_TOO_BIG, 0));
+    tqkv_client *c = connect_to(&f, 4);
+    ASSERT_TRUE(c != NULL);
+    tqkv_key keys[3];
+    memset(keys, 0, sizeof(keys));
+    for (int i = 0; i < 3; i++)
+        keys[i].bytes[0] = (uint8_t)i;
+    static uint8_t buf2[1000];
+    tqkv_get_item items[3];
+    memset(items, 0, sizeof(items));
+    items[2].buf = buf2;
+    items[2].cap = sizeof(buf2);
+    ASSERT_OK(tqkv_get(c, "ns", keys, 3, NULL, items));
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ_INT(items[i].status, 0);
+        ASSERT_EQ_U64(items[i].len, 500 + 100 * i);
+        const uint8_t *d = items[i].data;
+        ASSERT_TRUE(d[0] == i && d[items[i].len - 1] == i);
+    }
+    ASSERT_TRUE(items[2].data == buf2);
+    tqkv_get_items_release(items, 3);
+    tqkv_close(c);
+    fixture_stop(&f);
+    ASSERT_EQ_INT(f.srv.failures, 0);
+}
+
 /* Failing allocator: the n-th allocation made by the armed thread (the client's) fails. The
  * scripted server thread is never armed. */
 static __thread int oom_armed;
@@ -449,6 +528,7 @@ static const tqkv_test_case cases[] = {
     {"server_error_message", test_server_error_message},
     {"unknown_request_id_breaks_connection", test_unknown_request_id_breaks_connection},
     {"miss_between_hits_in_one_response", test_miss_between_hits_in_one_response},
+    {"too_big_items_are_retried", test_too_big_items_are_retried},
     {"out_of_memory_everywhere", test_out_of_memory_everywhere},
     {"bad_urls", test_bad_urls},
     {NULL, NULL},
