@@ -510,10 +510,15 @@ static int cmd_lookup(cli *a, int argc, char **argv)
     return 0;
 }
 
+/* Files are read and sent in groups (up to PUT_GROUP_BYTES or PUT_GROUP_FILES), each group one
+ * batch call: the library pipelines its requests, so a bulk load is not one round trip per file. */
+#define PUT_GROUP_BYTES (64u << 20)
+#define PUT_GROUP_FILES 256
+
 static int cmd_put(cli *a, int argc, char **argv)
 {
     sub_args s;
-    int pos, rc = 0, failed = 0;
+    int pos, failed = 0, broken = 0;
     if (parse_sub(argc, argv, &s, &pos) || !s.ns || pos == argc)
         return usage_error("put --ns NS FILE... | put --ns NS --raw --key KEY "
                            "--tokens-in-chunk N FILE");
@@ -525,57 +530,80 @@ static int cmd_put(cli *a, int argc, char **argv)
     uint64_t total_bytes = 0, stored = 0;
     progress p;
     progress_init(&p, "put", (uint64_t)(argc - pos));
+    tqkv_put_item items[PUT_GROUP_FILES];
+    void *data[PUT_GROUP_FILES];
+    int st[PUT_GROUP_FILES], file_of[PUT_GROUP_FILES];
+    tqkv_put_item batch[PUT_GROUP_FILES];
+    int bst[PUT_GROUP_FILES];
     if (a->json)
         printf("{\"results\":[");
-    for (int i = pos; i < argc; i++) {
-        size_t len = 0;
-        void *data = read_file(argv[i], &len);
-        tqkv_put_item it;
-        memset(&it, 0, sizeof(it));
-        int st = 0;
-        if (!data) {
-            st = TQKV_EIO;
-        } else if (s.raw) {
-            it.key = rawkey;
-            it.n_tokens = n_tok;
-        } else if (len < 48 || memcmp(data, "TQKVBLK1", 8) != 0) {
-            st = TQKV_EBADMAGIC; /* not a block (kernels/FORMAT.md): the key is at offset 16 */
-        } else {
-            memcpy(it.key.bytes, (const uint8_t *)data + 16, TQKV_KEY_BYTES);
+    for (int first = pos; first < argc && !broken;) {
+        /* read one group */
+        int n = 0, nb = 0;
+        uint64_t group_bytes = 0;
+        while (first + n < argc && n < PUT_GROUP_FILES && group_bytes < PUT_GROUP_BYTES) {
+            const char *path = argv[first + n];
+            size_t len = 0;
+            memset(&items[n], 0, sizeof(items[n]));
+            data[n] = read_file(path, &len);
+            st[n] = 0;
+            if (!data[n]) {
+                st[n] = TQKV_EIO;
+            } else if (s.raw) {
+                items[n].key = rawkey;
+                items[n].n_tokens = n_tok;
+            } else if (len < 48 || memcmp(data[n], "TQKVBLK1", 8) != 0) {
+                st[n] = TQKV_EBADMAGIC; /* not a block (kernels/FORMAT.md): key at offset 16 */
+            } else {
+                memcpy(items[n].key.bytes, (const uint8_t *)data[n] + 16, TQKV_KEY_BYTES);
+            }
+            items[n].data = data[n];
+            items[n].len = len;
+            if (!st[n]) {
+                batch[nb] = items[n];
+                file_of[nb++] = n;
+            }
+            group_bytes += len;
+            n++;
         }
-        if (!st) {
-            it.data = data;
-            it.len = len;
-            st = s.raw ? tqkv_put_raw(a->c, s.ns, &it, 1, NULL)
-                       : tqkv_put_blocks(a->c, s.ns, &it, 1, NULL);
+        /* send the readable ones in one pipelined call */
+        if (nb > 0) {
+            int rc = s.raw ? tqkv_put_raw(a->c, s.ns, batch, (size_t)nb, bst)
+                           : tqkv_put_blocks(a->c, s.ns, batch, (size_t)nb, bst);
+            for (int k = 0; k < nb; k++)
+                st[file_of[k]] = bst[k];
+            if (rc == TQKV_ECLOSED || rc == TQKV_ETIMEDOUT)
+                broken = 1;
         }
-        free(data);
-        if (st) {
-            failed++;
-            rc = st;
-            if (!a->json)
-                fprintf(stderr, "%s%s: %s\n", p.on ? "\n" : "", argv[i],
-                        *tqkv_errmsg(a->c) ? tqkv_errmsg(a->c) : tqkv_strerror(st));
-        } else {
-            stored++;
-            total_bytes += len;
+        for (int i = 0; i < n; i++) {
+            const char *path = argv[first + i];
+            if (st[i]) {
+                failed++;
+                if (!a->json)
+                    fprintf(stderr, "%s%s: %s: %s\n", p.on ? "\n" : "", path,
+                            tqkv_err_name(st[i]), tqkv_strerror(st[i]));
+            } else {
+                stored++;
+                total_bytes += items[i].len;
+            }
+            if (a->json) {
+                printf("%s{\"file\":", first + i > pos ? "," : "");
+                json_str(stdout, path);
+                printf(",\"status\":\"%s\"}", st[i] ? tqkv_err_name(st[i]) : "ok");
+            }
+            free(data[i]);
         }
-        if (a->json) {
-            printf("%s{\"file\":", i > pos ? "," : "");
-            json_str(stdout, argv[i]);
-            printf(",\"status\":\"%s\"}", st ? tqkv_err_name(st) : "ok");
-        }
-        progress_update(&p, (uint64_t)(i - pos + 1), total_bytes);
-        if (st == TQKV_ECLOSED)
-            break;
+        first += n;
+        progress_update(&p, (uint64_t)(first - pos), total_bytes);
     }
+    if (broken && !a->json)
+        fprintf(stderr, "tqkv put: %s; stopped\n", tqkv_errmsg(a->c));
     if (a->json)
-        printf("],\"stored\":%" PRIu64 ",\"failed\":%d,\"bytes\":%" PRIu64 "}\n", stored, failed,
-               total_bytes);
+        printf("],\"stored\":%" PRIu64 ",\"failed\":%d,\"bytes\":%" PRIu64 "}\n", stored,
+               failed, total_bytes);
     else
         printf("stored %" PRIu64 " of %d (%" PRIu64 " bytes)\n", stored, argc - pos, total_bytes);
-    (void)rc;
-    return failed ? EXIT_FAIL : 0;
+    return failed || broken ? EXIT_FAIL : 0;
 }
 
 static int cmd_get(cli *a, int argc, char **argv)

@@ -141,6 +141,46 @@ static void test_lookup_from_token_file(void)
     ASSERT_TRUE(strstr(out, "\"keys\":3,\"hits\":2") != NULL);
 }
 
+/* Bulk put: several block files and one that is not a block, in one command: the blocks are
+ * stored, the bad file is reported, the exit code says something failed. */
+static void test_bulk_put_files(void)
+{
+    char out[8192], paths[4][128], junk[128], hexes[3][2 * TQKV_KEY_BYTES + 1];
+    tc_geom g = tc_geom_small("tq4");
+    ASSERT_EQ_INT(cli(out, sizeof(out),
+                      "register --ns cli-bulk --layers %d --heads %d --head-dim %d --preset tq4 "
+                      "--chunk-size %d",
+                      TC_LAYERS, TC_HEADS, TC_HEAD_DIM, TC_TOKENS),
+                  0);
+    for (int i = 0; i < 3; i++) {
+        tqkv_key key = tc_key((uint32_t)i, 62);
+        uint16_t *raw = tc_make_raw(&g, g.tokens, 620 + (uint64_t)i);
+        size_t len = 0;
+        void *blk = tc_encode(&g, &key, raw, g.tokens, &len);
+        ASSERT_TRUE(blk != NULL);
+        snprintf(paths[i], sizeof(paths[i]), "%s/bulk%d.tqb", tmpdir, i);
+        FILE *f = fopen(paths[i], "wb");
+        ASSERT_TRUE(f && fwrite(blk, 1, len, f) == len);
+        fclose(f);
+        tqkv_key_hex(&key, hexes[i]);
+        free(raw);
+        free(blk);
+    }
+    snprintf(junk, sizeof(junk), "%s/junk.bin", tmpdir);
+    FILE *f = fopen(junk, "wb");
+    ASSERT_TRUE(f && fputs("this is not a block, it is some text long enough", f) >= 0);
+    fclose(f);
+    ASSERT_EQ_INT(cli(out, sizeof(out), "--json put --ns cli-bulk %s %s %s %s", paths[0],
+                      paths[1], junk, paths[2]),
+                  1);
+    ASSERT_TRUE(strstr(out, "\"stored\":3,\"failed\":1") != NULL);
+    ASSERT_TRUE(strstr(out, "TQKV_EBADMAGIC") != NULL);
+    ASSERT_EQ_INT(cli(out, sizeof(out), "--json lookup --ns cli-bulk %s %s %s", hexes[0],
+                      hexes[1], hexes[2]),
+                  0);
+    ASSERT_TRUE(strstr(out, "\"hits\":3") != NULL);
+}
+
 static void test_admin_commands(void)
 {
     char out[16384];
@@ -185,6 +225,7 @@ static const tqkv_test_case cases[] = {
     {"status_json", test_status_json},
     {"put_get_lookup_delete", test_put_get_lookup_delete},
     {"lookup_from_token_file", test_lookup_from_token_file},
+    {"bulk_put_files", test_bulk_put_files},
     {"admin_commands", test_admin_commands},
     {"bench_command", test_bench_command},
     {"exit_codes", test_exit_codes},
