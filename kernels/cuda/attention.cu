@@ -22,6 +22,7 @@
 #define TQC_ATT_THREADS 128
 #define TQC_ATT_TT 128 /* tokens per tile: one thread per token in the score phase */
 #define TQC_LOG2E 1.4426950408889634f
+#define TQC_VPRE 20 /* V words per token held in registers while the scores are computed */
 
 /* Geometry of one tensor's parts as the attention kernel needs it (offsets within a record). */
 typedef struct {
@@ -253,6 +254,53 @@ __device__ __forceinline__ void tqc_score_mse(const tqc_part &pp, const tqc_part
     }
 }
 
+/* The common case (n a multiple of 32, at most 128, m <= 4): every code word of the token is
+ * loaded first, so that a warp has all its loads in flight before the arithmetic starts. */
+template <int GT>
+__device__ __forceinline__ void tqc_score_mse_fast(const tqc_part &pp, const tqc_part_off &po,
+                                                   const uint8_t *rec, uint32_t T, uint32_t t,
+                                                   const float *cent, const float *qk,
+                                                   float (&d)[GT])
+{
+    const uint32_t *p0 = (const uint32_t *)(rec + po.plane[0]) + t;
+    const uint32_t *p1 = (const uint32_t *)(rec + po.plane[1]) + t;
+    const uint32_t n = pp.n, m = pp.m, nw0 = pp.plane_words[0];
+    const uint32_t nw1 = pp.n_planes == 2 ? pp.plane_words[1] : 0;
+    uint32_t w[16], hi[4];
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)i < nw0 ? __ldg(p0 + (size_t)i * T) : 0u;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        hi[i] = (uint32_t)i < nw1 ? __ldg(p1 + (size_t)i * T) : 0u;
+#pragma unroll
+    for (int gi = 0; gi < 4; gi++) {
+        if ((uint32_t)gi * 32 >= n)
+            break;
+        const uint32_t k0 = gi * 32;
+        if (m == 4) {
+#pragma unroll
+            for (int s = 0; s < 32; s++)
+                tqc_fma_coord<GT>(d, qk, k0 + s, cent[(w[4 * gi + (s >> 3)] >> ((s & 7) * 4)) & 15]);
+        } else if (m == 3) {
+#pragma unroll
+            for (int s = 0; s < 32; s++) {
+                uint32_t c = ((w[2 * gi + (s >> 4)] >> ((s & 15) * 2)) & 3) |
+                             (((hi[gi] >> s) & 1) << 2);
+                tqc_fma_coord<GT>(d, qk, k0 + s, cent[c]);
+            }
+        } else if (m == 2) {
+#pragma unroll
+            for (int s = 0; s < 32; s++)
+                tqc_fma_coord<GT>(d, qk, k0 + s, cent[(w[2 * gi + (s >> 4)] >> ((s & 15) * 2)) & 3]);
+        } else {
+#pragma unroll
+            for (int s = 0; s < 32; s++)
+                tqc_fma_coord<GT>(d, qk, k0 + s, cent[(w[gi] >> s) & 1]);
+        }
+    }
+}
+
 /* sum_k qs[k] * (2 sign_k - 1) over one part. */
 template <int GT>
 __device__ __forceinline__ void tqc_score_qjl(const tqc_part &pp, const tqc_part_off &po,
@@ -306,6 +354,7 @@ __global__ void __launch_bounds__(TQC_ATT_THREADS)
                          const tq_cuda_chunk *chunks, const void *q, float *ws_o, float *ws_ml)
 {
     extern __shared__ float sm[];
+    __shared__ uint32_t slot_src[TQC_VPRE];
     const uint32_t P = A.P, tid = threadIdx.x;
     const uint32_t sp = blockIdx.x, seq = blockIdx.z;
     const uint32_t h = blockIdx.y / A.n_groups, gi = blockIdx.y % A.n_groups;
@@ -373,6 +422,17 @@ __global__ void __launch_bounds__(TQC_ATT_THREADS)
         tqc_part_offsets(A.V, T, vo, vrs);
         const uint8_t *krec = (const uint8_t *)ck.k_section + (size_t)h * krs;
         const uint8_t *vrec = (const uint8_t *)ck.v_section + (size_t)h * vrs;
+        __syncthreads(); /* the previous chunk is done with slot_src */
+        if (tid < A.kv_slots && tid < TQC_VPRE) {
+            /* byte offset in the record of staging slot tid (part p, plane q, word i) */
+            for (uint32_t p = 0; p < A.V.n_parts; p++)
+                for (uint32_t qq = 0; qq < A.V.part[p].n_planes; qq++) {
+                    uint32_t s0 = A.slot_off[p][qq];
+                    if (tid >= s0 && tid < s0 + A.V.part[p].plane_words[qq])
+                        slot_src[tid] = vo[p].plane[qq] + (tid - s0) * 4 * T;
+                }
+        }
+        __syncthreads();
         if (k_split || v_split) {
             __syncthreads(); /* previous chunk done with the lists */
             if (k_split)
@@ -387,8 +447,16 @@ __global__ void __launch_bounds__(TQC_ATT_THREADS)
         for (uint32_t t0 = 0; t0 < T; t0 += TQC_ATT_TT) {
             const uint32_t t = t0 + tid;
             const bool valid = t < T;
-            /* stage this tile's V words and scales */
-            if (valid) {
+            /* this tile's V words: issued now, stored to shared memory after the scores */
+            uint32_t vpre[TQC_VPRE];
+            const bool vfast = A.kv_slots <= TQC_VPRE;
+            if (vfast) {
+#pragma unroll
+                for (int i = 0; i < TQC_VPRE; i++)
+                    vpre[i] = (valid && (uint32_t)i < A.kv_slots)
+                                  ? __ldg((const uint32_t *)(vrec + slot_src[i]) + t)
+                                  : 0u;
+            } else if (valid) {
                 for (uint32_t p = 0; p < A.V.n_parts; p++) {
                     const tqc_part &pp = A.V.part[p];
                     for (uint32_t qq = 0; qq < pp.n_planes; qq++) {
@@ -416,7 +484,10 @@ __global__ void __launch_bounds__(TQC_ATT_THREADS)
 #pragma unroll
                     for (int g = 0; g < GT; g++)
                         d[g] = 0.0f;
-                    if (pp.m)
+                    if (pp.m && pp.m <= 4 && pp.n % 32 == 0 && pp.n <= 128)
+                        tqc_score_mse_fast<GT>(pp, ko[p], krec, T, t, centk + p * 256,
+                                               qk + off * GT, d);
+                    else if (pp.m)
                         tqc_score_mse<GT>(pp, ko[p], krec, T, t, centk + p * 256, qk + off * GT,
                                           d);
                     float sc = tqc_f16_to_f32(((const uint16_t *)(krec + ko[p].scale))[t]);
@@ -438,6 +509,11 @@ __global__ void __launch_bounds__(TQC_ATT_THREADS)
                 for (uint32_t p = 0; p < A.V.n_parts; p++)
                     vscale[p] = tqc_f16_to_f32(((const uint16_t *)(vrec + vo[p].scale))[t]);
             }
+            if (vfast)
+#pragma unroll
+                for (int i = 0; i < TQC_VPRE; i++)
+                    if ((uint32_t)i < A.kv_slots)
+                        vw[i * (TQC_ATT_TT + 1) + tid] = vpre[i];
             /* tile maximum per head */
             float mx[GT];
 #pragma unroll
@@ -710,7 +786,9 @@ static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max
     A->kv_slots = slots ? slots : 1;
     /* split-KV: enough blocks to fill the GPU about twice */
     uint32_t ctas = n_seqs * A->n_kv * A->n_groups;
-    uint32_t want = (264 + ctas - 1) / ctas;
+    /* about 8 resident blocks per multiprocessor (132 on an H200): the kernel is latency-bound
+     * below that */
+    uint32_t want = (132 * 8 + ctas - 1) / ctas;
     if (p->max_splits && want > p->max_splits)
         want = p->max_splits;
     if (want > max_chunks)

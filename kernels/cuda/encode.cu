@@ -29,6 +29,7 @@ typedef struct {
     int64_t token_stride, head_stride, page_stride;
     uint32_t page_size, page_offset;
     uint8_t *dst;         /* device, section bytes (n_heads head records) */
+    uint32_t pad;         /* zero bytes to write after the section (block padding), < 64 */
 } tqc_job;
 
 typedef struct {
@@ -252,7 +253,9 @@ __global__ void tqc_mask_kernel(const __grid_constant__ tqc_rec R, const __grid_
     const uint32_t h = blockIdx.x, j = threadIdx.x, P = R.P;
     float e = 0.0f;
     if (j < R.head_dim) {
-#pragma unroll 8
+        /* the sum is one sequential chain (the reference's order); unrolling keeps many loads
+         * in flight ahead of it */
+#pragma unroll 32
         for (uint32_t t = 0; t < R.T; t++) {
             float x = tqc_load_elem(jb.data, J.dtype, tqc_view_index(jb, t, h) + j);
             e = __fadd_rn(e, __fmul_rn(x, x));
@@ -288,6 +291,9 @@ __global__ void __launch_bounds__(tqc_enc_tb<N * NP, NP>::value)
     const uint32_t h = blockIdx.y, T = R.T;
     const uint32_t t = blockIdx.x * TB + threadIdx.x;
     uint8_t *rec = jb.dst + (size_t)h * R.record_size;
+    if (blockIdx.x == 0 && blockIdx.y == 0)
+        for (uint32_t i = threadIdx.x; i < jb.pad; i += TB)
+            jb.dst[(size_t)R.n_heads * R.record_size + i] = 0;
     for (int p = 0; p < NP; p++) {
         uint32_t nb = R.part[p].m ? (1u << R.part[p].m) - 1 : 0;
         for (uint32_t i = threadIdx.x; i < nb; i += TB)
@@ -339,6 +345,8 @@ __global__ void tqc_encode_raw_kernel(const __grid_constant__ tqc_rec R,
     const uint32_t h = blockIdx.y;
     const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
     const uint32_t t = i / R.P, j = i % R.P;
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x < jb.pad)
+        jb.dst[(size_t)R.n_heads * R.record_size + threadIdx.x] = 0;
     if (t >= R.T)
         return;
     uint16_t *out = (uint16_t *)(jb.dst + (size_t)h * R.record_size) + (size_t)t * R.P + j;
@@ -397,7 +405,8 @@ static int tqc_encode_jobs(const tqc_rec &R, uint32_t n_out, const tqc_jobs &J, 
     return 0;
 }
 
-static int check_view(const tq_kv_view *v, uint32_t head_dim, tqc_jobs *J, uint8_t *dst)
+static int check_view(const tq_kv_view *v, uint32_t head_dim, tqc_jobs *J, uint8_t *dst,
+                      uint32_t pad)
 {
     if (!v || !v->data)
         return TQKV_EINVAL;
@@ -426,6 +435,7 @@ static int check_view(const tq_kv_view *v, uint32_t head_dim, tqc_jobs *J, uint8
     jb->page_size = v->page_size;
     jb->page_offset = v->page_offset;
     jb->dst = dst;
+    jb->pad = pad;
     return 0;
 }
 
@@ -448,7 +458,7 @@ extern "C" int tq_cuda_encode_section(const tq_recipe *r, uint32_t head_dim, uin
     static tqc_jobs J0; /* only for its zero-initialised shape */
     tqc_jobs J = J0;
     J.n_jobs = 0;
-    rc = check_view(src, head_dim, &J, (uint8_t *)dst);
+    rc = check_view(src, head_dim, &J, (uint8_t *)dst, 0);
     if (rc)
         return rc;
     return tqc_encode_jobs(R, r->n_out, J, (cudaStream_t)stream);
@@ -482,9 +492,8 @@ extern "C" int tq_cuda_block_encode(const tq_codec_params *p, const uint8_t key[
     if (payload > host_cap || payload > len)
         return TQKV_EINTERNAL;
     cudaStream_t s = (cudaStream_t)stream;
-    rc = tqkv__cuda_err(cudaMemsetAsync(dst, 0, len, s), "block memset");
-    if (rc)
-        return rc;
+    /* No memset of the block: the header copy brings its own padding and every encode job zeroes
+     * the padding after its section, so each byte is written exactly once. */
     rc = tqkv__cuda_err(cudaMemcpyAsync(dst, host_block, payload, cudaMemcpyHostToDevice, s),
                         "block header copy");
     if (rc)
@@ -527,11 +536,15 @@ extern "C" int tq_cuda_block_encode(const tq_codec_params *p, const uint8_t key[
                 off = off << 8 | e[b];
             uint32_t kbytes = (uint32_t)e[8] | (uint32_t)e[9] << 8 | (uint32_t)e[10] << 16 |
                               (uint32_t)e[11] << 24;
+            uint32_t vbytes = (uint32_t)e[12] | (uint32_t)e[13] << 8 | (uint32_t)e[14] << 16 |
+                              (uint32_t)e[15] << 24;
             if (tensor == 1)
                 off += ((uint64_t)kbytes + 63) & ~(uint64_t)63;
-            if (off >= len)
+            uint32_t bytes = tensor == 0 ? kbytes : vbytes;
+            if (off + bytes > len || off < payload)
                 return TQKV_EINTERNAL;
-            rc = check_view(tensor == 0 ? &k[l] : &v[l], p->head_dim, &J, (uint8_t *)dst + off);
+            rc = check_view(tensor == 0 ? &k[l] : &v[l], p->head_dim, &J, (uint8_t *)dst + off,
+                            (uint32_t)((64 - bytes % 64) % 64));
             if (rc)
                 return rc;
         }

@@ -337,6 +337,7 @@ static void test_block_equals_cpu(void)
         CU(cudaMalloc(&dkv, 2 * L * per * 2));
         CU(cudaMalloc(&dblk, bsz));
         CU(cudaMemcpy(dkv, kv, 2 * L * per * 2, cudaMemcpyHostToDevice));
+        CU(cudaMemset(dblk, 0xAB, bsz)); /* padding too must be written by the encoder */
         for (int l = 0; l < L; l++) {
             hk[l] = tq_kv_view_contiguous(kv + (2 * l) * per, TQ_DTYPE_BF16, H, D);
             hv[l] = tq_kv_view_contiguous(kv + (2 * l + 1) * per, TQ_DTYPE_BF16, H, D);
