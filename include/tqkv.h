@@ -1,21 +1,24 @@
 /* libtqkv: the C client of the tqkv daemon (tqkvd).
  *
  * An inference engine links this library to store the attention KV of token chunks in tqkvd and
- * to fetch it back, TurboQuant-encoded (or decoded to fp16/bf16 by the daemon). It speaks the
- * wire protocol of docs/protocol.md over a Unix socket or TCP, computes the chunk keys every
- * process and node agree on (tqkv_chunk_keys), and pipelines batched calls: a batch of keys is
- * split into several requests that are all in flight at once, and responses are matched to their
- * requests by id in whatever order the daemon completes them.
+ * to fetch it back, TurboQuant-encoded (or decoded by the daemon to fp16, bf16 or fp32). It
+ * speaks the wire protocol of docs/protocol.md over a Unix socket or TCP, computes the chunk keys
+ * every process and node agree on (tqkv_chunk_keys), and pipelines batched calls: a batch of keys
+ * is split into several requests that are all in flight at once, and responses are matched to
+ * their requests by id in whatever order the daemon completes them.
  *
  * Errors: every function that can fail returns 0 or a negative TQKV_E* code (tqkv_errors.h;
  * tqkv_strerror() turns it into words). After a failed call, tqkv_errmsg() says more, including
  * the daemon's own message when the daemon refused the request. A cache miss is not an error:
  * it is reported per key (tier TQKV_TIER_NONE, status TQKV_ENOENT) while the call returns 0.
+ * A transport failure (connection closed, timeout, a response the protocol does not allow)
+ * breaks the client: every later call answers TQKV_ECLOSED; close it and connect again.
  *
  * Thread-safety: a tqkv_client is NOT thread-safe: use one client per thread (connections are
  * cheap), or serialise calls on a client with your own lock. Different clients may be used
- * concurrently from different threads. tqkv_chunk_keys(), tqkv_strerror(), tqkv_tier_name() and
- * tqkv_options_init() are thread-safe. The library never raises SIGPIPE (it sends with
+ * concurrently from different threads. The functions that take no client (tqkv_chunk_keys(),
+ * tqkv_key_hex(), tqkv_key_parse(), tqkv_strerror(), tqkv_tier_name(), tqkv_options_init(), ...)
+ * are thread-safe. The library never raises SIGPIPE (it sends with
  * MSG_NOSIGNAL) and installs no signal handlers.
  *
  * Ownership: strings and buffers passed in are borrowed for the duration of the call. Buffers the

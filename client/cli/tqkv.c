@@ -47,7 +47,7 @@ static void usage(FILE *f)
             "  lookup --ns NS --tokens FILE [--chunk-size N]\n"
             "                                      keys of a token file (u32 ids, one per\n"
             "                                      line or whitespace-separated)\n"
-            "  put --ns NS FILE...                 store encoded blocks (key read from each block)\n"
+            "  put --ns NS FILE...                 store encoded blocks (key read from each one)\n"
             "  put --ns NS --raw --key KEY --tokens-in-chunk N FILE\n"
             "                                      store raw KV (the daemon encodes it)\n"
             "  get --ns NS KEY [-o FILE] [--layers B:N] [--decode f16|bf16|f32]\n"

@@ -105,7 +105,8 @@ typedef struct {
 static tmpl make_template(uint64_t target)
 {
     tmpl t = {0};
-    size_t per1 = tq_block_size(&codec, 1, 0, B_LAYERS), per2 = tq_block_size(&codec, 2, 0, B_LAYERS);
+    size_t per1 = tq_block_size(&codec, 1, 0, B_LAYERS);
+    size_t per2 = tq_block_size(&codec, 2, 0, B_LAYERS);
     size_t per_token = per2 - per1 ? per2 - per1 : 1;
     uint32_t tokens = (uint32_t)(target / per_token);
     if (tokens < 1)
@@ -237,7 +238,8 @@ static void *client_main(void *arg)
                 j->err = 1;
             }
         } else {
-            redisReply *r = redisCommand(rc, "SET %b %b", keys[i].bytes, (size_t)32, blocks[i], len);
+            redisReply *r =
+                redisCommand(rc, "SET %b %b", keys[i].bytes, (size_t)32, blocks[i], len);
             if (!r || r->type == REDIS_REPLY_ERROR) {
                 snprintf(j->why, sizeof(j->why), "SET: %s", r ? r->str : rc->errstr);
                 j->err = 1;
