@@ -28,12 +28,53 @@ uint32_t tq_head_dim_padded(uint32_t head_dim)
     return p;
 }
 
-/* Default norms, chosen by measured attention error (tq_quality, docs/BENCHMARKS.md): the
- * corrected norm ||x||/||c^|| removes the shrinkage of the MSE codebook (its inner-product slope
- * is below 1, 0.965 at 3 bits), which otherwise scales every score down and flattens softmax;
- * the unbiased (EDEN) scale fixes the slope too but through a noisier per-vector ratio. For prod
- * keys the norm only shapes the MSE part; the QJL term makes the estimate unbiased anyway, and the
- * corrected scale leaves the smaller residual. */
+/* The presets. A preset named tqX spends exactly X code bits per coordinate averaged over K and V
+ * (QJL bit included; scales, gammas and the outlier mask come on top and are counted by
+ * tq_section_size). "m4/2" below is an outlier split: the half of the channels with the most
+ * energy (per layer, tensor, head and block) at 4 bits, the other half at 2.
+ *
+ * Why these allocations (tests/bench/tq_quality, "alloc" and "norm" lines, docs/BENCHMARKS.md):
+ * attention fidelity on structured synthetic KV (keys with a few 10-20x channels and RoPE,
+ * Gaussian values) over five scenarios (two seeds, three query scales, and isotropic queries).
+ *  - Values decide the ceiling. With iid values the errors of different tokens are independent,
+ *    so the attention output keeps each vector's signal-to-error ratio whatever the weights: a
+ *    value quantizer of relative MSE D caps the output cosine at about sqrt(1 - D) even with
+ *    exact keys. Measured V-only cosines match the decoded V's own cosine to 1e-3: 0.9954 for
+ *    4 bits, 0.990 for the old 4/3 split (the split gains almost nothing on isotropic values),
+ *    0.983 for 3 bits, 0.964 for 3/2, 0.940 for 2. So the old tq3.5 (both tensors 4/3) could
+ *    not exceed 0.99.
+ *  - Keys are where the split pays: their energy sits in a few channels, and with queries that
+ *    weigh those channels the regular half barely moves the scores. Keys m4/2 (3 bits) give a
+ *    K-only cosine of 0.9948 against 0.9957 for uniform 4 bits and 0.9821 for uniform 3 bits;
+ *    m4/1 (2.5 bits) 0.985 against 0.980 for m3/2.
+ *  - tq3.5 = K m4/2 + V m4: cosine 0.9903 / 0.9877 / 0.9823 / 0.9782 / 0.9755 (base, seed2,
+ *    q0.6, q1.0, qiso) against 0.9851 / 0.9851 / 0.9783 / 0.9742 / 0.9756 for the old 4/3 + 4/3:
+ *    better or equal in every scenario, and 1 byte per token-head smaller (the V section has no
+ *    mask and one scale). With isotropic queries the 2-bit regular key channels cost (K-only
+ *    0.9794 against 0.9839 for 4/3), which is why that scenario is a tie, not a win.
+ *  - tq2.5 = K m4/1 + V m3/2: 0.949 / 0.953 / 0.943 / 0.939 / 0.936 against 0.943 / 0.938 /
+ *    0.918 / 0.879 / 0.886 for the old 3/2 + 3/2. K m3/1 + V m3 is best on the base scenario
+ *    alone (0.956) but falls to 0.89 with peaky or isotropic queries.
+ *  - tq4 = 4/4 and tq3 = 3/3 stay uniform: they are the plain TurboQuant points (no outlier
+ *    detection, the fastest encoders). At the tq3 budget K m4/2 + V m3 measures better (0.978
+ *    against 0.966 on the base scenario) and can be had as explicit recipes.
+ *  - prod presets keep QJL keys at the same budget. tq4-prod and tq3-prod are the paper's plain
+ *    TurboQuant_prod points. tq3.5-prod = K p5/2 (outliers 4 MSE bits + QJL, the rest 1 + QJL)
+ *    + V m4/3: worst case over the scenarios 0.933 against 0.872 for the old p4/3 + m4/3 (p5/1 +
+ *    m4 is 0.003 better on three scenarios but 0.910 with isotropic queries). tq2.5-prod = K
+ *    p5/1 (outliers 4 MSE bits + QJL, the rest QJL signs only) + V m2: worst case 0.861 against
+ *    0.663 for the old p3/2 + m3/2. MSE keys beat prod keys at every budget in this bench, as the
+ *    public ports found (the QJL variance hurts after softmax).
+ *
+ * Norms ("norm" lines): corrected (||x|| / ||c^||) for every tensor. On MSE keys it beats plain
+ * by 0.005-0.02 cosine (the plain norm keeps the codebook's shrinkage, inner-product slope 0.965
+ * at 3 bits, which scales every score down and flattens softmax) and ties or beats the unbiased
+ * (EDEN) scale, which fixes the slope through a noisier per-vector ratio (worst case over the
+ * scenarios, tq3: 0.934 corrected, 0.933 unbiased, 0.916 plain). For prod keys the norm only
+ * shapes the MSE part; plain and corrected trade places by up to 0.015 across scenarios and
+ * corrected has the best mean. For values the cosine does not depend on the norm beyond 0.002
+ * (either sign); plain gives a 0-3% lower relative L2 (it is the least-squares scaling of a
+ * Lloyd-Max code) but shrinks every output by 1 - D (3.4% at 3 bits), so corrected is kept. */
 #define TQ_DEFAULT_NORM TQ_NORM_CORRECTED
 
 static const char *const g_names[] = {"tq4",      "tq3.5",      "tq3",      "tq2.5",
@@ -41,6 +82,31 @@ static const char *const g_names[] = {"tq4",      "tq3.5",      "tq3",      "tq2
                                       "fp16",     "bf16",       NULL};
 
 const char *const *tq_preset_names(void) { return g_names; }
+
+/* Every lossy preset: K's mode, regular bits and outlier bits (0: no split), then V's (always
+ * mse). All norms are TQ_DEFAULT_NORM. The comment is the code-bit arithmetic. */
+static const struct {
+    const char *name;
+    uint8_t k_mode, k_bits, k_out, v_bits, v_out;
+} g_presets[] = {
+    {"tq4", TQ_MODE_MSE, 4, 0, 4, 0},         /* 4 + 4 */
+    {"tq3.5", TQ_MODE_MSE, 2, 4, 4, 0},       /* (4+2)/2 + 4 */
+    {"tq3", TQ_MODE_MSE, 3, 0, 3, 0},         /* 3 + 3 */
+    {"tq2.5", TQ_MODE_MSE, 1, 4, 2, 3},       /* (4+1)/2 + (3+2)/2 */
+    {"tq4-prod", TQ_MODE_PROD, 4, 0, 4, 0},   /* (3+1) + 4 */
+    {"tq3.5-prod", TQ_MODE_PROD, 2, 5, 3, 4}, /* ((4+1)+(1+1))/2 + (4+3)/2 */
+    {"tq3-prod", TQ_MODE_PROD, 3, 0, 3, 0},   /* (2+1) + 3 */
+    {"tq2.5-prod", TQ_MODE_PROD, 1, 5, 2, 0}, /* ((4+1)+(0+1))/2 + 2 */
+};
+
+static void preset_recipe(uint8_t mode, uint8_t bits, uint8_t out_bits, uint32_t P, tq_recipe *r)
+{
+    r->mode = mode;
+    r->bits = bits;
+    r->out_bits = out_bits;
+    r->n_out = out_bits ? (uint16_t)(P / 2) : 0;
+    r->norm = TQ_DEFAULT_NORM;
+}
 
 int tq_preset(const char *name, uint32_t head_dim, tq_recipe *k, tq_recipe *v)
 {
@@ -58,27 +124,11 @@ int tq_preset(const char *name, uint32_t head_dim, tq_recipe *k, tq_recipe *v)
         *v = *k;
         return 0;
     }
-    static const struct {
-        const char *base;
-        uint8_t bits, out_bits;
-    } bases[] = {{"tq4", 4, 0}, {"tq3.5", 3, 4}, {"tq3", 3, 0}, {"tq2.5", 2, 3}};
-    size_t len = strlen(name);
-    int prod = 0;
-    if (len > 5 && !strcmp(name + len - 5, "-prod")) {
-        prod = 1;
-        len -= 5;
-    }
-    for (size_t i = 0; i < sizeof(bases) / sizeof(bases[0]); i++) {
-        if (strlen(bases[i].base) != len || strncmp(bases[i].base, name, len) != 0)
+    for (size_t i = 0; i < sizeof(g_presets) / sizeof(g_presets[0]); i++) {
+        if (strcmp(g_presets[i].name, name) != 0)
             continue;
-        v->mode = TQ_MODE_MSE;
-        v->bits = bases[i].bits;
-        v->out_bits = bases[i].out_bits;
-        v->n_out = bases[i].out_bits ? (uint16_t)(P / 2) : 0;
-        v->norm = TQ_DEFAULT_NORM;
-        *k = *v;
-        if (prod)
-            k->mode = TQ_MODE_PROD; /* same total bits: one of them becomes the QJL sign */
+        preset_recipe(g_presets[i].k_mode, g_presets[i].k_bits, g_presets[i].k_out, P, k);
+        preset_recipe(TQ_MODE_MSE, g_presets[i].v_bits, g_presets[i].v_out, P, v);
         return 0;
     }
     return TQKV_ENOENT;

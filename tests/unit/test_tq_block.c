@@ -59,7 +59,7 @@ static void test_roundtrip(void)
     ASSERT_EQ_INT(v.n_tokens, T);
     ASSERT_EQ_INT(v.n_layers, NL);
     ASSERT_EQ_INT(v.head_dim_padded, 128);
-    ASSERT_EQ_INT(v.n_recipes, 1);
+    ASSERT_EQ_INT(v.n_recipes, 2); /* tq3.5: K split 4/2, V 4 bits */
     ASSERT_MEM_EQ(v.key, g_key, TQ_KEY_BYTES);
     /* block decode equals section decode of each layer */
     size_t per = (size_t)T * H * D;
@@ -149,7 +149,7 @@ static void test_layer_overrides_and_slice(void)
     ASSERT_TRUE(b != NULL);
     tq_block_view v;
     ASSERT_OK(tq_block_parse(b, len, 0, &v));
-    ASSERT_EQ_INT(v.n_recipes, 4); /* bf16; tq2.5 K = V; tq4-prod K, tq4 V */
+    ASSERT_EQ_INT(v.n_recipes, 5); /* bf16; tq2.5 K, V; tq4-prod K, tq4 V */
     size_t per = (size_t)T * H * D;
     uint16_t *full = malloc(per * 2 * NL * 2);
     ASSERT_OK(tq_block_decode(&v, 0, NL, TQ_DTYPE_BF16, full, per * 2 * NL * 2));
@@ -220,7 +220,7 @@ static void test_malformed(void)
     ASSERT_TRUE(good != NULL);
     uint8_t *b = malloc(len + 64);
     tq_block_view v;
-    uint32_t lt = 128 + 16; /* one recipe */
+    uint32_t lt = 128 + 2 * 16; /* two recipes (tq3.5: K and V differ) */
     uint64_t k0 = tqkv_load_le64(good + lt);
     int codes_seen[64] = {0};
 #define CASE(mutation, resign, want_len, code)                                                     \

@@ -130,6 +130,16 @@ static void test_presets(void)
         ASSERT_OK(tq_recipe_validate(&v, 128));
     }
     ASSERT_EQ_INT(count, 10);
+    /* a preset named tqX spends exactly X code bits per coordinate averaged over K and V (QJL
+     * bit included, side information not): counted here in quarter bits */
+    for (names = tq_preset_names(); *names; names++) {
+        if (strncmp(*names, "tq", 2) != 0)
+            continue;
+        ASSERT_OK(tq_preset(*names, 128, &k, &v));
+        int quarters = (k.n_out ? k.out_bits + k.bits : 2 * k.bits) +
+                       (v.n_out ? v.out_bits + v.bits : 2 * v.bits);
+        ASSERT_EQ_INT(quarters, (int)lround(4.0 * strtod(*names + 2, NULL)));
+    }
     ASSERT_ERR(tq_preset("tq7", 128, &k, &v), TQKV_ENOENT);
     ASSERT_ERR(tq_preset("tq3", 0, &k, &v), TQKV_EINVAL);
     ASSERT_ERR(tq_preset("tq3", 257, &k, &v), TQKV_EINVAL);
@@ -141,13 +151,21 @@ static void test_presets(void)
     } sz[] = {
         {"tq4", 128, 256, 256 * 66, 256 * 66},
         {"tq3", 128, 256, 256 * 50, 256 * 50},
-        {"tq3.5", 128, 256, 16 + 256 * (2 + 32 + 2 + 24), 16 + 256 * 60},
-        {"tq2.5", 128, 256, 16 + 256 * (2 + 24 + 2 + 16), 16 + 256 * 44},
+        /* K: outliers 4 bits, the rest 2; V: 4 bits */
+        {"tq3.5", 128, 256, 16 + 256 * (2 + 32 + 2 + 16), 256 * 66},
+        /* K: outliers 4 bits, the rest 1; V: outliers 3 bits, the rest 2 */
+        {"tq2.5", 128, 256, 16 + 256 * (2 + 32 + 2 + 8), 16 + 256 * (2 + 24 + 2 + 16)},
         {"tq3-prod", 128, 256, 256 * (2 + 2 + 32 + 16), 256 * 50},
         {"tq4-prod", 128, 256, 256 * (2 + 2 + 48 + 16), 256 * 66},
+        /* K prod: outliers 4 + 1 QJL bits, the rest 1 + 1; V: outliers 4 bits, the rest 3 */
+        {"tq3.5-prod", 128, 256, 16 + 256 * ((2 + 2 + 32 + 8) + (2 + 2 + 8 + 8)),
+         16 + 256 * (2 + 32 + 2 + 24)},
+        /* K prod: outliers 4 + 1 QJL bits, the rest QJL signs only (no codes); V: 2 bits */
+        {"tq2.5-prod", 128, 256, 16 + 256 * ((2 + 2 + 32 + 8) + (2 + 2 + 8)), 256 * 34},
         {"fp16", 128, 256, 256 * 256, 256 * 256},
         {"tq3", 96, 3, 4 * 2 + 3 * 48, 4 * 2 + 3 * 48}, /* padded to 128, odd T */
-        {"tq3.5", 32, 2, 4 + 4 + 2 * 8 + 4 + 2 * (4 + 4), 4 + 4 + 2 * 8 + 4 + 2 * (4 + 4)},
+        /* P = 32, parts of 16: K mask + (scale + 2 words of 4-bit codes) + (scale + 1 word) */
+        {"tq3.5", 32, 2, 4 + 4 + 2 * 8 + 4 + 2 * 4, 4 + 2 * 16},
     };
     for (size_t i = 0; i < sizeof(sz) / sizeof(sz[0]); i++) {
         ASSERT_OK(tq_preset(sz[i].name, sz[i].d, &k, &v));
@@ -217,9 +235,9 @@ static void test_roundtrip_presets(void)
         const char *name;
         double k_max, v_max; /* relative squared error bounds */
     } P[] = {
-        {"tq4", 0.012, 0.012},      {"tq3.5", 0.03, 0.03},     {"tq3", 0.04, 0.04},
-        {"tq2.5", 0.09, 0.09},      {"tq4-prod", 0.07, 0.012}, {"tq3.5-prod", 0.13, 0.03},
-        {"tq3-prod", 0.22, 0.04},   {"tq2.5-prod", 0.4, 0.09}, {"fp16", 1e-6, 1e-6},
+        {"tq4", 0.012, 0.012},      {"tq3.5", 0.03, 0.012},    {"tq3", 0.04, 0.04},
+        {"tq2.5", 0.06, 0.06},      {"tq4-prod", 0.07, 0.012}, {"tq3.5-prod", 0.08, 0.03},
+        {"tq3-prod", 0.22, 0.04},   {"tq2.5-prod", 0.2, 0.13}, {"fp16", 1e-6, 1e-6},
         {"bf16", 2e-5, 2e-5},
     };
     const uint32_t d = 128, H = 3, T = 37;
