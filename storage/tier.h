@@ -77,10 +77,13 @@ typedef struct {
 /* Keyed-tier completions; called on the loop thread. `status` is 0 (done), TQKV_TIER_MISS
  * (read/exists/remove: not there) or a negative TQKV_E* code. */
 typedef void (*tqkv_tier_done_cb)(void *arg, int status);
-/* A keyed read first learns the record's length (ssd: from its in-memory index; redis: from the
- * reply), then asks the policy for a destination (a host span) through this callback, called on
- * the loop thread; it returns a buffer of at least `len` bytes, valid until the read's
- * completion, or NULL: the engine then completes the read with TQKV_ENOSPC. */
+/* A keyed read first learns the record's length (ssd: once read and verified; redis: from the
+ * reply), then asks the policy for a destination (a host span) through this callback. An engine
+ * must call it on the store's loop thread (the policy makes room by evicting from its host tier,
+ * whose structures belong to that thread; an engine reading on threads of its own hands the
+ * bytes to the loop first, e.g. in its completion drain). It returns a buffer of at least `len`
+ * bytes, valid until the read's completion, or NULL: the engine then completes the read with
+ * TQKV_ENOSPC. The store's destination function refuses (NULL) a call from another thread. */
 typedef void *(*tqkv_tier_dest_fn)(void *arg, size_t len);
 
 typedef struct tqkv_tier tqkv_tier;

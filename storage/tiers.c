@@ -11,6 +11,7 @@
  * thread; engines' completions arrive there too. */
 #include "tiers.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -22,6 +23,13 @@
 #include "tqkv_log.h"
 #include "tqkv_time.h"
 
+/* Someone waiting for an entry's write-through to be acknowledged (a PUT's reply). */
+typedef struct waiter {
+    struct waiter *next;
+    tqkv_store_commit_cb cb;
+    void *arg;
+} waiter;
+
 /* An index entry; a read reference is a pointer to one, and so is a reservation (not linked). */
 typedef struct tqkv_store_ref entry;
 struct tqkv_store_ref {
@@ -31,7 +39,13 @@ struct tqkv_store_ref {
     uint64_t seq;
     tqkv_tier_span span; /* span.len: the block's length */
     uint32_t refs, pins, leases;
+    uint32_t through;  /* write-through writes in flight (each also holds a ref) */
+    uint32_t demoting; /* demotion writes in flight (each also holds a ref) */
+    int write_err;     /* first failure of the write-through writes in flight */
+    waiter *waiters;   /* called when `through` drops to 0 */
     uint8_t linked, in_lru;
+    uint8_t copies; /* bit (1 << tier id): that lower tier holds the block (acknowledged) */
+    uint8_t heap;   /* span.ptr is a heap buffer (a hit served without promotion), no span */
     uint8_t key[TQKV_KEY_BYTES];
 };
 
@@ -59,9 +73,23 @@ typedef struct {
     lease_item items[];
 } lease;
 
+/* The protected set: (namespace id, key) of pinned and leased blocks, counted, under its own
+ * mutex so that the SSD engine's writer thread can ask about it (tqkv_store_is_protected). */
+typedef struct prot_item {
+    struct prot_item *next;
+    uint32_t ns_id, count;
+    uint8_t key[TQKV_KEY_BYTES];
+} prot_item;
+#define PROT_BUCKETS 4096
+
 struct tqkv_store {
     tqkv_host *host;
     tqkv_tier *lower[TQKV_TIER_COUNT]; /* keyed tiers by id */
+    tqkv_write_policy policy[TQKV_TIER_COUNT];
+    pthread_t owner; /* the loop thread: the only one that may run the policy */
+    pthread_mutex_t prot_mu;
+    prot_item *prot[PROT_BUCKETS];
+    uint32_t next_ns_id;
     entry **buckets;
     size_t nbuckets, count;
     uint64_t hseed;
@@ -184,9 +212,65 @@ static tqkv_tier *host_tier(const tqkv_store *s)
 
 static void entry_free(tqkv_store *s, entry *e)
 {
-    if (e->span.n_units)
+    if (e->heap)
+        tqkv_free(e->span.ptr);
+    else if (e->span.n_units)
         tqkv_host_free(s->host, &e->span);
     tqkv_free(e);
+}
+
+/* ---- the protected set ---- */
+
+static size_t prot_bucket(uint32_t ns_id, const uint8_t *key)
+{
+    return (size_t)XXH3_64bits_withSeed(key, TQKV_KEY_BYTES, ns_id) & (PROT_BUCKETS - 1);
+}
+
+/* Counts one more protection of (ns_id, key). On allocation failure the key is simply not
+ * protected in lower tiers (it still is in the host tier). */
+static void prot_add(tqkv_store *s, uint32_t ns_id, const uint8_t *key)
+{
+    size_t b = prot_bucket(ns_id, key);
+    pthread_mutex_lock(&s->prot_mu);
+    prot_item *it = s->prot[b];
+    while (it && !(it->ns_id == ns_id && memcmp(it->key, key, TQKV_KEY_BYTES) == 0))
+        it = it->next;
+    if (it) {
+        it->count++;
+    } else if ((it = tqkv_malloc(sizeof(*it))) != NULL) {
+        it->ns_id = ns_id;
+        it->count = 1;
+        memcpy(it->key, key, TQKV_KEY_BYTES);
+        it->next = s->prot[b];
+        s->prot[b] = it;
+    }
+    pthread_mutex_unlock(&s->prot_mu);
+}
+
+static void prot_del(tqkv_store *s, uint32_t ns_id, const uint8_t *key)
+{
+    size_t b = prot_bucket(ns_id, key);
+    pthread_mutex_lock(&s->prot_mu);
+    prot_item **pp = &s->prot[b];
+    while (*pp && !((*pp)->ns_id == ns_id && memcmp((*pp)->key, key, TQKV_KEY_BYTES) == 0))
+        pp = &(*pp)->next;
+    prot_item *it = *pp;
+    if (it && --it->count == 0) {
+        *pp = it->next;
+        tqkv_free(it);
+    }
+    pthread_mutex_unlock(&s->prot_mu);
+}
+
+int tqkv_store_is_protected(tqkv_store *s, uint32_t ns_id, const uint8_t key[TQKV_KEY_BYTES])
+{
+    size_t b = prot_bucket(ns_id, key);
+    pthread_mutex_lock(&s->prot_mu);
+    prot_item *it = s->prot[b];
+    while (it && !(it->ns_id == ns_id && memcmp(it->key, key, TQKV_KEY_BYTES) == 0))
+        it = it->next;
+    pthread_mutex_unlock(&s->prot_mu);
+    return it != NULL;
 }
 
 /* Takes an entry out of the index and LRU; frees it unless referenced. */
@@ -195,8 +279,11 @@ static void entry_unlink(tqkv_store *s, entry *e)
     idx_remove(s, e);
     if (e->in_lru)
         lru_remove(s, e);
-    if (e->pins)
+    if (e->pins) {
         s->st.pinned--;
+        prot_del(s, e->ns->id, e->key);
+        e->pins = 0;
+    }
     e->linked = 0;
     s->st.entries--;
     s->st.bytes -= e->span.len;
@@ -266,8 +353,9 @@ static void lease_end(tqkv_store *s, lease *l)
 {
     for (uint32_t i = 0; i < l->n; i++) {
         entry *e = idx_find(s, l->ns, l->items[i].key);
-        if (e && e->seq == l->items[i].seq && e->leases > 0)
+        if (e && l->items[i].seq && e->seq == l->items[i].seq && e->leases > 0)
             e->leases--;
+        prot_del(s, l->ns->id, l->items[i].key);
     }
     s->st.leases--;
     tqkv_free(l);
@@ -282,7 +370,9 @@ static void leases_expire(tqkv_store *s)
         lease_end(s, heap_remove_at(s, 0));
 }
 
-/* Leases the first `n` keys (all host hits now). @return 0 or TQKV_ENOMEM (nothing leased). */
+/* Leases the first `n` keys (all hits now: host entries are exempt from eviction, and every key,
+ * wherever it is, joins the protected set that lower tiers' eviction consults).
+ * @return 0 or TQKV_ENOMEM (nothing leased). */
 static int lease_take(tqkv_store *s, tqkv_ns *ns, const uint8_t (*keys)[TQKV_KEY_BYTES],
                       uint32_t n, uint32_t lease_ms, uint64_t *id)
 {
@@ -303,11 +393,11 @@ static int lease_take(tqkv_store *s, tqkv_ns *ns, const uint8_t (*keys)[TQKV_KEY
     l->n = 0;
     for (uint32_t i = 0; i < n; i++) {
         entry *e = idx_find(s, ns, keys[i]);
-        if (!e)
-            continue;
-        e->leases++;
-        l->items[l->n].seq = e->seq;
+        if (e)
+            e->leases++;
+        l->items[l->n].seq = e ? e->seq : 0; /* 0: a lower-tier hit */
         memcpy(l->items[l->n].key, keys[i], TQKV_KEY_BYTES);
+        prot_add(s, ns->id, keys[i]);
         l->n++;
     }
     s->heap[s->nheap++] = l;
@@ -329,7 +419,7 @@ int tqkv_store_lease_release(tqkv_store *s, uint64_t lease_id)
     return TQKV_ENOENT;
 }
 
-/* ---- eviction and demotion ---- */
+/* ---- writes to lower tiers: write-through, async, demotion, fill after promotion ---- */
 
 static tqkv_tier *next_lower(const tqkv_store *s, int after)
 {
@@ -339,37 +429,101 @@ static tqkv_tier *next_lower(const tqkv_store *s, int after)
     return NULL;
 }
 
+enum { W_THROUGH, W_ASYNC, W_DEMOTE, W_FILL };
+
+/* One write of an entry's bytes to one lower tier; holds a reference on the entry. */
 typedef struct {
     tqkv_store *s;
     entry *e;
-    tqkv_tier *t;
-} demotion;
+    int tier_id, kind;
+} wctx;
 
-static void demote_done(void *arg, int status)
+/* Runs the waiters once the entry's write-through writes are all answered; a failed
+ * write-through takes the block out of the store (its PUT is answered with the error, so it
+ * must not stay behind as if stored). */
+static void through_settle(tqkv_store *s, entry *e)
 {
-    demotion *d = arg;
-    tqkv_store *s = d->s;
-    entry *e = d->e;
-    if (status == 0) {
-        s->st.tiers[TQKV_TIER_HOST].demotions++;
-        s->st.tiers[d->t->id].bytes_in += e->span.len;
-    } else {
-        s->st.tiers[TQKV_TIER_HOST].drops++;
-        s->st.tiers[d->t->id].errors++;
+    if (--e->through > 0)
+        return;
+    int err = e->write_err;
+    if (err && e->linked)
+        entry_unlink(s, e);
+    for (waiter *w = e->waiters, *nx; w; w = nx) {
+        nx = w->next;
+        w->cb(w->arg, err);
+        tqkv_free(w);
     }
-    s->demoting_bytes -= (uint64_t)e->span.n_units * s->page_size;
-    tqkv_store_ref_release(s, e);
-    tqkv_free(d);
+    e->waiters = NULL;
 }
+
+static void write_done(void *arg, int status)
+{
+    wctx *w = arg;
+    tqkv_store *s = w->s;
+    entry *e = w->e;
+    if (status == 0) {
+        e->copies |= (uint8_t)(1u << w->tier_id);
+        s->st.tiers[w->tier_id].bytes_in += e->span.len;
+        if (w->kind == W_DEMOTE)
+            s->st.tiers[TQKV_TIER_HOST].demotions++;
+        else if (w->kind == W_FILL)
+            s->st.tiers[w->tier_id].promotions++;
+    } else {
+        s->st.tiers[w->tier_id].errors++;
+        if (w->kind == W_THROUGH && !e->write_err)
+            e->write_err = status < 0 ? status : TQKV_ETIER;
+    }
+    if (w->kind == W_THROUGH)
+        through_settle(s, e);
+    if (w->kind == W_DEMOTE && --e->demoting == 0) {
+        s->demoting_bytes -= (uint64_t)e->span.n_units * s->page_size;
+        if (!(e->copies & ~1u))
+            s->st.tiers[TQKV_TIER_HOST].drops++; /* no lower tier took it */
+    }
+    tqkv_free(w);
+    tqkv_store_ref_release(s, e);
+}
+
+/* Starts writing entry e to tier id. @return 1 if the write was issued (its completion may have
+ * run already), 0 if it could not be (counted as an error of the tier). */
+static int write_start(tqkv_store *s, entry *e, int id, int kind)
+{
+    tqkv_tier *t = s->lower[id];
+    wctx *w = tqkv_malloc(sizeof(*w));
+    if (!w) {
+        s->st.tiers[id].errors++;
+        if (kind == W_THROUGH && !e->write_err)
+            e->write_err = TQKV_ENOMEM;
+        return 0;
+    }
+    w->s = s;
+    w->e = e;
+    w->tier_id = id;
+    w->kind = kind;
+    e->refs++; /* the write borrows the bytes */
+    s->st.refs++;
+    if (kind == W_THROUGH)
+        e->through++;
+    else if (kind == W_DEMOTE)
+        e->demoting++;
+    int r = t->ops->write(t, e->ns->id, e->key, e->span.ptr, e->span.len, write_done, w);
+    if (r < 0)
+        write_done(w, r);
+    return 1;
+}
+
+/* ---- eviction ---- */
 
 static int evictable(const entry *e)
 {
     return e->refs == 0 && e->pins == 0 && e->leases == 0;
 }
 
-/* Evicts the least recently used evictable entry: written to the next tier when one is attached
- * (its span is freed when the write completes), dropped otherwise. @return the host bytes
- * (page-rounded) it frees or will free, 0 when nothing is evictable. */
+/* Evicts the least recently used evictable entry. A block that a lower tier holds already
+ * (written through, or promoted from there) is dropped from the host at once; otherwise it is
+ * demoted: written to the write-back tiers (to every attached tier when none is write-back),
+ * its span freed when the writes complete; with no lower tier it is dropped.
+ * @return the host bytes (page-rounded) it frees or will free, 0 when nothing is evictable. */
 static uint64_t evict_one(tqkv_store *s)
 {
     entry *e = s->lru.prev;
@@ -379,23 +533,37 @@ static uint64_t evict_one(tqkv_store *s)
         return 0;
     uint64_t bytes = (uint64_t)e->span.n_units * s->page_size;
     s->st.tiers[TQKV_TIER_HOST].evictions++;
-    tqkv_tier *t = next_lower(s, TQKV_TIER_HOST);
-    demotion *d = t ? tqkv_malloc(sizeof(*d)) : NULL;
-    if (!d) {
-        s->st.tiers[TQKV_TIER_HOST].drops++;
+    int targets[TQKV_TIER_COUNT], nt = 0, any_back = 0;
+    for (int id = TQKV_TIER_HOST + 1; id < TQKV_TIER_COUNT; id++) {
+        if (!s->lower[id] || s->policy[id] != TQKV_WRITE_BACK)
+            continue;
+        any_back = 1;
+        if (!(e->copies & (1u << id)))
+            targets[nt++] = id;
+    }
+    if (!any_back && !(e->copies & ~1u)) /* through/async writes failed: try them again */
+        for (int id = TQKV_TIER_HOST + 1; id < TQKV_TIER_COUNT; id++)
+            if (s->lower[id])
+                targets[nt++] = id;
+    if (nt == 0) {
+        if (!(e->copies & ~1u))
+            s->st.tiers[TQKV_TIER_HOST].drops++;
         entry_unlink(s, e);
         return bytes;
     }
-    d->s = s;
-    d->e = e;
-    d->t = t;
-    e->refs++; /* the write borrows the bytes */
+    e->refs++; /* held while the writes are issued */
     s->st.refs++;
-    s->demoting_bytes += bytes;
     entry_unlink(s, e);
-    int r = t->ops->write(t, e->ns->id, e->key, e->span.ptr, e->span.len, demote_done, d);
-    if (r < 0)
-        demote_done(d, r);
+    s->demoting_bytes += bytes;
+    e->demoting++; /* guard: the bytes are accounted once, when the last write completes */
+    for (int i = 0; i < nt; i++)
+        write_start(s, e, targets[i], W_DEMOTE);
+    if (--e->demoting == 0) { /* every write answered already */
+        s->demoting_bytes -= bytes;
+        if (!(e->copies & ~1u))
+            s->st.tiers[TQKV_TIER_HOST].drops++;
+    }
+    tqkv_store_ref_release(s, e);
     return bytes;
 }
 
@@ -468,6 +636,9 @@ int tqkv_store_create(const tqkv_store_config *cfg, tqkv_store **out)
     s->hseed = tqkv_now_ns() * 0xD6E8FEB86659FD93ull ^ (uint64_t)(uintptr_t)s;
     s->clock_ns = c.clock_ns;
     s->clock_arg = c.clock_arg;
+    s->owner = pthread_self();
+    s->next_ns_id = 1;
+    pthread_mutex_init(&s->prot_mu, NULL);
     *out = s;
     return 0;
 }
@@ -498,6 +669,12 @@ void tqkv_store_destroy(tqkv_store *s)
         nx = ns->next;
         tqkv_free(ns);
     }
+    for (size_t b = 0; b < PROT_BUCKETS; b++)
+        for (prot_item *it = s->prot[b], *nx; it; it = nx) {
+            nx = it->next;
+            tqkv_free(it);
+        }
+    pthread_mutex_destroy(&s->prot_mu);
     tqkv_host_destroy(s->host);
     tqkv_free(s);
 }
@@ -510,7 +687,24 @@ int tqkv_store_attach_tier(tqkv_store *s, tqkv_tier *t)
     if (s->lower[t->id])
         return TQKV_EEXIST;
     s->lower[t->id] = t;
+    s->policy[t->id] = TQKV_WRITE_BACK;
     return 0;
+}
+
+int tqkv_store_set_write_policy(tqkv_store *s, tqkv_tier_id tier, tqkv_write_policy policy)
+{
+    if ((int)tier <= TQKV_TIER_HOST || (int)tier >= TQKV_TIER_COUNT ||
+        (policy != TQKV_WRITE_BACK && policy != TQKV_WRITE_THROUGH && policy != TQKV_WRITE_ASYNC))
+        return TQKV_EINVAL;
+    if (!s->lower[tier])
+        return TQKV_ENOENT;
+    s->policy[tier] = policy;
+    return 0;
+}
+
+tqkv_tier *tqkv_store_tier(tqkv_store *s, tqkv_tier_id tier)
+{
+    return (int)tier > TQKV_TIER_HOST && (int)tier < TQKV_TIER_COUNT ? s->lower[tier] : NULL;
 }
 
 void tqkv_store_host_arena(tqkv_store *s, void **base, size_t *len)
@@ -559,7 +753,8 @@ int tqkv_store_ns_register(tqkv_store *s, const tqkv_ns_desc *desc, tqkv_ns **ou
     if (!ns)
         return TQKV_ENOMEM;
     ns->desc = d;
-    ns->id = ++s->n_ns;
+    ns->id = s->next_ns_id++;
+    s->n_ns++;
     if (s->ns_tail)
         s->ns_tail->next = ns;
     else
@@ -569,6 +764,34 @@ int tqkv_store_ns_register(tqkv_store *s, const tqkv_ns_desc *desc, tqkv_ns **ou
         *created = 1;
     *out = ns;
     return 0;
+}
+
+int tqkv_store_ns_register_id(tqkv_store *s, const tqkv_ns_desc *desc, uint32_t id,
+                              tqkv_ns **out)
+{
+    tqkv_ns_desc d;
+    if (!desc || id == 0 || id == UINT32_MAX || ns_normalize(desc, &d) < 0)
+        return TQKV_EINVAL;
+    if (tqkv_store_ns_find(s, d.name) || tqkv_store_ns_by_id(s, id))
+        return TQKV_EEXIST;
+    uint32_t keep = s->next_ns_id;
+    s->next_ns_id = id;
+    int r = tqkv_store_ns_register(s, &d, out, NULL);
+    s->next_ns_id = keep > id ? keep : id + 1;
+    return r;
+}
+
+uint32_t tqkv_store_ns_next_id(const tqkv_store *s)
+{
+    return s->next_ns_id;
+}
+
+tqkv_ns *tqkv_store_ns_by_id(tqkv_store *s, uint32_t id)
+{
+    for (tqkv_ns *ns = s->ns_head; ns; ns = ns->next)
+        if (ns->id == id)
+            return ns;
+    return NULL;
 }
 
 tqkv_ns *tqkv_store_ns_find(tqkv_store *s, const char *name)
@@ -655,18 +878,68 @@ void tqkv_store_put_abort(tqkv_store *s, tqkv_store_put *p)
     entry_free(s, &p->e);
 }
 
-int tqkv_store_put_commit(tqkv_store *s, tqkv_store_put *p, size_t len)
+static int add_waiter(entry *e, tqkv_store_commit_cb cb, void *arg)
+{
+    waiter *w = tqkv_malloc(sizeof(*w));
+    if (!w)
+        return TQKV_ENOMEM;
+    w->cb = cb;
+    w->arg = arg;
+    w->next = e->waiters;
+    e->waiters = w;
+    return 0;
+}
+
+/* Issues the write-through and async writes of a just committed entry. @return 0 (nothing to
+ * wait for), TQKV_STORE_PENDING (cb registered), or the write-through's error when it failed
+ * at once (the entry is then gone from the index). */
+static int commit_writes(tqkv_store *s, entry *e, tqkv_store_commit_cb cb, void *arg)
+{
+    int any = 0;
+    for (int id = TQKV_TIER_HOST + 1; id < TQKV_TIER_COUNT; id++)
+        any |= s->lower[id] && s->policy[id] != TQKV_WRITE_BACK;
+    if (!any)
+        return 0;
+    e->refs++; /* guard: the entry stays while the writes are issued */
+    s->st.refs++;
+    e->through++;
+    e->write_err = 0;
+    for (int id = TQKV_TIER_HOST + 1; id < TQKV_TIER_COUNT; id++) {
+        if (!s->lower[id] || s->policy[id] == TQKV_WRITE_BACK)
+            continue;
+        write_start(s, e, id, s->policy[id] == TQKV_WRITE_THROUGH ? W_THROUGH : W_ASYNC);
+    }
+    int r = 0;
+    if (e->through > 1 && cb) {
+        r = add_waiter(e, cb, arg);
+        if (r == 0)
+            r = TQKV_STORE_PENDING;
+    } else if (e->through == 1) {
+        r = e->write_err; /* every write-through answered inside write() */
+    }
+    through_settle(s, e);
+    tqkv_store_ref_release(s, e);
+    return r;
+}
+
+int tqkv_store_put_commit_cb(tqkv_store *s, tqkv_store_put *p, size_t len,
+                             tqkv_store_commit_cb cb, void *arg)
 {
     if (len == 0 || len > p->e.span.len) {
         tqkv_store_put_abort(s, p);
         return TQKV_EINVAL;
     }
     entry *e = &p->e;
-    if (idx_find(s, e->ns, e->key)) {
+    entry *have = idx_find(s, e->ns, e->key);
+    if (have) {
         put_close(s, p);
         s->st.put_exists++;
         e->ns->st.put_exists++;
         entry_free(s, e);
+        if (have->through && cb) { /* acknowledged only with the first PUT's write */
+            int r = add_waiter(have, cb, arg);
+            return r ? r : TQKV_STORE_PENDING;
+        }
         return TQKV_EEXIST;
     }
     put_close(s, p);
@@ -675,7 +948,25 @@ int tqkv_store_put_commit(tqkv_store *s, tqkv_store_put *p, size_t len)
     s->st.puts++;
     e->ns->st.puts++;
     s->st.tiers[TQKV_TIER_HOST].bytes_in += len;
-    return 0;
+    return commit_writes(s, e, cb, arg);
+}
+
+int tqkv_store_put_commit(tqkv_store *s, tqkv_store_put *p, size_t len)
+{
+    int r = tqkv_store_put_commit_cb(s, p, len, NULL, NULL);
+    return r == TQKV_STORE_PENDING ? 0 : r;
+}
+
+int tqkv_store_put_sync(tqkv_store *s, tqkv_ns *ns, const uint8_t key[TQKV_KEY_BYTES],
+                        tqkv_store_commit_cb cb, void *arg)
+{
+    if (!ns || !key || !cb)
+        return TQKV_EINVAL;
+    entry *e = idx_find(s, ns, key);
+    if (!e || !e->through)
+        return 0;
+    int r = add_waiter(e, cb, arg);
+    return r ? r : TQKV_STORE_PENDING;
 }
 
 /* ---- GET ---- */
@@ -704,17 +995,31 @@ static void host_hit(tqkv_store *s, entry *e)
     s->st.tiers[TQKV_TIER_HOST].bytes_out += e->span.len;
 }
 
+/* The destination of a lower tier's read: a host span (evicting to make room), or, when the
+ * host tier cannot take the block now (everything left is pinned, leased or being read, or its
+ * space is held by demotions in flight), a heap buffer: the hit is served all the same, only not
+ * promoted. Loop thread only (tier.h): a call from another thread is refused. */
 static void *pget_dest(void *arg, size_t len)
 {
     pget *g = arg;
     if (g->e || len == 0)
         return NULL;
+    if (!pthread_equal(pthread_self(), g->s->owner)) {
+        TQKV_LOGE("store", "msg=\"tier read destination asked off the loop thread: refused\"");
+        return NULL;
+    }
     entry *e = tqkv_calloc(1, sizeof(*e));
     if (!e)
         return NULL;
     if (host_alloc_evicting(g->s, len, &e->span) < 0) {
-        tqkv_free(e);
-        return NULL;
+        memset(&e->span, 0, sizeof(e->span));
+        e->span.ptr = tqkv_malloc(len);
+        if (!e->span.ptr) {
+            tqkv_free(e);
+            return NULL;
+        }
+        e->span.len = len;
+        e->heap = 1;
     }
     e->ns = g->ns;
     memcpy(e->key, g->key, TQKV_KEY_BYTES);
@@ -733,11 +1038,18 @@ static int pget_tier_done(pget *g, int status)
         if (have) { /* a PUT committed it meanwhile: serve that one */
             entry_free(s, e);
             e = have;
+        } else if (e->heap) { /* served, not promoted: freed at its last release */
+            e->span.len = g->out_len;
         } else {
             tqkv_host_trim(s->host, &e->span, g->out_len);
+            e->copies = (uint8_t)(1u << g->tier_id);
             entry_link(s, e);
             s->st.tiers[TQKV_TIER_HOST].promotions++;
             s->st.tiers[TQKV_TIER_HOST].bytes_in += e->span.len;
+            /* Found lower down (e.g. in Redis): fill the tiers above it that take every PUT. */
+            for (int id = TQKV_TIER_HOST + 1; id < g->tier_id; id++)
+                if (s->lower[id] && s->policy[id] != TQKV_WRITE_BACK)
+                    write_start(s, e, id, W_FILL);
         }
         e->refs++;
         s->st.refs++;
@@ -1062,6 +1374,7 @@ int tqkv_store_pin(tqkv_store *s, tqkv_ns *ns, const uint8_t key[TQKV_KEY_BYTES]
     if (e->pins++ == 0) {
         s->st.pinned++;
         lru_remove(s, e);
+        prot_add(s, ns->id, key);
     }
     return 0;
 }
@@ -1078,6 +1391,7 @@ int tqkv_store_unpin(tqkv_store *s, tqkv_ns *ns, const uint8_t key[TQKV_KEY_BYTE
     if (--e->pins == 0) {
         s->st.pinned--;
         lru_push_front(s, e);
+        prot_del(s, ns->id, key);
     }
     return 0;
 }

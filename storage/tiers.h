@@ -65,6 +65,31 @@ void tqkv_store_destroy(tqkv_store *s);
  * already attached), TQKV_EINVAL (not a keyed tier). On error the caller keeps ownership. */
 int tqkv_store_attach_tier(tqkv_store *s, tqkv_tier *t);
 
+/* When blocks are written to an attached lower tier. */
+typedef enum {
+    /* Written when the block is evicted from the host tier (demotion); its host space is freed
+     * when the write completes. The default of tqkv_store_attach_tier. */
+    TQKV_WRITE_BACK = 0,
+    /* Written when the PUT commits; the commit completes (tqkv_store_put_commit_cb) only when
+     * the tier has acknowledged the write, and a failed write fails the PUT. With the SSD engine
+     * under fsync=always, an acknowledged PUT survives a crash. */
+    TQKV_WRITE_THROUGH = 1,
+    /* Written when the PUT commits; the commit does not wait, failures are only counted. */
+    TQKV_WRITE_ASYNC = 2,
+} tqkv_write_policy;
+
+/* Sets the write policy of attached tier `tier`. Affects PUTs committed afterwards.
+ * @return 0, TQKV_ENOENT (not attached), TQKV_EINVAL. */
+int tqkv_store_set_write_policy(tqkv_store *s, tqkv_tier_id tier, tqkv_write_policy policy);
+
+/* The attached lower tier `tier`, borrowed (e.g. for its engine's own statistics), or NULL. */
+tqkv_tier *tqkv_store_tier(tqkv_store *s, tqkv_tier_id tier);
+
+/* Whether (ns_id, key) is pinned or leased now. Any thread (the SSD engine's eviction asks it
+ * from its writer thread, to rewrite protected records instead of dropping them): the store
+ * keeps protected keys in a set of their own under a mutex. @return 1 or 0. */
+int tqkv_store_is_protected(tqkv_store *s, uint32_t ns_id, const uint8_t key[TQKV_KEY_BYTES]);
+
 /* ---- namespaces ---- */
 
 #define TQKV_NS_NAME_MAX 127
@@ -89,6 +114,16 @@ typedef struct {
  * which. @return 0, TQKV_ENSCONFLICT (same name, different description), TQKV_EINVAL,
  * TQKV_ENOMEM. */
 int tqkv_store_ns_register(tqkv_store *s, const tqkv_ns_desc *desc, tqkv_ns **out, int *created);
+/* Registers a namespace under a given id (a daemon that persists its namespaces restores them
+ * with their old ids, which its persistent tiers use in their records). `id` must be non-zero
+ * and unused; later new namespaces get ids above every id seen. @return 0, TQKV_EEXIST (name or
+ * id taken), TQKV_EINVAL, TQKV_ENOMEM. */
+int tqkv_store_ns_register_id(tqkv_store *s, const tqkv_ns_desc *desc, uint32_t id,
+                              tqkv_ns **out);
+/* The id the next new namespace will get. */
+uint32_t tqkv_store_ns_next_id(const tqkv_store *s);
+/* @return the namespace with id `id`, or NULL. */
+tqkv_ns *tqkv_store_ns_by_id(tqkv_store *s, uint32_t id);
 /* @return the namespace named `name`, or NULL. */
 tqkv_ns *tqkv_store_ns_find(tqkv_store *s, const char *name);
 /* Calls fn for every namespace in registration order. */
@@ -116,6 +151,22 @@ int tqkv_store_put_reserve(tqkv_store *s, tqkv_ns *ns, const uint8_t key[TQKV_KE
  * @return 0; TQKV_EEXIST when another PUT of the key committed first (this buffer is dropped:
  * reply ok); TQKV_EINVAL (bad len: the reservation is aborted). */
 int tqkv_store_put_commit(tqkv_store *s, tqkv_store_put *p, size_t len);
+/* Completion of a commit that waited for write-through tiers: 0 (stored and acknowledged by
+ * every write-through tier) or a negative code (a write-through tier failed: the block was
+ * taken out of the store again, as if never stored). */
+typedef void (*tqkv_store_commit_cb)(void *arg, int status);
+/* tqkv_store_put_commit, but the commit waits for the write-through tiers (TQKV_WRITE_THROUGH):
+ * @return 0 (stored; no write-through tier, so nothing to wait for), TQKV_STORE_PENDING (cb
+ * brings the result), TQKV_EEXIST (another PUT of the key committed first and is acknowledged
+ * already), TQKV_EINVAL. When another PUT of the key committed first but its write-through is
+ * still in flight, this one waits for it: PENDING, and cb gets that write's result. cb runs on
+ * the loop thread, never before this call returns. */
+int tqkv_store_put_commit_cb(tqkv_store *s, tqkv_store_put *p, size_t len,
+                             tqkv_store_commit_cb cb, void *arg);
+/* For a PUT answered TQKV_EEXIST at reservation: waits until the present block's write-through
+ * is acknowledged. @return 0 (nothing in flight), TQKV_STORE_PENDING (cb later, as above). */
+int tqkv_store_put_sync(tqkv_store *s, tqkv_ns *ns, const uint8_t key[TQKV_KEY_BYTES],
+                        tqkv_store_commit_cb cb, void *arg);
 /* Drops a reservation (the fill failed or the request was malformed). Counted as an error. */
 void tqkv_store_put_abort(tqkv_store *s, tqkv_store_put *p);
 
@@ -128,7 +179,9 @@ typedef void (*tqkv_store_get_cb)(void *arg, int status, tqkv_store_ref *ref, tq
 /* Looks `key` up and hands out a read reference. A host hit completes at once: @return
  * TQKV_STORE_HIT with *ref set, and `cb` is not called. A miss everywhere the store can tell at
  * once: @return TQKV_STORE_MISS. When a lower tier must be asked: @return TQKV_STORE_PENDING and
- * `cb` runs later on the loop thread (the block is then promoted into the host tier). A hit moves
+ * `cb` runs later on the loop thread (the block is then promoted into the host tier; when the
+ * host tier has no room for it, not even after eviction, the hit is still served, from a buffer
+ * of its own that the reference frees). A hit moves
  * the entry to the most-recently-used end and counts a hit; cb may be NULL only if the caller
  * accepts host hits only (lower tiers are then not asked). */
 int tqkv_store_get(tqkv_store *s, tqkv_ns *ns, const uint8_t key[TQKV_KEY_BYTES],
