@@ -1,8 +1,12 @@
 /* The put storm: four times the host capacity of ~1 MiB encoded blocks written into a tqkvd with
- * a 64 MiB host tier. The daemon's resident memory (VmRSS from /proc/PID/status), sampled during
- * and after the storm, must stay within capacity + 10% + 64 MiB, and every block still present
- * must read back byte-identical to what was written (blocks are regenerated from their index to
- * compare, so the test itself holds only one at a time). */
+ * a 64 MiB host tier. The daemon's resident memory (VmRSS from /proc/PID/status, sampled every
+ * 2 ms by a thread during the storm, and after it) must stay within capacity + 10% + 64 MiB, and
+ * every block still present must read back byte-identical to what was written (blocks are
+ * regenerated from their index to compare, so the test holds few at a time). The storm runs once
+ * one block per call and once pipelined (32 blocks per batch call, one batched GET to check). */
+#include <pthread.h>
+#include <time.h>
+
 #include "test_client_util.h"
 #include "tqkv_test.h"
 
@@ -23,6 +27,39 @@ static uint64_t rss_bytes(pid_t pid)
     if (f)
         fclose(f);
     return kb << 10;
+}
+
+/* Samples the daemon's VmRSS every 2 ms on its own thread, so peaks inside a batch count too. */
+typedef struct {
+    pthread_t th;
+    volatile int stop;
+    uint64_t max;
+} rss_sampler;
+
+static void *sample_main(void *arg)
+{
+    rss_sampler *s = arg;
+    while (!s->stop) {
+        uint64_t r = rss_bytes(daemon_h.pid);
+        if (r > s->max)
+            s->max = r;
+        struct timespec ts = {0, 2 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static int sampler_start(rss_sampler *s)
+{
+    memset(s, 0, sizeof(*s));
+    return pthread_create(&s->th, NULL, sample_main, s);
+}
+
+static uint64_t sampler_stop(rss_sampler *s)
+{
+    s->stop = 1;
+    pthread_join(s->th, NULL);
+    return s->max;
 }
 
 /* 8 layers x 2 x 32 tokens x 8 heads x 128 x 2 bytes = 1 MiB of fp16 KV per block (tq4: ~270 KiB
@@ -53,25 +90,20 @@ static void test_put_storm(void)
     free(probe);
     const uint32_t n_blocks = (uint32_t)(4 * CAPACITY / len) + 1;
     const uint64_t limit = CAPACITY + CAPACITY / 10 + (64ull << 20);
-    uint64_t max_rss = 0;
+    rss_sampler smp;
+    ASSERT_EQ_INT(sampler_start(&smp), 0);
     for (uint32_t i = 0; i < n_blocks; i++) {
         void *blk = make_block(&g, i, &key, &len);
-        ASSERT_TRUE(blk != NULL);
         tqkv_put_item it = {.key = key, .data = blk, .len = len};
         int st = 1;
-        int rc = tqkv_put_blocks(cl, "storm", &it, 1, &st);
+        int rc = blk ? tqkv_put_blocks(cl, "storm", &it, 1, &st) : TQKV_ENOMEM;
         free(blk);
-        if (rc)
+        if (rc) {
+            sampler_stop(&smp);
             TQKV__FAIL("put %u of %u: %s", i, n_blocks, tqkv_errmsg(cl));
-        if (i % 16 == 0) {
-            uint64_t r = rss_bytes(daemon_h.pid);
-            if (r > max_rss)
-                max_rss = r;
         }
     }
-    uint64_t r = rss_bytes(daemon_h.pid);
-    if (r > max_rss)
-        max_rss = r;
+    uint64_t max_rss = sampler_stop(&smp);
     fprintf(stderr, "storm: %u blocks of %zu bytes (%.0f MiB), daemon max VmRSS %.1f MiB, "
                     "limit %.1f MiB\n",
             n_blocks, len, (double)n_blocks * (double)len / 1048576.0,
@@ -100,12 +132,87 @@ static void test_put_storm(void)
     fprintf(stderr, "storm: %u of %u blocks still present\n", n_present, n_blocks);
     /* the newest blocks (at least half a capacity's worth) must have survived */
     ASSERT_TRUE((uint64_t)n_present * len >= CAPACITY / 2);
-    r = rss_bytes(daemon_h.pid);
-    ASSERT_LE(r, limit);
+    ASSERT_LE(rss_bytes(daemon_h.pid), limit);
+}
+
+/* The same storm, pipelined: 32 blocks per batch call (several requests in flight on the
+ * connection while the daemon evicts), then every key fetched back in one batched GET. */
+static void test_pipelined_put_storm(void)
+{
+    enum { GROUP = 32 };
+    tc_geom g = storm_geom();
+    ASSERT_OK(tc_register(cl, "storm-batch", &g));
+    tqkv_key key;
+    size_t len = 0;
+    void *probe = make_block(&g, 0, &key, &len);
+    ASSERT_TRUE(probe != NULL);
+    free(probe);
+    const uint32_t n_blocks = (uint32_t)((4 * CAPACITY / len + GROUP) / GROUP * GROUP);
+    const uint64_t limit = CAPACITY + CAPACITY / 10 + (64ull << 20);
+    tqkv_put_item items[GROUP];
+    int st[GROUP];
+    rss_sampler smp;
+    ASSERT_EQ_INT(sampler_start(&smp), 0);
+    for (uint32_t first = 0; first < n_blocks; first += GROUP) {
+        for (uint32_t k = 0; k < GROUP; k++) {
+            size_t l = 0;
+            void *blk = make_block(&g, 100000 + first + k, &items[k].key, &l);
+            if (!blk) {
+                sampler_stop(&smp);
+                while (k-- > 0)
+                    free((void *)items[k].data);
+                TQKV__FAIL("cannot make block %u", first);
+            }
+            items[k].data = blk;
+            items[k].len = l;
+            items[k].n_tokens = 0;
+        }
+        int rc = tqkv_put_blocks(cl, "storm-batch", items, GROUP, st);
+        for (uint32_t k = 0; k < GROUP; k++)
+            free((void *)items[k].data);
+        if (rc) {
+            sampler_stop(&smp);
+            TQKV__FAIL("batch at %u: %s", first, tqkv_errmsg(cl));
+        }
+    }
+    uint64_t max_rss = sampler_stop(&smp);
+    fprintf(stderr, "pipelined storm: %u blocks, daemon max VmRSS %.1f MiB, limit %.1f MiB\n",
+            n_blocks, (double)max_rss / 1048576.0, (double)limit / 1048576.0);
+    ASSERT_LE(max_rss, limit);
+
+    tqkv_key *keys = calloc(n_blocks, sizeof(*keys));
+    tqkv_get_item *gi = calloc(n_blocks, sizeof(*gi));
+    ASSERT_TRUE(keys && gi);
+    for (uint32_t i = 0; i < n_blocks; i++)
+        keys[i] = tc_key(100000 + i, 77);
+    tqkv_get_options o = {.keys_per_request = 8};
+    int rc = tqkv_get(cl, "storm-batch", keys, n_blocks, &o, gi);
+    uint32_t n_present = 0, bad = 0;
+    for (uint32_t i = 0; !rc && i < n_blocks; i++) {
+        if (gi[i].status == TQKV_ENOENT)
+            continue;
+        if (gi[i].status) {
+            bad++;
+            continue;
+        }
+        n_present++;
+        void *want = make_block(&g, 100000 + i, &key, &len);
+        bad += !want || gi[i].len != len || memcmp(gi[i].data, want, len) != 0;
+        free(want);
+    }
+    tqkv_get_items_release(gi, n_blocks);
+    free(gi);
+    free(keys);
+    ASSERT_OK(rc);
+    ASSERT_EQ_INT(bad, 0);
+    fprintf(stderr, "pipelined storm: %u of %u blocks still present\n", n_present, n_blocks);
+    ASSERT_TRUE((uint64_t)n_present * len >= CAPACITY / 2);
+    ASSERT_LE(rss_bytes(daemon_h.pid), limit);
 }
 
 static const tqkv_test_case cases[] = {
     {"put_storm", test_put_storm},
+    {"pipelined_put_storm", test_pipelined_put_storm},
     {NULL, NULL},
 };
 
