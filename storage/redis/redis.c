@@ -64,10 +64,12 @@ typedef struct req req;
 
 struct req {
     tqkv_redis *r;
-    node *n;          /* node it is in flight on */
-    req *prev, *next; /* that node's in-flight list, in send order */
+    node *n;          /* node it is queued or in flight on */
+    req *prev, *next; /* that node's waiting or in-flight list, in order */
     op_kind op;
     uint8_t redirects;
+    uint8_t waiting; /* on n's waiting list (not handed to hiredis yet) */
+    uint8_t asking;  /* send ASKING first (ASK redirection) */
     uint16_t slot;
     char *cmd; /* formatted command; NULL once sent in standalone mode */
     size_t cmd_len;
@@ -96,8 +98,10 @@ struct node {
     int fail_status; /* status for the requests of a connection we dropped */
     uint64_t connect_ns, retry_ns, progress_ns;
     uint32_t backoff_ms;
-    req *head, *tail;
-    uint64_t queued_bytes; /* command bytes of the requests in flight (hiredis' buffers) */
+    req *head, *tail;           /* in flight: handed to hiredis, reply pending */
+    req *wait_head, *wait_tail; /* waiting for room in the send window */
+    uint64_t sent_bytes;        /* command bytes in flight */
+    uint64_t queued_bytes;      /* command bytes in flight or waiting */
 };
 
 struct tqkv_redis {
@@ -106,7 +110,7 @@ struct tqkv_redis {
     char *prefix, *username, *password;
     int cluster, lz4, closing;
     uint32_t ttl_ms, timeout_ms, backoff_min_ms, backoff_max_ms, max_redirects;
-    uint64_t max_value, max_queued;
+    uint64_t max_value, max_queued, send_window;
     node **nodes;
     size_t n_nodes, cap_nodes;
     int16_t slots[TQKV_REDIS_SLOTS]; /* node index, -1: unknown */
@@ -128,6 +132,7 @@ void tqkv_redis_config_default(tqkv_redis_config *cfg)
     cfg->max_redirects = 5;
     cfg->max_value_bytes = 256ull << 20;
     cfg->max_queued_bytes = 256ull << 20;
+    cfg->send_window_bytes = 8ull << 20;
 }
 
 const char *tqkv_redis_state_name(tqkv_redis_state s)
@@ -166,21 +171,38 @@ static void req_free(req *q)
     tqkv_free(q);
 }
 
+/* Appends q to the list (*head, *tail). */
+static void list_push(req **head, req **tail, req *q)
+{
+    q->next = NULL;
+    q->prev = *tail;
+    if (*tail)
+        (*tail)->next = q;
+    else
+        *head = q;
+    *tail = q;
+}
+
+/* Takes q off its node's waiting or in-flight list and out of the byte counts. */
 static void req_unlink(req *q)
 {
     node *n = q->n;
     if (!n) return;
+    req **head = q->waiting ? &n->wait_head : &n->head;
+    req **tail = q->waiting ? &n->wait_tail : &n->tail;
     if (q->prev)
         q->prev->next = q->next;
     else
-        n->head = q->next;
+        *head = q->next;
     if (q->next)
         q->next->prev = q->prev;
     else
-        n->tail = q->prev;
+        *tail = q->prev;
     q->prev = q->next = NULL;
     q->n = NULL;
     n->queued_bytes -= q->cmd_len;
+    if (!q->waiting) n->sent_bytes -= q->cmd_len;
+    q->waiting = 0;
 }
 
 static int is_block_get(const req *q)
@@ -214,36 +236,84 @@ static void req_fail(req *q, int status)
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
-/* Hands q to node n. @return 0, or TQKV_ETIER (n down or its connection closing): q not sent. */
-static int req_send(req *q, node *n, int asking)
+/* Gives q (already counted in n->queued_bytes, on no list) to hiredis. @return 0, or TQKV_ETIER
+ * (the connection is closing): q is then on no list and no longer counted. */
+static int req_handover(req *q, node *n)
 {
     static const char asking_cmd[] = "*1\r\n$6\r\nASKING\r\n";
-    if (!n || n->st == NODE_DOWN || !n->ac) return TQKV_ETIER;
-    /* Backpressure: hiredis buffers without limit (and memmoves its whole output buffer after
-     * every partial write), so a slow server must not make the caller's memory grow with it. */
-    if (q->r->max_queued && n->head && n->queued_bytes + q->cmd_len > q->r->max_queued)
-        return TQKV_EBUSY;
-    if (asking && redisAsyncFormattedCommand(n->ac, NULL, NULL, asking_cmd,
-                                             sizeof(asking_cmd) - 1) != REDIS_OK)
+    if (!n->ac ||
+        (q->asking && redisAsyncFormattedCommand(n->ac, NULL, NULL, asking_cmd,
+                                                 sizeof(asking_cmd) - 1) != REDIS_OK) ||
+        redisAsyncFormattedCommand(n->ac, on_reply, q, q->cmd, q->cmd_len) != REDIS_OK) {
+        n->queued_bytes -= q->cmd_len;
+        q->n = NULL;
         return TQKV_ETIER;
-    if (redisAsyncFormattedCommand(n->ac, on_reply, q, q->cmd, q->cmd_len) != REDIS_OK)
-        return TQKV_ETIER;
+    }
     if (!n->head)
         n->progress_ns = tqkv_now_ns(); /* the no-progress clock starts with the first request */
-    q->n = n;
-    n->queued_bytes += q->cmd_len;
-    q->prev = n->tail;
-    if (n->tail)
-        n->tail->next = q;
-    else
-        n->head = q;
-    n->tail = q;
+    q->waiting = 0;
+    list_push(&n->head, &n->tail, q);
+    n->sent_bytes += q->cmd_len;
     if (!q->r->cluster) {
         /* hiredis has its own copy; nothing can redirect a standalone request. */
         tqkv_free(q->cmd);
         q->cmd = NULL;
     }
     return 0;
+}
+
+/* Whether one more command of `len` bytes fits in n's send window now. At least one is always in
+ * flight, so a command larger than the window still goes. */
+static int window_fits(const node *n, size_t len)
+{
+    return !n->head || !n->r->send_window || n->sent_bytes + len <= n->r->send_window;
+}
+
+/* Routes q to node n: straight to hiredis when the send window has room and nothing waits before
+ * it, else onto the waiting list (order is kept). @return 0, TQKV_ETIER (n down or closing),
+ * TQKV_EBUSY (max_queued_bytes reached); on error q is not queued. */
+static int req_send(req *q, node *n, int asking)
+{
+    if (!n || n->st == NODE_DOWN || !n->ac) return TQKV_ETIER;
+    /* Backpressure: what waits or is in flight is memory the caller cannot see; a slow server
+     * must not make it grow without bound. */
+    if (q->r->max_queued && (n->head || n->wait_head) &&
+        n->queued_bytes + q->cmd_len > q->r->max_queued)
+        return TQKV_EBUSY;
+    q->asking = (uint8_t)asking;
+    q->n = n;
+    n->queued_bytes += q->cmd_len;
+    if (n->wait_head || !window_fits(n, q->cmd_len)) {
+        q->waiting = 1;
+        list_push(&n->wait_head, &n->wait_tail, q);
+        return 0;
+    }
+    return req_handover(q, n);
+}
+
+/* Moves waiting requests into the send window as replies free it. A request hiredis refuses
+ * fails (its callback runs, and may destroy the engine: then stop). */
+static void node_pump(node *n)
+{
+    tqkv_redis *r = n->r;
+    while (n->wait_head && !r->closing && window_fits(n, n->wait_head->cmd_len)) {
+        req *q = n->wait_head;
+        req_unlink(q);
+        q->n = n;
+        n->queued_bytes += q->cmd_len;
+        if (req_handover(q, n) < 0) req_fail(q, TQKV_ETIER);
+    }
+}
+
+/* Fails every waiting request of n (its connection is gone). One at a time from the head: a
+ * callback may destroy the engine, which drains the same list. */
+static void node_drop_waiting(node *n, int status)
+{
+    while (n->wait_head) {
+        req *q = n->wait_head;
+        req_unlink(q);
+        req_fail(q, n->r->closing ? TQKV_ECANCELED : status);
+    }
 }
 
 /* ---- nodes --------------------------------------------------------------------------------- */
@@ -337,6 +407,7 @@ static void node_fail(node *n, int status, const char *why)
     n->fail_status = status;
     node_down(n, why);
     if (ac) redisAsyncFree(ac); /* deferred by hiredis when called from one of its callbacks */
+    node_drop_waiting(n, status);
 }
 
 static int map_error(const redisReply *rep);
@@ -348,6 +419,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         /* hiredis frees the context after this callback. */
         node_down(n, ac->errstr ? ac->errstr : "connect failed");
+        node_drop_waiting(n, TQKV_ECLOSED);
         return;
     }
     /* Up only once the handshake (AUTH or PING) is answered: a hung server still accepts TCP
@@ -359,6 +431,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     node *n = ac->data;
     if (n->ac != ac) return; /* a connection we dropped ourselves */
     node_down(n, status == REDIS_OK ? "closed" : (ac->errstr ? ac->errstr : "connection lost"));
+    node_drop_waiting(n, TQKV_ECLOSED);
 }
 
 static void on_hello(redisAsyncContext *ac, void *reply, void *privdata)
@@ -672,7 +745,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         req_fail(q, status);
         return;
     }
-    if (n) n->progress_ns = tqkv_now_ns();
+    if (n) {
+        n->progress_ns = tqkv_now_ns();
+        node_pump(n); /* keep the window full before running callbacks */
+    }
     if (rep->type == REDIS_REPLY_ERROR) {
         if (r->cluster && handle_redirect(q, n, rep)) return;
         if (r->cluster && strncmp(rep->str, "CLUSTERDOWN", 11) == 0) r->refresh_wanted = 1;
@@ -801,6 +877,7 @@ int tqkv_redis_create(uv_loop_t *loop, const tqkv_redis_config *cfg, tqkv_redis 
     r->max_redirects = cfg->max_redirects;
     r->max_value = cfg->max_value_bytes;
     r->max_queued = cfg->max_queued_bytes;
+    r->send_window = cfg->send_window_bytes;
     for (size_t s = 0; s < TQKV_REDIS_SLOTS; s++)
         r->slots[s] = -1;
     r->prefix = tqkv_strdup(prefix);
@@ -849,7 +926,10 @@ void tqkv_redis_destroy(tqkv_redis *r)
     uv_timer_stop(&r->tick);
     for (size_t i = 0; i < r->n_nodes; i++) {
         node *n = r->nodes[i];
-        if (n->ac) node_fail(n, TQKV_ECANCELED, "engine closed");
+        if (n->ac)
+            node_fail(n, TQKV_ECANCELED, "engine closed");
+        else
+            node_drop_waiting(n, TQKV_ECANCELED);
     }
     uv_close((uv_handle_t *)&r->tick, on_tick_close);
 }

@@ -57,10 +57,15 @@ typedef struct {
     int lz4;                  /* 1: LZ4-compress a block when that saves >= 1/16 of its size */
     uint32_t max_redirects;   /* MOVED/ASK hops per request, default 5 */
     uint64_t max_value_bytes; /* largest block accepted on PUT or GET, default 256 MiB */
-    /* Command bytes in flight per node (sent or waiting in hiredis' buffer) beyond which new
+    /* Command bytes per node in flight or waiting (see send_window_bytes) beyond which new
      * requests are refused with TQKV_EBUSY (one request is always let through); default
      * 256 MiB, 0: no limit. Bounds the memory a slow server can make the engine hold. */
     uint64_t max_queued_bytes;
+    /* Command bytes handed to hiredis per node before the next request waits in the engine for
+     * replies to free room; default 8 MiB, 0: no window. hiredis memmoves its whole output buffer
+     * after every partial write, so a deep pipeline kept in hiredis costs time quadratic in its
+     * depth; kept here, it costs nothing. One request always goes, whatever its size. */
+    uint64_t send_window_bytes;
 } tqkv_redis_config;
 
 /* Fills `cfg` with the defaults above (no nodes: the caller sets nodes/n_nodes). */

@@ -9,14 +9,17 @@
  * Redis' per-client state alone made one connection up to 30% faster than the other for the
  * same work (measured engine against engine). Each (op, size) runs `reps` rounds, engine and raw
  * back to back, alternating which goes first. Reported: throughput over all rounds (`ratio` =
- * engine / raw) and the median over rounds of the per-round ratio. Prints one JSON object per
+ * engine / raw), the median over rounds of the per-round ratio, and the client process' CPU time
+ * (user + system) per request on each side, which the other loads of a shared machine disturb
+ * less than wall time. Prints one JSON object per
  * line on stdout.
  *
  *   redis_bench [--port P] [--sizes-kb 256,1024,4096] [--depth 8] [--total-mb 128]
- *               [--keys 16] [--reps 15] [--lz4]
+ *               [--keys 16] [--reps 15] [--lz4] [--window-kb N]
  *
- * --total-mb is per round and side. Without --port it starts its own redis-server on a random
- * loopback port (and kills it). */
+ * --total-mb is per round and side; --window-kb sets the engine's send window (0: none, i.e.
+ * everything handed to hiredis at once, as the baseline does). Without --port it starts its own
+ * redis-server on a random loopback port (and kills it). */
 #include "redis_harness.h"
 #include "redis_internal.h"
 #include "tqkv_log.h"
@@ -26,6 +29,7 @@
 #include <hiredis/async.h>
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +42,7 @@ typedef struct {
     size_t size;
     int n_ops, issued, done, inflight, depth, n_keys, errors;
     uint64_t bytes; /* value bytes moved */
+    double cpu;     /* client CPU seconds over all rounds */
     const uint8_t *value;
     tqkv_redis *e;
     redisAsyncContext *ac;
@@ -115,16 +120,27 @@ static void issue(run_state *s)
     }
 }
 
-/* Runs one measurement. @return MB/s (1e6 bytes), or -1 on errors. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
+}
+
+/* Runs one measurement; adds the client's CPU time (user + system) to s->cpu.
+ * @return MB/s (1e6 bytes), or -1 on errors. */
 static double measure(run_state *s)
 {
     s->issued = s->done = s->inflight = s->errors = 0;
     s->bytes = 0;
+    double c0 = cpu_s();
     uint64_t t0 = tqkv_now_ns();
     issue(s);
     while (s->done < s->n_ops)
         uv_run(&loop, UV_RUN_ONCE);
     double sec = (double)(tqkv_now_ns() - t0) * 1e-9;
+    s->cpu += cpu_s() - c0;
     if (s->errors) return -1;
     return (double)s->bytes / sec / 1e6;
 }
@@ -144,6 +160,7 @@ static double median(double *v, int n)
 int main(int argc, char **argv)
 {
     int port = 0, depth = 8, total_mb = 128, n_keys = 16, reps = 15, lz4 = 0;
+    long window_kb = -1; /* -1: the engine's default */
     size_t sizes[8] = {256 << 10, 1 << 20, 4 << 20};
     int n_sizes = 3;
     for (int i = 1; i < argc; i++) {
@@ -159,6 +176,8 @@ int main(int argc, char **argv)
             reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--lz4"))
             lz4 = 1;
+        else if (!strcmp(argv[i], "--window-kb") && i + 1 < argc)
+            window_kb = atol(argv[++i]);
         else if (!strcmp(argv[i], "--sizes-kb") && i + 1 < argc) {
             n_sizes = 0;
             for (char *p = argv[++i]; *p && n_sizes < 8;) {
@@ -167,7 +186,7 @@ int main(int argc, char **argv)
             }
         } else {
             fprintf(stderr, "usage: redis_bench [--port P] [--sizes-kb 256,1024,4096] [--depth 8] "
-                            "[--total-mb 128] [--keys 16] [--reps 15] [--lz4]\n");
+                            "[--total-mb 128] [--keys 16] [--reps 15] [--lz4] [--window-kb N]\n");
             return 2;
         }
     }
@@ -194,6 +213,7 @@ int main(int argc, char **argv)
     cfg.nodes = nodes;
     cfg.n_nodes = 1;
     cfg.lz4 = lz4;
+    if (window_kb >= 0) cfg.send_window_bytes = (uint64_t)window_kb << 10;
     cfg.timeout_ms = 10000;
     tqkv_redis *e = NULL;
     if (tqkv_redis_create(&loop, &cfg, &e) < 0) return 1;
@@ -262,11 +282,15 @@ int main(int argc, char **argv)
             double total = (double)reps * n_ops * (double)size / 1e6;
             double me = total / t_eng, mr = total / t_raw;
             printf("{\"bench\":\"redis\",\"op\":\"%s\",\"value_bytes\":%zu,\"depth\":%d,"
-                   "\"ops_per_round\":%d,\"rounds\":%d,\"lz4\":%d,\"engine_MBps\":%.1f,"
+                   "\"ops_per_round\":%d,\"rounds\":%d,\"lz4\":%d,\"window_kb\":%ld,\"engine_"
+                   "MBps\":%.1f,"
                    "\"raw_hiredis_MBps\":%.1f,\"engine_ops_per_s\":%.1f,\"raw_ops_per_s\":%.1f,"
-                   "\"ratio\":%.3f,\"ratio_median_of_rounds\":%.3f}\n",
-                   put ? "put" : "get", size, depth, n_ops, reps, lz4, me, mr,
-                   me * 1e6 / (double)size, mr * 1e6 / (double)size, me / mr, mp);
+                   "\"ratio\":%.3f,\"ratio_median_of_rounds\":%.3f,\"engine_cpu_us_per_op\":%.1f,"
+                   "\"raw_cpu_us_per_op\":%.1f}\n",
+                   put ? "put" : "get", size, depth, n_ops, reps, lz4, window_kb, me, mr,
+                   me * 1e6 / (double)size, mr * 1e6 / (double)size, me / mr, mp,
+                   s[0].cpu * 1e6 / ((double)reps * n_ops),
+                   s[1].cpu * 1e6 / ((double)reps * n_ops));
             fflush(stdout);
         }
         free(value);

@@ -866,6 +866,49 @@ static void test_backpressure(void)
     tqkv_test_redis_stop(&s);
 }
 
+/* A send window smaller than one value: requests wait in the engine and go one at a time, in
+ * order: the last PUT of a key wins, and a GET queued behind the PUTs sees it. */
+static void window_body(tqkv_test_redis *s)
+{
+    tqkv_redis_config cfg;
+    char addr[64];
+    const char *nodes[1];
+    config_for(&cfg, s, addr, sizeof(addr), nodes);
+    cfg.send_window_bytes = 64 * 1024;
+    tqkv_redis *e = NULL;
+    ASSERT_OK(tqkv_redis_create(&loop, &cfg, &e));
+    ASSERT_OK(wait_state(e, TQKV_REDIS_UP));
+    enum { N = 30, LEN = 100 * 1000 };
+    uint8_t *v = malloc(LEN), key[32];
+    make_key(key, 5);
+    tally t = {0};
+    for (int i = 0; i < N; i++) {
+        memset(v, i, LEN);
+        ASSERT_OK(tqkv_redis_put(e, "ns", key, 32, v, LEN, tally_done, &t));
+        pending++;
+    }
+    result g = {0};
+    ASSERT_OK(tqkv_redis_get(e, "ns", key, 32, get_cb, &g));
+    pending++;
+    ASSERT_OK(tqkv_test_loop_wait(&loop, &pending, 20));
+    ASSERT_EQ_INT(t.ok, N);
+    ASSERT_EQ_INT(g.status, 1);
+    ASSERT_EQ_U64(g.len, LEN);
+    memset(v, N - 1, LEN);
+    ASSERT_MEM_EQ(g.data, v, LEN);
+    free(g.data);
+    free(v);
+    destroy(e);
+}
+
+static void test_send_window(void)
+{
+    tqkv_test_redis s;
+    START_SERVER(&s, NULL);
+    window_body(&s);
+    tqkv_test_redis_stop(&s);
+}
+
 /* Destroying the engine from a callback run by the timeout check (the engine's own timer), with
  * more requests timing out behind it: nothing may reconnect or touch freed memory afterwards. */
 static void destroy_on_timeout_body(tqkv_test_redis *s)
@@ -1000,6 +1043,7 @@ static const tqkv_test_case cases[] = {
     {"destroy_in_callback", test_destroy_in_callback},
     {"destroy_on_timeout", test_destroy_on_timeout},
     {"backpressure", test_backpressure},
+    {"send_window", test_send_window},
     {"out_of_memory", test_out_of_memory},
     {NULL, NULL},
 };
