@@ -6,11 +6,13 @@
  * (fresh keys: nothing is idempotent-skipped) and then GETs them back into a preallocated buffer;
  * the same bytes are SET and GET in redis-server. Each op is one request and one response, timed
  * on its own (p50/p99); throughput is all clients' bytes over the phase's wall time, the clients
- * starting together on a barrier. Then LOOKUP of 512 keys (p50/p99). Prints one JSON object per
- * line, then a summary line with the ratios the acceptance criteria name.
+ * starting together on a barrier. Then raw PUTs (fp16 KV of the 4 MiB block's chunk, encoded by
+ * the daemon; GB/s of raw input) with the same client counts, and LOOKUP of 512 keys (p50/p99).
+ * Prints one JSON object per line, then a summary line with the ratios the acceptance criteria
+ * name.
  *
  *   tqkv_bench [--url tcp://127.0.0.1:PORT] [--redis HOST:PORT] [--sizes 1,4,16]
- *              [--clients 1,4,16] [--budget-mb 512] [--cold] [--quick]
+ *              [--clients 1,4,16] [--budget-mb 512] [--cold] [--no-raw] [--quick]
  *
  * Each configuration first runs once untimed on both systems (same volume, other keys, deleted
  * after), so that what is measured is the steady state of a running cache rather than the first
@@ -364,6 +366,95 @@ out:
     return r;
 }
 
+/* ---- raw PUT: the daemon encodes ------------------------------------------------------------ */
+
+typedef struct {
+    int id, n_blocks;
+    const target *tg;
+    const uint16_t *raw;
+    size_t raw_len;
+    uint32_t tokens, run;
+    pthread_barrier_t *bar;
+    uint64_t *lat;
+    uint64_t t0, t1;
+    int err;
+    char why[200];
+} raw_job;
+
+static void *raw_main(void *arg)
+{
+    raw_job *j = arg;
+    tqkv_key *keys = calloc((size_t)j->n_blocks, sizeof(tqkv_key));
+    tqkv_client *c = tqkv_open(j->tg);
+    if (!keys || !c) {
+        snprintf(j->why, sizeof(j->why), "setup failed");
+        j->err = 1;
+    }
+    for (int i = 0; keys && i < j->n_blocks; i++)
+        keys[i] = job_key(j->run, j->id, i);
+    pthread_barrier_wait(j->bar);
+    j->t0 = tqkv_now_ns();
+    for (int i = 0; !j->err && i < j->n_blocks; i++) {
+        tqkv_put_item it = {.key = keys[i], .data = j->raw, .len = j->raw_len,
+                            .n_tokens = j->tokens};
+        uint64_t t = tqkv_now_ns();
+        int st = 0;
+        if (tqkv_put_raw(c, j->tg->ns, &it, 1, &st)) {
+            snprintf(j->why, sizeof(j->why), "put_raw: %s", tqkv_errmsg(c));
+            j->err = 1;
+        }
+        j->lat[i] = tqkv_now_ns() - t;
+    }
+    j->t1 = tqkv_now_ns();
+    if (c) {
+        tqkv_delete(c, j->tg->ns, keys, (size_t)j->n_blocks, NULL);
+        tqkv_close(c);
+    }
+    free(keys);
+    return NULL;
+}
+
+/* n_clients clients each PUT n_blocks raw fp16 chunks of `tokens` tokens (fresh keys); the daemon
+ * encodes them with the namespace's preset on its workers. GB/s counts raw input bytes. */
+static void bench_put_raw(const target *tg, const uint16_t *raw, size_t raw_len, uint32_t tokens,
+                          size_t block_len, int n_clients, int n_blocks, uint32_t run, int quiet)
+{
+    pthread_t th[MAX_CLIENTS];
+    raw_job jobs[MAX_CLIENTS];
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, (unsigned)n_clients);
+    size_t n_all = (size_t)n_clients * (size_t)n_blocks;
+    uint64_t *lat = calloc(n_all, sizeof(uint64_t));
+    if (!lat)
+        die("out of memory");
+    for (int i = 0; i < n_clients; i++) {
+        jobs[i] = (raw_job){.id = i, .n_blocks = n_blocks, .tg = tg, .raw = raw,
+                            .raw_len = raw_len, .tokens = tokens, .run = run, .bar = &bar,
+                            .lat = lat + (size_t)i * n_blocks};
+        if (pthread_create(&th[i], NULL, raw_main, &jobs[i]))
+            die("pthread_create");
+    }
+    uint64_t t0 = UINT64_MAX, t1 = 0;
+    for (int i = 0; i < n_clients; i++) {
+        pthread_join(th[i], NULL);
+        if (jobs[i].err)
+            die("raw client %d: %s", i, jobs[i].why);
+        t0 = jobs[i].t0 < t0 ? jobs[i].t0 : t0;
+        t1 = jobs[i].t1 > t1 ? jobs[i].t1 : t1;
+    }
+    pthread_barrier_destroy(&bar);
+    qsort(lat, n_all, sizeof(uint64_t), cmp_u64);
+    double s = (double)(t1 - t0) / 1e9;
+    if (!quiet)
+        printf("{\"system\":\"tqkvd\",\"op\":\"put_raw\",\"raw_bytes\":%zu,\"block_bytes\":%zu,"
+               "\"clients\":%d,\"ops\":%zu,\"GBps_raw\":%.3f,\"ops_per_s\":%.1f,"
+               "\"p50_ms\":%.3f,\"p99_ms\":%.3f}\n",
+               raw_len, block_len, n_clients, n_all, (double)n_all * (double)raw_len / s / 1e9,
+               (double)n_all / s, pct_ms(lat, n_all, 50), pct_ms(lat, n_all, 99));
+    fflush(stdout);
+    free(lat);
+}
+
 /* LOOKUP of 512 keys that are all present, from one client: p50/p99 per call. */
 static double bench_lookup(const target *tg, int iters)
 {
@@ -486,7 +577,7 @@ int main(int argc, char **argv)
     const char *url = NULL, *redis = NULL;
     int sizes[8] = {1, 4, 16}, n_sizes = 3, clients[8] = {1, 4, 16}, n_clients = 3;
     uint64_t budget = 512 * MIB;
-    int lookup_iters = 5000, warm = 1;
+    int lookup_iters = 5000, warm = 1, raw_rows = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--url") && i + 1 < argc)
             url = argv[++i];
@@ -500,12 +591,16 @@ int main(int argc, char **argv)
             budget = strtoull(argv[++i], NULL, 10) * MIB;
         else if (!strcmp(argv[i], "--cold"))
             warm = 0;
+        else if (!strcmp(argv[i], "--no-raw"))
+            raw_rows = 0;
         else if (!strcmp(argv[i], "--quick")) {
             budget = 64 * MIB;
             lookup_iters = 500;
         } else {
-            fprintf(stderr, "usage: %s [--url tcp://HOST:PORT] [--redis HOST:PORT] [--sizes "
-                            "1,4,16] [--clients 1,4,16] [--budget-mb 512] [--cold] [--quick]\n",
+            fprintf(stderr,
+                    "usage: %s [--url tcp://HOST:PORT] [--redis HOST:PORT] [--sizes 1,4,16]\n"
+                    "          [--clients 1,4,16] [--budget-mb 512] [--cold] [--no-raw]"
+                    " [--quick]\n",
                     argv[0]);
             return 2;
         }
@@ -583,6 +678,27 @@ int main(int argc, char **argv)
                 rget4 = b.get_gbps;
             }
         }
+        free(t.blk);
+    }
+    if (raw_rows) {
+        /* Raw PUT of the 4 MiB block's chunk: fp16 KV the daemon encodes to tq4. */
+        tmpl t = make_template(4 * MIB);
+        size_t raw_len = (size_t)B_LAYERS * 2 * t.tokens * B_HEADS * B_DIM * 2;
+        uint16_t *raw = malloc(raw_len);
+        if (!raw)
+            die("out of memory");
+        uint64_t s = 12345;
+        for (size_t i = 0; i < raw_len / 2; i++)
+            raw[i] = (uint16_t)(0x3800u | (xs(&s) & 0x07ffu) | ((s >> 20) & 0x8000u));
+        for (int ci = 0; ci < n_clients; ci++) {
+            int nc = clients[ci];
+            uint64_t per = budget / ((uint64_t)nc * raw_len);
+            int nb = per < 4 ? 4 : per > 64 ? 64 : (int)per;
+            if (warm)
+                bench_put_raw(&tg, raw, raw_len, t.tokens, t.len, nc, nb, run++, 1);
+            bench_put_raw(&tg, raw, raw_len, t.tokens, t.len, nc, nb, run++, 0);
+        }
+        free(raw);
         free(t.blk);
     }
     double lookup_p99 = bench_lookup(&tg, lookup_iters);
