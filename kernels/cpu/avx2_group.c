@@ -29,6 +29,9 @@
 typedef struct {
     uint32_t n, m, npos;
     _Alignas(32) int32_t pb[8]; /* bit patterns of the positive boundaries, minus 1 */
+    /* the binary search's second and last levels, indexed by the count so far */
+    _Alignas(32) int32_t pbl2[8];
+    _Alignas(32) int32_t pbl3[8];
     _Alignas(32) float mag[8];  /* cent[K/2 + cnt]: |centroid| by count */
     _Alignas(32) float sq[8];   /* mag[cnt] * mag[cnt] */
     _Alignas(32) float dec0[8]; /* decode tables, see decode_part */
@@ -63,6 +66,14 @@ static int grp_part_init(const tq__part_ctx *c, grp_part *g)
         g->pb[i] = (int32_t)(tq__f32_bits(b) - 1);
     }
     g->npos = H - 1;
+    if (c->m == 4)
+        for (uint32_t i = 0; i < 8; i++) {
+            g->pbl2[i] = g->pb[(i & 4) + 1]; /* i = 0 or 4 */
+            g->pbl3[i] = g->pb[i & 6];       /* i = 0, 2, 4 or 6 */
+        }
+    if (c->m == 3)
+        for (uint32_t i = 0; i < 8; i++)
+            g->pbl3[i] = g->pb[i & 2]; /* i = 0 or 2 */
     for (uint32_t i = 0; i < H; i++) {
         g->mag[i] = c->cent[H + i];
         g->sq[i] = c->cent[H + i] * c->cent[H + i];
@@ -155,6 +166,7 @@ TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uin
 {
     const size_t es = tq_dtype_size((tq_dtype)v->dtype);
     const uint8_t *rows[8];
+#pragma GCC unroll 8
     for (uint32_t i = 0; i < 8; i++)
         rows[i] = (const uint8_t *)v->data + view_index(v, t0 + i, h) * (int64_t)es;
     uint32_t j = 0;
@@ -162,12 +174,14 @@ TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uin
         const __m256i expm = _mm256_set1_epi32(0x7f800000);
         for (; j < head_dim; j += 8) {
             __m256 r[8];
+#pragma GCC unroll 8
             for (uint32_t i = 0; i < 8; i++) {
                 __m256i x = _mm256_loadu_si256((const __m256i *)(rows[i] + 4 * (size_t)j));
                 __m256i bad = _mm256_cmpeq_epi32(_mm256_and_si256(x, expm), expm);
                 r[i] = _mm256_castsi256_ps(_mm256_andnot_si256(bad, x));
             }
             tr8x8_ps(r);
+#pragma GCC unroll 8
             for (uint32_t e = 0; e < 8; e++)
                 X[j + e] = r[e];
         }
@@ -176,12 +190,14 @@ TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uin
         const __m256i expm = _mm256_set1_epi16(bf ? 0x7f80 : 0x7c00);
         for (; j + 16 <= head_dim; j += 16) {
             __m256i r[8];
+#pragma GCC unroll 8
             for (uint32_t i = 0; i < 8; i++) {
                 __m256i x = _mm256_loadu_si256((const __m256i *)(rows[i] + 2 * (size_t)j));
                 __m256i bad = _mm256_cmpeq_epi16(_mm256_and_si256(x, expm), expm);
                 r[i] = _mm256_andnot_si256(bad, x);
             }
             tr8x8_epi16(r);
+#pragma GCC unroll 8
             for (uint32_t e = 0; e < 8; e++) {
                 X[j + e] = half8_to_ps(_mm256_castsi256_si128(r[e]), bf);
                 X[j + 8 + e] = half8_to_ps(_mm256_extracti128_si256(r[e], 1), bf);
@@ -189,6 +205,7 @@ TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uin
         }
         if (j < head_dim) { /* one block of 8 channels left */
             __m256i r[8];
+#pragma GCC unroll 8
             for (uint32_t i = 0; i < 8; i++) {
                 __m256i x = _mm256_castsi128_si256(
                     _mm_loadu_si128((const __m128i *)(rows[i] + 2 * (size_t)j)));
@@ -196,6 +213,7 @@ TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uin
                 r[i] = _mm256_andnot_si256(bad, x);
             }
             tr8x8_epi16(r);
+#pragma GCC unroll 8
             for (uint32_t e = 0; e < 8; e++)
                 X[j + e] = half8_to_ps(_mm256_castsi256_si128(r[e]), bf);
             j += 8;
@@ -236,9 +254,11 @@ TQ_AVX2 static void store_group(const __m256 *X, uint32_t head_dim, tq_dtype dt,
         float *o = (float *)dst + first;
         for (; j < head_dim; j += 8) {
             __m256 r[8];
+#pragma GCC unroll 8
             for (uint32_t e = 0; e < 8; e++)
                 r[e] = X[j + e];
             tr8x8_ps(r);
+#pragma GCC unroll 8
             for (uint32_t i = 0; i < 8; i++)
                 _mm256_storeu_ps(o + i * row_stride + j, r[i]);
         }
@@ -247,17 +267,21 @@ TQ_AVX2 static void store_group(const __m256 *X, uint32_t head_dim, tq_dtype dt,
     uint16_t *o = (uint16_t *)dst + first;
     for (; j + 16 <= head_dim; j += 16) {
         __m256i r[8];
+#pragma GCC unroll 8
         for (uint32_t e = 0; e < 8; e++)
             r[e] = half_pair(X[j + e], X[j + 8 + e], dt);
         tr8x8_epi16(r);
+#pragma GCC unroll 8
         for (uint32_t i = 0; i < 8; i++)
             _mm256_storeu_si256((__m256i *)(o + i * row_stride + j), r[i]);
     }
     if (j < head_dim) {
         __m256i r[8];
+#pragma GCC unroll 8
         for (uint32_t e = 0; e < 8; e++)
             r[e] = half_pair(X[j + e], X[j + e], dt);
         tr8x8_epi16(r);
+#pragma GCC unroll 8
         for (uint32_t i = 0; i < 8; i++)
             _mm_storeu_si128((__m128i *)(o + i * row_stride + j), _mm256_castsi256_si128(r[i]));
     }
@@ -344,7 +368,9 @@ TQ_AVX2 static void fwht_rest(__m256 *v, uint32_t n)
 /* The five pairwise steps of the tree sum over 32 lane partials. */
 TQ_AVX2_INL __m256 tree_finish(__m256 *L)
 {
+#pragma GCC unroll 5
     for (uint32_t d = 16; d >= 1; d >>= 1)
+#pragma GCC unroll 16
         for (uint32_t l = 0; l < d; l++)
             L[l] = _mm256_add_ps(L[l], L[l + d]);
     return L[0];
@@ -352,6 +378,7 @@ TQ_AVX2_INL __m256 tree_finish(__m256 *L)
 
 TQ_AVX2_INL void tree_zero(__m256 *L)
 {
+#pragma GCC unroll 32
     for (uint32_t l = 0; l < 32; l++)
         L[l] = _mm256_setzero_ps();
 }
@@ -396,6 +423,9 @@ TQ_AVX2_INL void quant_block(const grp_part *g, const tq__part_layout *pl, const
     __m256i pb[7];
     for (uint32_t i = 0; i + 1 < (1u << (M - 1)); i++)
         pb[i] = _mm256_set1_epi32(g->pb[i]);
+    const __m256i two = _mm256_set1_epi32(2), four = _mm256_set1_epi32(4);
+    const __m256i pbl2 = _mm256_load_si256((const __m256i *)g->pbl2);
+    const __m256i pbl3 = _mm256_load_si256((const __m256i *)g->pbl3);
     const __m256 magt = _mm256_load_ps(g->mag), sqt = _mm256_load_ps(g->sq);
     __m256i w0 = _mm256_setzero_si256(), w1 = _mm256_setzero_si256();
 #pragma GCC unroll 32
@@ -406,9 +436,22 @@ TQ_AVX2_INL void quant_block(const grp_part *g, const tq__part_layout *pl, const
         __m256 negf = _mm256_cmp_ps(t, zero, _CMP_LT_OQ);
         __m256i neg = _mm256_castps_si256(negf);
         __m256i key = _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(t), absm), neg);
-        __m256i cnt = _mm256_setzero_si256();
-        for (uint32_t i = 0; i + 1 < (1u << (M - 1)); i++)
-            cnt = _mm256_sub_epi32(cnt, _mm256_cmpgt_epi32(key, pb[i]));
+        __m256i cnt;
+        if (M == 4) { /* binary search over the 7 positive boundaries */
+            cnt = _mm256_and_si256(_mm256_cmpgt_epi32(key, pb[3]), four);
+            __m256i m2 = _mm256_cmpgt_epi32(key, _mm256_permutevar8x32_epi32(pbl2, cnt));
+            cnt = _mm256_or_si256(cnt, _mm256_and_si256(m2, two));
+            cnt = _mm256_sub_epi32(cnt,
+                                   _mm256_cmpgt_epi32(key, _mm256_permutevar8x32_epi32(pbl3, cnt)));
+        } else if (M == 3) { /* over the 3 */
+            cnt = _mm256_and_si256(_mm256_cmpgt_epi32(key, pb[1]), two);
+            cnt = _mm256_sub_epi32(cnt,
+                                   _mm256_cmpgt_epi32(key, _mm256_permutevar8x32_epi32(pbl3, cnt)));
+        } else {
+            cnt = _mm256_setzero_si256();
+            for (uint32_t i = 0; i + 1 < (1u << (M - 1)); i++)
+                cnt = _mm256_sub_epi32(cnt, _mm256_cmpgt_epi32(key, pb[i]));
+        }
         __m256i pos = neg; /* unused when FAST */
         if (!FAST) pos = _mm256_castps_si256(_mm256_cmp_ps(t, zero, _CMP_GE_OQ));
         if (want_sq) L[k & 31] = _mm256_add_ps(L[k & 31], _mm256_permutevar8x32_ps(sqt, cnt));
@@ -512,6 +555,7 @@ TQ_AVX2 static void qjl_signs(const float *S, uint32_t n, const __m256 *R, uint8
                 a7 = _mm256_add_ps(a7, _mm256_mul_ps(_mm256_broadcast_ss(s + 7 * n + j), r));
             }
             const __m256 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+#pragma GCC unroll 8
             for (uint32_t u = 0; u < 8; u++) {
                 __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(acc[u], zero, _CMP_GE_OQ));
                 word = _mm256_or_si256(
@@ -533,6 +577,7 @@ TQ_AVX2 static void encode_part(const tq__part_ctx *c, const grp_part *g, const 
     tree_zero(L);
     for (uint32_t k = 0; k < n; k += 8) {
         __m256 a[8];
+#pragma GCC unroll 8
         for (uint32_t i = 0; i < 8; i++) {
             __m256 x = s->X[ch[k + i]];
             L[(k + i) & 31] = _mm256_add_ps(L[(k + i) & 31], _mm256_mul_ps(x, x));
@@ -550,6 +595,7 @@ TQ_AVX2 static void encode_part(const tq__part_ctx *c, const grp_part *g, const 
         BFLY(a[1], a[5]);
         BFLY(a[2], a[6]);
         BFLY(a[3], a[7]);
+#pragma GCC unroll 8
         for (uint32_t i = 0; i < 8; i++)
             W[k + i] = a[i];
     }
@@ -707,9 +753,12 @@ TQ_AVX2 static void qjl_add(const float *S, uint32_t n, const uint8_t *rec, size
     const __m256i sgn = _mm256_set1_epi32((int)0x80000000);
     for (uint32_t j0 = 0; j0 < n; j0 += 32) {
         __m256i w = plane_load(rec, off, T, j0 / 32, t0);
-        for (uint32_t s = 0; s < 32 && j0 + s < n; s++) /* bit clear: -1, flip the sign */
-            F[j0 + s] = _mm256_castsi256_ps(
-                _mm256_andnot_si256(_mm256_sllv_epi32(w, _mm256_set1_epi32((int)(31 - s))), sgn));
+#pragma GCC unroll 32
+        for (uint32_t s = 0; s < 32; s++) { /* bit clear: -1, flip the sign */
+            if (j0 + s >= n) break;
+            F[j0 + s] =
+                _mm256_castsi256_ps(_mm256_andnot_si256(_mm256_slli_epi32(w, (int)(31 - s)), sgn));
+        }
     }
     const __m256 zero = _mm256_setzero_ps();
     for (uint32_t kb = 0; kb < n; kb += 8) {
@@ -728,6 +777,7 @@ TQ_AVX2 static void qjl_add(const float *S, uint32_t n, const uint8_t *rec, size
             a7 = _mm256_add_ps(a7, _mm256_xor_ps(_mm256_broadcast_ss(row + 7), f));
         }
         const __m256 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
+#pragma GCC unroll 8
         for (uint32_t u = 0; u < 8; u++)
             Z[kb + u] = _mm256_add_ps(Z[kb + u], _mm256_mul_ps(coef, acc[u]));
     }
