@@ -869,6 +869,19 @@ TQ_AVX2 void tqkv__bf16_store_avx2(const float *src, uint32_t n, uint16_t *dst)
     }
 }
 
+TQ_AVX2 void tqkv__bf16_widen_avx2(const uint16_t *src, uint32_t n, tq_dtype out_dtype,
+                                   uint8_t *dst)
+{
+    for (uint32_t j = 0; j < n; j += 8) {
+        __m256 f = half8_to_ps(_mm_loadu_si128((const __m128i *)(src + j)), 1);
+        if (out_dtype == TQ_DTYPE_F32)
+            _mm256_storeu_ps((float *)(void *)dst + j, f);
+        else
+            _mm_storeu_si128((__m128i *)(void *)(dst + 2 * (size_t)j),
+                             _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT));
+    }
+}
+
 /* Test hook: codes of t[k * 8 + lane] (k < n, eight lanes) through the encoder's quantiser,
  * written as the plane words of a record of T = 8 tokens. @return 0, or TQKV_ENOTSUP. */
 int tqkv__quant_group_avx2(const tq__part_ctx *c, const tq__part_layout *pl, const float *t,

@@ -344,14 +344,22 @@ static int check_common(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_hea
     return 0;
 }
 
-static int encode_raw(const tq__layout *L, uint32_t head_dim, uint32_t n_kv_heads,
-                      uint8_t raw_dtype, const tq_kv_view *src, uint8_t *dst)
+/* Whether 16-bit values may be copied as bytes (the format is little-endian). */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define TQ_LE_HOST 1
+#else
+#define TQ_LE_HOST 0
+#endif
+
+static int encode_raw(const tq__kernels *kern, const tq__layout *L, uint32_t head_dim,
+                      uint32_t n_kv_heads, uint8_t raw_dtype, const tq_kv_view *src,
+                      uint8_t *dst)
 {
-    float x[TQ_MAX_HEAD_DIM];
-    for (uint32_t h = 0; h < n_kv_heads; h++) {
-        uint8_t *rec = dst + (size_t)h * L->record_size;
-        for (uint32_t t = 0; t < L->T; t++) {
-            uint8_t *row = rec + (size_t)t * L->P * 2;
+    _Alignas(32) float x[TQ_MAX_HEAD_DIM];
+    /* token-major: the source is [token][head][dim] */
+    for (uint32_t t = 0; t < L->T; t++)
+        for (uint32_t h = 0; h < n_kv_heads; h++) {
+            uint8_t *row = dst + (size_t)h * L->record_size + (size_t)t * L->P * 2;
             if (src->dtype == raw_dtype) {
                 /* lossless: copy the 16-bit patterns as they are (NaN and Inf included) */
                 const uint16_t *p = (const uint16_t *)src->data;
@@ -364,16 +372,27 @@ static int encode_raw(const tq__layout *L, uint32_t head_dim, uint32_t n_kv_head
                            (int64_t)(pt % src->page_size) * src->token_stride +
                            (int64_t)h * src->head_stride;
                 }
-                for (uint32_t j = 0; j < head_dim; j++)
-                    tqkv_store_le16(row + 2 * j, p[base + j]);
-            } else {
-                tqkv__view_read_head(src, t, h, head_dim, x);
-                for (uint32_t j = 0; j < head_dim; j++)
-                    tqkv_store_le16(row + 2 * j, raw_dtype == TQ_DTYPE_F16 ? tq__f32_to_f16(x[j])
-                                                                          : tq__f32_to_bf16(x[j]));
+                if (TQ_LE_HOST)
+                    memcpy(row, p + base, (size_t)head_dim * 2);
+                else
+                    for (uint32_t j = 0; j < head_dim; j++)
+                        tqkv_store_le16(row + 2 * j, p[base + j]);
+                continue;
             }
+            tqkv__view_read_head_k(kern, src, t, h, head_dim, x);
+#if defined(__x86_64__)
+            if (kern->avx2 && TQ_LE_HOST && head_dim % 8 == 0) {
+                if (raw_dtype == TQ_DTYPE_F16) /* x is finite: vcvtps2ph rounds as the scalar */
+                    tqkv__f16_store_avx2(x, head_dim, (uint16_t *)(void *)row);
+                else
+                    tqkv__bf16_store_avx2(x, head_dim, (uint16_t *)(void *)row);
+                continue;
+            }
+#endif
+            for (uint32_t j = 0; j < head_dim; j++)
+                tqkv_store_le16(row + 2 * j, raw_dtype == TQ_DTYPE_F16 ? tq__f32_to_f16(x[j])
+                                                                      : tq__f32_to_bf16(x[j]));
         }
-    }
     return 0;
 }
 
@@ -439,8 +458,10 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
     uint32_t P = tq_head_dim_padded(head_dim);
     tqkv__layout(r, P, n_tokens, &L);
     memset(dst, 0, sec_size);
+    tq__kernels kern;
+    tqkv__kernels(&kern);
     if (L.raw)
-        return encode_raw(&L, head_dim, n_kv_heads, r->raw_dtype, src, dst);
+        return encode_raw(&kern, &L, head_dim, n_kv_heads, r->raw_dtype, src, dst);
 
     uint16_t *chs = NULL; /* [n_kv_heads][2][TQ_MAX_HEAD_DIM] part channels, split only */
     tq__part_ctx *ctx = tqkv_aligned_alloc(64, 2 * sizeof(tq__part_ctx));
@@ -451,8 +472,6 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
         if (rc)
             goto out;
     }
-    tq__kernels kern;
-    tqkv__kernels(&kern);
     tq__encode_vec_fn enc = kern.encode_vec;
     if (L.n_parts == 2) {
         chs = tqkv_mallocarray((size_t)n_kv_heads * 2 * TQ_MAX_HEAD_DIM, sizeof(uint16_t));
@@ -571,11 +590,24 @@ int tq_decode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
     uint32_t P = tq_head_dim_padded(head_dim);
     tqkv__layout(r, P, n_tokens, &L);
     const uint8_t *sec = section;
-    if (L.raw) {
-        for (uint32_t h = 0; h < n_kv_heads; h++)
-            for (uint32_t t = 0; t < n_tokens; t++) {
+    if (L.raw) { /* token-major: the output is [token][head][dim] */
+        for (uint32_t t = 0; t < n_tokens; t++)
+            for (uint32_t h = 0; h < n_kv_heads; h++) {
                 const uint8_t *row = sec + (size_t)h * L.record_size + (size_t)t * P * 2;
                 size_t o = ((size_t)t * n_kv_heads + h) * head_dim;
+                if (TQ_LE_HOST && out_dtype == r->raw_dtype) {
+                    memcpy((uint16_t *)dst + o, row, (size_t)head_dim * 2);
+                    continue;
+                }
+#if defined(__x86_64__)
+                /* bf16 widens by a shift, so NaNs keep their bits as in the scalar path */
+                if (TQ_LE_HOST && r->raw_dtype == TQ_DTYPE_BF16 && out_dtype != TQ_DTYPE_BF16 &&
+                    head_dim % 8 == 0 && tq_get_cpu_impl() == TQ_IMPL_AVX2) {
+                    tqkv__bf16_widen_avx2((const uint16_t *)(const void *)row, head_dim,
+                                          out_dtype, (uint8_t *)dst + o * es);
+                    continue;
+                }
+#endif
                 for (uint32_t j = 0; j < head_dim; j++) {
                     uint16_t v = tqkv_load_le16(row + 2 * j);
                     if (out_dtype == r->raw_dtype)

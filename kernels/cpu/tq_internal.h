@@ -192,6 +192,9 @@ int tqkv__quant_group_avx2(const tq__part_ctx *c, const tq__part_layout *pl, con
                            uint8_t *rec);
 /* E[j] = E[j] + x[j] * x[j] for j < n, n a multiple of 8. */
 void tqkv__energy_add_avx2(const float *x, uint32_t n, float *E);
+/* bf16 row -> fp16 (as tq__f32_to_f16 of the widened value) or fp32 (out_dtype), n a multiple
+ * of 8. */
+void tqkv__bf16_widen_avx2(const uint16_t *src, uint32_t n, tq_dtype out_dtype, uint8_t *dst);
 /* float row -> bf16 (round to nearest even, as tq__f32_to_bf16), n a multiple of 8. */
 void tqkv__bf16_store_avx2(const float *src, uint32_t n, uint16_t *dst);
 #endif

@@ -440,7 +440,7 @@ static void test_avx2_edge_values(void)
     if (!tqkv__cpu_has_avx2()) TEST_SKIP("no AVX2 on this CPU");
     const uint32_t d = 64, H = 1, T = 24;
     float *x = malloc((size_t)T * d * 4);
-    uint16_t *h16 = malloc((size_t)T * d * 2);
+    uint16_t *h16 = malloc((size_t)T * d * 2), *b16 = malloc((size_t)T * d * 2);
     tq_rng rng = {.s = 5};
     for (uint32_t t = 0; t < T; t++)
         for (uint32_t j = 0; j < d; j++) {
@@ -472,6 +472,7 @@ static void test_avx2_edge_values(void)
             }
             x[(size_t)t * d + j] = v;
             h16[(size_t)t * d + j] = tq__f32_to_f16(v);
+            b16[(size_t)t * d + j] = tq__f32_to_bf16(v);
         }
     for (const char *const *p = tq_preset_names(); *p; p++)
         for (int norm = 0; norm < 3; norm++) {
@@ -481,9 +482,11 @@ static void test_avx2_edge_values(void)
             if (k.mode != TQ_MODE_RAW) k.norm = (uint8_t)norm;
             compare_impls(&k, d, H, T, x, TQ_DTYPE_F32, *p);
             compare_impls(&k, d, H, T, h16, TQ_DTYPE_F16, *p);
+            compare_impls(&k, d, H, T, b16, TQ_DTYPE_BF16, *p);
         }
     free(x);
     free(h16);
+    free(b16);
 #else
     TEST_SKIP("not x86-64");
 #endif
