@@ -734,6 +734,24 @@ int tqkv_unpin(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n, i
     return keys_op(c, TQKV__OP__OP_UNPIN, "UNPIN", ns, keys, n, status);
 }
 
+int tqkv_lease_release(tqkv_client *c, const char *ns, uint64_t lease_id)
+{
+    if (!c)
+        return TQKV_EINVAL;
+    if (!ns || !lease_id)
+        return tqkv__fail(c, TQKV_EINVAL, "releasing a lease needs a namespace and a lease id");
+    /* An UNPIN of no keys that carries the lease (docs/protocol.md). */
+    Tqkv__Header req = TQKV__HEADER__INIT, *resp = NULL;
+    req.op = TQKV__OP__OP_UNPIN;
+    req.ns = (char *)ns;
+    req.lease_id = lease_id;
+    int rc = simple_call(c, &req, &resp, "UNPIN (lease)");
+    if (rc)
+        return rc;
+    tqkv_header_free(resp);
+    return 0;
+}
+
 /* ---- Administration ---------------------------------------------------------------------- */
 
 void tqkv_kv_list_free(tqkv_kv_list *l)
@@ -817,6 +835,13 @@ int tqkv_health(tqkv_client *c, tqkv_kv_list *out)
     if (!out)
         return tqkv__fail(c, TQKV_EINVAL, "HEALTH needs an output list");
     return kv_call(c, TQKV__OP__OP_HEALTH, "HEALTH", NULL, NULL, NULL, out);
+}
+
+int tqkv_cluster(tqkv_client *c, tqkv_kv_list *out)
+{
+    if (!out)
+        return tqkv__fail(c, TQKV_EINVAL, "CLUSTER needs an output list");
+    return kv_call(c, TQKV__OP__OP_CLUSTER, "CLUSTER", NULL, NULL, NULL, out);
 }
 
 int tqkv_config_get(tqkv_client *c, const char *name, tqkv_kv_list *out)

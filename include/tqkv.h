@@ -233,6 +233,10 @@ int tqkv_delete(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n, 
 int tqkv_pin(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n, int *status);
 int tqkv_unpin(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n, int *status);
 
+/* Ends a lease from tqkv_lookup before it expires (a GET can also end it: release_lease).
+ * Releasing an unknown or expired lease is not an error. @return 0 or an error. */
+int tqkv_lease_release(tqkv_client *c, const char *ns, uint64_t lease_id);
+
 /* ---- Administration and introspection ------------------------------------------------------*/
 
 /* Name/value pairs as text, in the order the daemon sent them. */
@@ -252,6 +256,9 @@ const char *tqkv_kv_list_get(const tqkv_kv_list *l, const char *name);
 int tqkv_stats(tqkv_client *c, const char *ns, tqkv_kv_list *out);
 /* Liveness and readiness ("status" = "ok", version, uptime, ...). */
 int tqkv_health(tqkv_client *c, tqkv_kv_list *out);
+/* The cluster view ("self", "members", then "member.<i>.<field>": id, addr, tiers, hit_rate,
+ * tier.<name>.capacity/used, ...; docs/cluster.md). "enabled" is 0 on a daemon without one. */
+int tqkv_cluster(tqkv_client *c, tqkv_kv_list *out);
 /* Settings and their current values; name NULL: all of them. */
 int tqkv_config_get(tqkv_client *c, const char *name, tqkv_kv_list *out);
 /* Changes a mutable setting (admin token). @return 0, TQKV_EPERM, TQKV_EREADONLY,

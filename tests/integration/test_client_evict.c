@@ -125,6 +125,25 @@ static void test_pin_and_lease_protect(void)
     ASSERT_EQ_INT(present("protect", &leased), 0);
 }
 
+/* A lease ended early with tqkv_lease_release no longer protects its blocks. */
+static void test_lease_release(void)
+{
+    ASSERT_OK(tc_register(cl, "lease", &geom));
+    tqkv_key k = tc_key(0, 45);
+    ASSERT_OK(put_key("lease", &k));
+    uint32_t hits = 0;
+    uint64_t lease = 0;
+    ASSERT_OK(tqkv_lookup(cl, "lease", &k, 1, 600000, &hits, NULL, &lease));
+    ASSERT_EQ_INT(hits, 1);
+    ASSERT_TRUE(lease != 0);
+    ASSERT_OK(storm("lease", 46, 3 * 20));
+    ASSERT_EQ_INT(present("lease", &k), 1);
+    ASSERT_OK(tqkv_lease_release(cl, "lease", lease));
+    ASSERT_OK(storm("lease", 47, 3 * 20));
+    ASSERT_EQ_INT(present("lease", &k), 0);
+    ASSERT_ERR(tqkv_lease_release(cl, "lease", 0), TQKV_EINVAL);
+}
+
 static void test_admin_evict_and_clear(void)
 {
     ASSERT_OK(tc_register(cl, "evict", &geom));
@@ -143,6 +162,7 @@ static void test_admin_evict_and_clear(void)
 static const tqkv_test_case cases[] = {
     {"lru_order", test_lru_order},
     {"pin_and_lease_protect", test_pin_and_lease_protect},
+    {"lease_release", test_lease_release},
     {"admin_evict_and_clear", test_admin_evict_and_clear},
     {NULL, NULL},
 };
