@@ -246,8 +246,16 @@ TQ_AVX2_INL __m256i half_pair(__m256 a, __m256 b, int dt)
 }
 
 /* Stores X[0..head_dim) of tokens t0..t0+7 as [token][head][dim] rows of dtype dt. */
-TQ_AVX2 static void store_group(const __m256 *X, uint32_t head_dim, tq_dtype dt, void *dst,
-                                size_t first, size_t row_stride)
+/* The decoder's last step x_k = D_k (z_k * (1/n)) when dsign is given (else X is final). */
+TQ_AVX2_INL __m256 out_val(const __m256 *X, uint32_t k, const uint32_t *dsign, __m256 f)
+{
+    if (!dsign) return X[k];
+    return _mm256_xor_ps(_mm256_mul_ps(X[k], f),
+                         _mm256_castsi256_ps(_mm256_set1_epi32((int)dsign[k])));
+}
+
+TQ_AVX2 static void store_group(const __m256 *X, const uint32_t *dsign, __m256 f, uint32_t head_dim,
+                                tq_dtype dt, void *dst, size_t first, size_t row_stride)
 {
     uint32_t j = 0;
     if (dt == TQ_DTYPE_F32) {
@@ -256,7 +264,7 @@ TQ_AVX2 static void store_group(const __m256 *X, uint32_t head_dim, tq_dtype dt,
             __m256 r[8];
 #pragma GCC unroll 8
             for (uint32_t e = 0; e < 8; e++)
-                r[e] = X[j + e];
+                r[e] = out_val(X, j + e, dsign, f);
             tr8x8_ps(r);
 #pragma GCC unroll 8
             for (uint32_t i = 0; i < 8; i++)
@@ -269,7 +277,7 @@ TQ_AVX2 static void store_group(const __m256 *X, uint32_t head_dim, tq_dtype dt,
         __m256i r[8];
 #pragma GCC unroll 8
         for (uint32_t e = 0; e < 8; e++)
-            r[e] = half_pair(X[j + e], X[j + 8 + e], dt);
+            r[e] = half_pair(out_val(X, j + e, dsign, f), out_val(X, j + 8 + e, dsign, f), dt);
         tr8x8_epi16(r);
 #pragma GCC unroll 8
         for (uint32_t i = 0; i < 8; i++)
@@ -278,8 +286,10 @@ TQ_AVX2 static void store_group(const __m256 *X, uint32_t head_dim, tq_dtype dt,
     if (j < head_dim) {
         __m256i r[8];
 #pragma GCC unroll 8
-        for (uint32_t e = 0; e < 8; e++)
-            r[e] = half_pair(X[j + e], X[j + e], dt);
+        for (uint32_t e = 0; e < 8; e++) {
+            __m256 x = out_val(X, j + e, dsign, f);
+            r[e] = half_pair(x, x, dt);
+        }
         tr8x8_epi16(r);
 #pragma GCC unroll 8
         for (uint32_t i = 0; i < 8; i++)
@@ -673,9 +683,9 @@ static grp_scratch *group_begin(const tq__part_ctx *ctx, const tq__layout *L, ui
     return s;
 }
 
-uint32_t tqkv__encode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
-                                   const uint16_t *chs, const tq_kv_view *src, uint32_t n_kv_heads,
-                                   uint32_t head_dim, uint8_t *dst)
+TQ_AVX2 uint32_t tqkv__encode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
+                                           const uint16_t *chs, const tq_kv_view *src,
+                                           uint32_t n_kv_heads, uint32_t head_dim, uint8_t *dst)
 {
     grp_part g[2];
     grp_scratch *s = group_begin(ctx, L, head_dim, g);
@@ -703,8 +713,9 @@ TQ_AVX2_INL __m256i plane_load(const uint8_t *rec, size_t off, uint32_t T, uint3
 /* Centroid values of coordinates [k0, k0 + nb) into Z (M constant after inlining). */
 TQ_AVX2_INL void dequant_block(const grp_part *g, const tq__part_layout *pl, const uint8_t *rec,
                                uint32_t T, uint32_t t0, uint32_t k0, uint32_t nb, __m256 sc,
-                               __m256 *Z, const uint32_t M)
+                               __m256 *Z, const uint32_t M, const int FW)
 {
+    __m256 a[8];
     const __m256 d0 = _mm256_load_ps(g->dec0), d1 = _mm256_load_ps(g->dec1);
     __m256i w0 = _mm256_setzero_si256(), w1 = _mm256_setzero_si256();
     if (M == 3) w1 = plane_load(rec, pl->plane_off[1], T, k0 / 32, t0);
@@ -742,7 +753,26 @@ TQ_AVX2_INL void dequant_block(const grp_part *g, const tq__part_layout *pl, con
             break;
         }
         }
-        Z[k] = _mm256_mul_ps(sc, v);
+        a[s & 7] = _mm256_mul_ps(sc, v);
+        if ((s & 7) == 7) { /* FW: the FWHT's stages 1, 2, 4 on the way */
+            if (FW) {
+                BFLY(a[0], a[1]);
+                BFLY(a[2], a[3]);
+                BFLY(a[4], a[5]);
+                BFLY(a[6], a[7]);
+                BFLY(a[0], a[2]);
+                BFLY(a[1], a[3]);
+                BFLY(a[4], a[6]);
+                BFLY(a[5], a[7]);
+                BFLY(a[0], a[4]);
+                BFLY(a[1], a[5]);
+                BFLY(a[2], a[6]);
+                BFLY(a[3], a[7]);
+            }
+#pragma GCC unroll 8
+            for (uint32_t i = 0; i < 8; i++)
+                Z[k - 7 + i] = a[i];
+        }
     }
 }
 
@@ -792,21 +822,34 @@ TQ_AVX2 static void decode_part(const tq__part_ctx *c, const grp_part *g, const 
     __m256 *Z = s->W;
     const __m256 sc =
         _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(rec + pl->scale_off + 2 * (size_t)t0)));
+    const int fw = !c->prod; /* prod adds the QJL term before the FWHT */
     for (uint32_t k0 = 0; k0 < n; k0 += 32) {
-        switch (c->m) {
+        switch (c->m * 2 + fw) {
+        case 9:
+            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 4, 1);
+            break;
+        case 8:
+            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 4, 0);
+            break;
+        case 7:
+            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 3, 1);
+            break;
+        case 6:
+            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 3, 0);
+            break;
+        case 5:
+            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 2, 1);
+            break;
         case 4:
-            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 4);
+            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 2, 0);
             break;
         case 3:
-            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 3);
+            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 1, 1);
             break;
         case 2:
-            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 2);
+            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 1, 0);
             break;
-        case 1:
-            dequant_block(g, pl, rec, T, t0, k0, nb, sc, Z, 1);
-            break;
-        default:
+        default: /* m = 0 is prod only */
             for (uint32_t k = k0; k < k0 + nb; k++)
                 Z[k] = _mm256_setzero_ps();
             break;
@@ -818,18 +861,20 @@ TQ_AVX2 static void decode_part(const tq__part_ctx *c, const grp_part *g, const 
         const __m256 coef =
             _mm256_mul_ps(gam, _mm256_set1_ps((float)(1.2533141373155002512 / sqrt((double)n))));
         qjl_add(c->S, n, rec, pl->signs_off, T, t0, coef, s->V, Z);
+        fwht_pass8(Z, n, 1);
     }
-    fwht_pass8(Z, n, 1);
     fwht_rest(Z, n);
+    if (ch == s->ident) return; /* store_group scales and flips on its way out */
     const __m256 f = _mm256_set1_ps(1.0f / (float)n);
     for (uint32_t k = 0; k < n; k++)
         s->X[ch[k]] = _mm256_xor_ps(_mm256_mul_ps(Z[k], f),
                                     _mm256_castsi256_ps(_mm256_set1_epi32((int)c->dsign[k])));
 }
 
-uint32_t tqkv__decode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
-                                   const uint16_t *chs, const uint8_t *sec, uint32_t n_kv_heads,
-                                   uint32_t head_dim, tq_dtype out_dtype, void *dst)
+TQ_AVX2 uint32_t tqkv__decode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
+                                           const uint16_t *chs, const uint8_t *sec,
+                                           uint32_t n_kv_heads, uint32_t head_dim,
+                                           tq_dtype out_dtype, void *dst)
 {
     grp_part g[2];
     grp_scratch *s = group_begin(ctx, L, head_dim, g);
@@ -842,8 +887,12 @@ uint32_t tqkv__decode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
             const uint16_t *ch = chs ? chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM : s->ident;
             for (uint32_t p = 0; p < L->n_parts; p++)
                 decode_part(&ctx[p], &g[p], &L->part[p], ch + p * TQ_MAX_HEAD_DIM, s, rec, T, t0);
-            store_group(s->X, head_dim, out_dtype, dst, (size_t)t0 * row + (size_t)h * head_dim,
-                        row);
+            if (chs)
+                store_group(s->X, NULL, _mm256_setzero_ps(), head_dim, out_dtype, dst,
+                            (size_t)t0 * row + (size_t)h * head_dim, row);
+            else
+                store_group(s->W, ctx[0].dsign, _mm256_set1_ps(1.0f / (float)ctx[0].n), head_dim,
+                            out_dtype, dst, (size_t)t0 * row + (size_t)h * head_dim, row);
         }
     tqkv_aligned_free(s);
     return T8;
