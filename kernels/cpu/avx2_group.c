@@ -159,18 +159,67 @@ TQ_AVX2_INL __m256 half8_to_ps(__m128i h, int bf16)
     return _mm256_cvtph_ps(h);
 }
 
-/* X[j] (j < P) = channel j of tokens t0..t0+7 of head h, non-finite read as +0, channels
- * head_dim..P-1 zero (FORMAT.md, "Input"). head_dim is a multiple of 8. */
-TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uint32_t head_dim,
-                               uint32_t P, __m256 *X)
+#define BFLY(a, b)                                                                                 \
+    do {                                                                                           \
+        __m256 s_ = _mm256_add_ps(a, b), d_ = _mm256_sub_ps(a, b);                                 \
+        a = s_;                                                                                    \
+        b = d_;                                                                                    \
+    } while (0)
+
+/* The encoder's first pass over eight consecutive coordinates k..k+7 of a part (x in a[]): the
+ * ||x||^2 lane partials, the sign flip, and FWHT stages 1, 2, 4; into W[k..k+7]. */
+TQ_AVX2_INL void first8(__m256 *a, uint32_t k, const uint32_t *dsign, __m256 *L, __m256 *W)
 {
-    const size_t es = tq_dtype_size((tq_dtype)v->dtype);
+#pragma GCC unroll 8
+    for (uint32_t i = 0; i < 8; i++) {
+        L[(k + i) & 31] = _mm256_add_ps(L[(k + i) & 31], _mm256_mul_ps(a[i], a[i]));
+        a[i] = _mm256_xor_ps(a[i], _mm256_castsi256_ps(_mm256_set1_epi32((int)dsign[k + i])));
+    }
+    BFLY(a[0], a[1]);
+    BFLY(a[2], a[3]);
+    BFLY(a[4], a[5]);
+    BFLY(a[6], a[7]);
+    BFLY(a[0], a[2]);
+    BFLY(a[1], a[3]);
+    BFLY(a[4], a[6]);
+    BFLY(a[5], a[7]);
+    BFLY(a[0], a[4]);
+    BFLY(a[1], a[5]);
+    BFLY(a[2], a[6]);
+    BFLY(a[3], a[7]);
+#pragma GCC unroll 8
+    for (uint32_t i = 0; i < 8; i++)
+        W[k + i] = a[i];
+}
+
+/* Eight channels j..j+7 (a[e] = channel j + e) of the head vector: into X, or (FIRST, a part
+ * that is the whole head) straight through the encoder's first pass. */
+TQ_AVX2_INL void put8(__m256 *a, uint32_t j, __m256 *X, const uint32_t *dsign, __m256 *L, __m256 *W,
+                      const int FIRST)
+{
+    if (FIRST) {
+        first8(a, j, dsign, L, W);
+        return;
+    }
+#pragma GCC unroll 8
+    for (uint32_t e = 0; e < 8; e++)
+        X[j + e] = a[e];
+}
+
+/* Channel j of tokens t0..t0+7 of head h for j < P, non-finite read as +0, channels
+ * head_dim..P-1 zero (FORMAT.md, "Input"); see put8. head_dim is a multiple of 8, DT the
+ * source dtype. */
+TQ_AVX2_INL void load_rows(const tq_kv_view *v, uint32_t t0, uint32_t h, uint32_t head_dim,
+                           uint32_t P, __m256 *X, const uint32_t *dsign, __m256 *L, __m256 *W,
+                           const int DT, const int FIRST)
+{
+    const size_t es = DT == TQ_DTYPE_F32 ? 4 : 2;
     const uint8_t *rows[8];
 #pragma GCC unroll 8
     for (uint32_t i = 0; i < 8; i++)
         rows[i] = (const uint8_t *)v->data + view_index(v, t0 + i, h) * (int64_t)es;
     uint32_t j = 0;
-    if (v->dtype == TQ_DTYPE_F32) {
+    if (DT == TQ_DTYPE_F32) {
         const __m256i expm = _mm256_set1_epi32(0x7f800000);
         for (; j < head_dim; j += 8) {
             __m256 r[8];
@@ -181,12 +230,10 @@ TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uin
                 r[i] = _mm256_castsi256_ps(_mm256_andnot_si256(bad, x));
             }
             tr8x8_ps(r);
-#pragma GCC unroll 8
-            for (uint32_t e = 0; e < 8; e++)
-                X[j + e] = r[e];
+            put8(r, j, X, dsign, L, W, FIRST);
         }
     } else {
-        const int bf = v->dtype == TQ_DTYPE_BF16;
+        const int bf = DT == TQ_DTYPE_BF16;
         const __m256i expm = _mm256_set1_epi16(bf ? 0x7f80 : 0x7c00);
         for (; j + 16 <= head_dim; j += 16) {
             __m256i r[8];
@@ -197,11 +244,15 @@ TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uin
                 r[i] = _mm256_andnot_si256(bad, x);
             }
             tr8x8_epi16(r);
+            __m256 a[8];
 #pragma GCC unroll 8
-            for (uint32_t e = 0; e < 8; e++) {
-                X[j + e] = half8_to_ps(_mm256_castsi256_si128(r[e]), bf);
-                X[j + 8 + e] = half8_to_ps(_mm256_extracti128_si256(r[e], 1), bf);
-            }
+            for (uint32_t e = 0; e < 8; e++)
+                a[e] = half8_to_ps(_mm256_castsi256_si128(r[e]), bf);
+            put8(a, j, X, dsign, L, W, FIRST);
+#pragma GCC unroll 8
+            for (uint32_t e = 0; e < 8; e++)
+                a[e] = half8_to_ps(_mm256_extracti128_si256(r[e], 1), bf);
+            put8(a, j + 8, X, dsign, L, W, FIRST);
         }
         if (j < head_dim) { /* one block of 8 channels left */
             __m256i r[8];
@@ -213,14 +264,42 @@ TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uin
                 r[i] = _mm256_andnot_si256(bad, x);
             }
             tr8x8_epi16(r);
+            __m256 a[8];
 #pragma GCC unroll 8
             for (uint32_t e = 0; e < 8; e++)
-                X[j + e] = half8_to_ps(_mm256_castsi256_si128(r[e]), bf);
-            j += 8;
+                a[e] = half8_to_ps(_mm256_castsi256_si128(r[e]), bf);
+            put8(a, j, X, dsign, L, W, FIRST);
         }
     }
-    for (j = head_dim; j < P; j++)
-        X[j] = _mm256_setzero_ps();
+    for (j = head_dim; j < P; j += 8) {
+        __m256 a[8];
+#pragma GCC unroll 8
+        for (uint32_t e = 0; e < 8; e++)
+            a[e] = _mm256_setzero_ps();
+        put8(a, j, X, dsign, L, W, FIRST);
+    }
+}
+
+/* load_rows for the view's dtype; with dsign (a part that is the whole head), the first pass
+ * of the encoder too. */
+TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uint32_t head_dim,
+                               uint32_t P, __m256 *X, const uint32_t *dsign, __m256 *L, __m256 *W)
+{
+    if (dsign) {
+        if (v->dtype == TQ_DTYPE_F16)
+            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F16, 1);
+        else if (v->dtype == TQ_DTYPE_BF16)
+            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_BF16, 1);
+        else
+            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F32, 1);
+    } else {
+        if (v->dtype == TQ_DTYPE_F16)
+            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F16, 0);
+        else if (v->dtype == TQ_DTYPE_BF16)
+            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_BF16, 0);
+        else
+            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F32, 0);
+    }
 }
 
 /* float -> bf16 in the low 16 bits of each 32-bit lane (as tq__f32_to_bf16). */
@@ -298,13 +377,6 @@ TQ_AVX2 static void store_group(const __m256 *X, const uint32_t *dsign, __m256 f
 }
 
 /* ---- FWHT and tree sums ----------------------------------------------------------------- */
-
-#define BFLY(a, b)                                                                                 \
-    do {                                                                                           \
-        __m256 s_ = _mm256_add_ps(a, b), d_ = _mm256_sub_ps(a, b);                                 \
-        a = s_;                                                                                    \
-        b = d_;                                                                                    \
-    } while (0)
 
 /* Stages h, 2h, 4h (in this order) over v[0..n). */
 TQ_AVX2 static void fwht_pass8(__m256 *v, uint32_t n, uint32_t h)
@@ -579,13 +651,14 @@ TQ_AVX2 static void qjl_signs(const float *S, uint32_t n, const __m256 *R, uint8
 /* Encodes one part of eight tokens whose head vectors are in s->X. */
 TQ_AVX2 static void encode_part(const tq__part_ctx *c, const grp_part *g, const tq__part_layout *pl,
                                 const uint16_t *ch, grp_scratch *s, uint8_t *rec, uint32_t T,
-                                uint32_t t0)
+                                uint32_t t0, int first_done)
 {
     const uint32_t n = c->n;
     __m256 *W = s->W, *L = s->L, *V = s->V;
-    /* gather, ||x||^2 lane partials, sign flip and FWHT stages 1, 2, 4 */
-    tree_zero(L);
-    for (uint32_t k = 0; k < n; k += 8) {
+    /* gather, ||x||^2 lane partials, sign flip and FWHT stages 1, 2, 4 (unless load_group
+     * did it on the way) */
+    if (!first_done) tree_zero(L);
+    for (uint32_t k = 0; k < n && !first_done; k += 8) {
         __m256 a[8];
 #pragma GCC unroll 8
         for (uint32_t i = 0; i < 8; i++) {
@@ -695,9 +768,12 @@ TQ_AVX2 uint32_t tqkv__encode_section_avx2(const tq__part_ctx *ctx, const tq__la
         for (uint32_t h = 0; h < n_kv_heads; h++) {
             uint8_t *rec = dst + (size_t)h * L->record_size;
             const uint16_t *ch = chs ? chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM : s->ident;
-            load_group(src, t0, h, head_dim, L->P, s->X);
+            if (!chs) /* one part: its first pass on the way in */
+                tree_zero(s->L);
+            load_group(src, t0, h, head_dim, L->P, s->X, chs ? NULL : ctx[0].dsign, s->L, s->W);
             for (uint32_t p = 0; p < L->n_parts; p++)
-                encode_part(&ctx[p], &g[p], &L->part[p], ch + p * TQ_MAX_HEAD_DIM, s, rec, T, t0);
+                encode_part(&ctx[p], &g[p], &L->part[p], ch + p * TQ_MAX_HEAD_DIM, s, rec, T, t0,
+                            !chs);
         }
     tqkv_aligned_free(s);
     return T8;
