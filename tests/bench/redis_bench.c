@@ -213,6 +213,7 @@ int main(int argc, char **argv)
     cfg.nodes = nodes;
     cfg.n_nodes = 1;
     cfg.lz4 = lz4;
+    cfg.max_queued_bytes = 0; /* the baseline has no such limit: deep runs must not be refused */
     if (window_kb >= 0) cfg.send_window_bytes = (uint64_t)window_kb << 10;
     cfg.timeout_ms = 10000;
     tqkv_redis *e = NULL;
