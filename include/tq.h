@@ -11,7 +11,10 @@
  *   section  one layer's K or V inside a block: n_kv_heads head records;
  *   recipe   how one tensor is encoded (mode, bits, outlier split, norm);
  *   preset   a named pair of recipes (K, V): "tq4", "tq3.5", "tq3", "tq2.5", their "-prod"
- *            variants (QJL keys), and lossless "fp16" / "bf16".
+ *            variants (QJL keys), and lossless "fp16" / "bf16". tqX spends X code bits per
+ *            coordinate averaged over K and V (side information on top); tq4 and tq3 are
+ *            uniform, tq3.5 and tq2.5 give keys an outlier split and values their own width
+ *            (kernels/cpu/recipe.c lists each recipe and the measurement behind it).
  *
  * Thread-safety: all functions may be called concurrently. Derived tables (codebooks, rotation
  * signs, QJL matrices) are computed on first use and cached for the life of the process. */

@@ -39,7 +39,7 @@ uint32_t tq_head_dim_padded(uint32_t head_dim)
  *  - Values decide the ceiling. With iid values the errors of different tokens are independent,
  *    so the attention output keeps each vector's signal-to-error ratio whatever the weights: a
  *    value quantizer of relative MSE D caps the output cosine at about sqrt(1 - D) even with
- *    exact keys. Measured V-only cosines match the decoded V's own cosine to 1e-3: 0.9954 for
+ *    exact keys. Measured V-only cosines match the decoded V's own cosine to 0.002: 0.9954 for
  *    4 bits, 0.990 for the old 4/3 split (the split gains almost nothing on isotropic values),
  *    0.983 for 3 bits, 0.964 for 3/2, 0.940 for 2. So the old tq3.5 (both tensors 4/3) could
  *    not exceed 0.99.
@@ -49,8 +49,8 @@ uint32_t tq_head_dim_padded(uint32_t head_dim)
  *    m4/1 (2.5 bits) 0.985 against 0.980 for m3/2.
  *  - tq3.5 = K m4/2 + V m4: cosine 0.9903 / 0.9877 / 0.9823 / 0.9782 / 0.9755 (base, seed2,
  *    q0.6, q1.0, qiso) against 0.9851 / 0.9851 / 0.9783 / 0.9742 / 0.9756 for the old 4/3 + 4/3:
- *    better or equal in every scenario, and 1 byte per token-head smaller (the V section has no
- *    mask and one scale). With isotropic queries the 2-bit regular key channels cost (K-only
+ *    better in four scenarios, equal within 1e-4 in the fifth, and 1 byte per token-head
+ *    smaller (the V section has no mask and one scale). With isotropic queries the 2-bit regular key channels cost (K-only
  *    0.9794 against 0.9839 for 4/3), which is why that scenario is a tie, not a win.
  *  - tq2.5 = K m4/1 + V m3/2: 0.949 / 0.953 / 0.943 / 0.939 / 0.936 against 0.943 / 0.938 /
  *    0.918 / 0.879 / 0.886 for the old 3/2 + 3/2. K m3/1 + V m3 is best on the base scenario
@@ -73,8 +73,9 @@ uint32_t tq_head_dim_padded(uint32_t head_dim)
  * scenarios, tq3: 0.934 corrected, 0.933 unbiased, 0.916 plain). For prod keys the norm only
  * shapes the MSE part; plain and corrected trade places by up to 0.015 across scenarios and
  * corrected has the best mean. For values the cosine does not depend on the norm beyond 0.002
- * (either sign); plain gives a 0-3% lower relative L2 (it is the least-squares scaling of a
- * Lloyd-Max code) but shrinks every output by 1 - D (3.4% at 3 bits), so corrected is kept. */
+ * (either sign); plain mostly gives a lower relative L2 (by up to 3%: it is the least-squares
+ * scaling of a Lloyd-Max code) but shrinks every output by 1 - D (3.4% at 3 bits), so corrected
+ * is kept. */
 #define TQ_DEFAULT_NORM TQ_NORM_CORRECTED
 
 static const char *const g_names[] = {"tq4",      "tq3.5",      "tq3",      "tq2.5",
