@@ -50,8 +50,9 @@ uint32_t tq_head_dim_padded(uint32_t head_dim)
  *  - tq3.5 = K m4/2 + V m4: cosine 0.9903 / 0.9877 / 0.9823 / 0.9782 / 0.9755 (base, seed2,
  *    q0.6, q1.0, qiso) against 0.9851 / 0.9851 / 0.9783 / 0.9742 / 0.9756 for the old 4/3 + 4/3:
  *    better in four scenarios, equal within 1e-4 in the fifth, and 1 byte per token-head
- *    smaller (the V section has no mask and one scale). With isotropic queries the 2-bit regular key channels cost (K-only
- *    0.9794 against 0.9839 for 4/3), which is why that scenario is a tie, not a win.
+ *    smaller (the V section has no mask and one scale). With isotropic queries the 2-bit
+ *    regular key channels cost (K-only 0.9794 against 0.9839 for 4/3), which is why that
+ *    scenario is a tie, not a win.
  *  - tq2.5 = K m4/1 + V m3/2: 0.949 / 0.953 / 0.943 / 0.939 / 0.936 against 0.943 / 0.938 /
  *    0.918 / 0.879 / 0.886 for the old 3/2 + 3/2. K m3/1 + V m3 is best on the base scenario
  *    alone (0.956) but falls to 0.89 with peaky or isotropic queries.
