@@ -1,6 +1,7 @@
 /* Demo: encodes one synthetic multi-layer KV chunk (4 layers, 8 KV heads, head_dim 128, 256
- * tokens, fp16, keys with a few large channels) with every preset and prints a table: block
- * bytes, ratio against the fp16 KV, the error of the decoded KV, and the error of attention
+ * tokens, fp16, keys with a few large channels) with every preset and prints a table: the K and
+ * V recipes (m = mse, p = prod, out/regular bits for an outlier split), block bytes, ratio
+ * against the fp16 KV, the error of the decoded KV, and the error of attention
  * (32 query heads over the chunk, layer 1) against fp32 attention over the original KV. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,19 @@ static void attend(const float *K, const float *V, const float *q, float *out)
     }
 }
 
+/* A recipe as text: m<bits> / p<bits> (mse / prod), m<out>/<bits> with an outlier split, or the
+ * raw dtype. */
+static void recipe_str(const tq_recipe *r, char *buf, size_t cap)
+{
+    const char m = r->mode == TQ_MODE_PROD ? 'p' : 'm';
+    if (r->mode == TQ_MODE_RAW)
+        snprintf(buf, cap, "%s", r->raw_dtype == TQ_DTYPE_F16 ? "f16" : "bf16");
+    else if (r->n_out)
+        snprintf(buf, cap, "%c%u/%u", m, r->out_bits, r->bits);
+    else
+        snprintf(buf, cap, "%c%u", m, r->bits);
+}
+
 static void cmp(const float *a, const float *b, size_t n, double *cosine, double *rel)
 {
     double d = 0, na = 0, nb = 0, e = 0;
@@ -63,8 +77,8 @@ int main(void)
         q[i] = (float)tq_rng_gauss(&rng) * ((i % D) % 23 == 4 ? 1.0f : 0.3f);
     attend(f + per * 2, f + per * 3, q, ref);
     uint8_t key[TQ_KEY_BYTES] = {1};
-    printf("%-11s %9s %8s %10s %10s %10s %10s\n", "preset", "bytes", "ratio", "kv_cos",
-           "kv_rel", "attn_cos", "attn_rel");
+    printf("%-11s %-6s %-6s %9s %8s %10s %10s %10s %10s\n", "preset", "K", "V", "bytes", "ratio",
+           "kv_cos", "kv_rel", "attn_cos", "attn_rel");
     for (const char *const *p = tq_preset_names(); *p; p++) {
         tq_codec_params cp;
         tq_block_view v;
@@ -82,8 +96,11 @@ int main(void)
         if (tq_attention_cpu(&tab, 1, q, NQ, 1.0f / sqrtf((float)D), out))
             return 1;
         cmp(ref, out, NQ * D, &ac, &ar);
-        printf("%-11s %9zu %8.2f %10.5f %10.5f %10.5f %10.5f\n", *p, len, (double)n * 2 / len,
-               kc, kr, ac, ar);
+        char ks[16], vs[16];
+        recipe_str(&cp.k, ks, sizeof(ks));
+        recipe_str(&cp.v, vs, sizeof(vs));
+        printf("%-11s %-6s %-6s %9zu %8.2f %10.5f %10.5f %10.5f %10.5f\n", *p, ks, vs, len,
+               (double)n * 2 / len, kc, kr, ac, ar);
         free(blk);
     }
     free(kv);
