@@ -523,6 +523,10 @@ int tqkv__exchange(tqkv_client *c, tqkv__call *calls, size_t n)
                 goto broken;
         }
     }
+    /* Every call is answered but a frame is still partly written (the daemon answered before
+     * reading all of it): the stream cannot be resynchronised, so the connection is done. */
+    if (x->sending)
+        break_conn(c);
     goto out;
 broken:
     break_conn(c);

@@ -3,6 +3,7 @@
  * right caller buffers; the daemon's error message reaches tqkv_errmsg; a response to an unknown
  * request id breaks the connection instead of being given to the wrong caller; URLs that cannot
  * work are refused with the right code. */
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -21,6 +22,7 @@ typedef enum {
     SCRIPT_BAD_ID,
     SCRIPT_MISS_IN_BATCH,
     SCRIPT_TOO_BIG,
+    SCRIPT_EARLY_ANSWER,
 } script_kind;
 
 typedef struct {
@@ -141,6 +143,33 @@ static void *server_main(void *arg)
             send_resp(fd, &a, pl, (uint32_t)len);
             free(pl);
         }
+    } else if (s->kind == SCRIPT_EARLY_ANSWER) {
+        /* Answers a PUT after reading only its preamble and header, then reads nothing more
+         * until the client hangs up: the client is left with a frame it cannot finish. */
+        uint8_t pre[TQKV_PREAMBLE_SIZE];
+        tqkv_preamble p;
+        Tqkv__Header *q = NULL;
+        uint8_t *hb = NULL;
+        if (read_full(fd, pre, sizeof(pre)) || tqkv_preamble_parse(pre, sizeof(pre), 0, &p) ||
+            !(hb = malloc(p.header_len + 1)) || read_full(fd, hb, p.header_len) ||
+            tqkv_header_unpack(hb, p.header_len, &q)) {
+            free(hb);
+            s->failures++;
+            goto out;
+        }
+        free(hb);
+        Tqkv__Item it = TQKV__ITEM__INIT, *itp = &it;
+        it.key = q->items[0]->key;
+        Tqkv__Header a = TQKV__HEADER__INIT;
+        a.op = TQKV__OP__OP_PUT;
+        a.request_id = q->request_id;
+        a.n_items = 1;
+        a.items = &itp;
+        send_resp(fd, &a, NULL, 0);
+        tqkv_header_free(q);
+        struct pollfd pf = {.fd = fd, .events = POLLRDHUP};
+        while (poll(&pf, 1, 10000) == 1 && !(pf.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+            ;
     } else if (s->kind == SCRIPT_TOO_BIG) {
         /* GET of three keys: the first fits, the other two answer EFRAMETOOBIG with no bytes;
          * then each of those must be asked for again alone, and is answered. Key byte 0 says
@@ -404,6 +433,31 @@ static void test_miss_between_hits_in_one_response(void)
     ASSERT_EQ_INT(f.srv.failures, 0);
 }
 
+/* Regression guard: a response that comes before its request was fully written completes the
+ * call, but the half-written frame makes the stream unusable: the client must not send another
+ * frame after it (the daemon would read it as the rest of the payload). */
+static void test_answer_before_payload_breaks_connection(void)
+{
+    fixture f;
+    ASSERT_OK(fixture_start(&f, SCRIPT_EARLY_ANSWER, 0));
+    tqkv_client *c = connect_to(&f, 4);
+    ASSERT_TRUE(c != NULL);
+    const size_t len = 900u << 10; /* more than the socket buffers hold, under max_frame */
+    uint8_t *big = calloc(1, len);
+    ASSERT_TRUE(big != NULL);
+    tqkv_put_item it = {.data = big, .len = len};
+    memset(it.key.bytes, 7, TQKV_KEY_BYTES);
+    int st = 1;
+    ASSERT_OK(tqkv_put_blocks(c, "ns", &it, 1, &st));
+    ASSERT_EQ_INT(st, 0);
+    tqkv_kv_list l;
+    ASSERT_ERR(tqkv_health(c, &l), TQKV_ECLOSED);
+    free(big);
+    tqkv_close(c);
+    fixture_stop(&f);
+    ASSERT_EQ_INT(f.srv.failures, 0);
+}
+
 /* Items the daemon could not fit in one reply (TQKV_EFRAMETOOBIG, no bytes) are fetched again
  * on their own, and land where the caller asked. */
 static void test_too_big_items_are_retried(void)
@@ -529,6 +583,7 @@ static const tqkv_test_case cases[] = {
     {"unknown_request_id_breaks_connection", test_unknown_request_id_breaks_connection},
     {"miss_between_hits_in_one_response", test_miss_between_hits_in_one_response},
     {"too_big_items_are_retried", test_too_big_items_are_retried},
+    {"answer_before_payload_breaks_connection", test_answer_before_payload_breaks_connection},
     {"out_of_memory_everywhere", test_out_of_memory_everywhere},
     {"bad_urls", test_bad_urls},
     {NULL, NULL},
