@@ -13,7 +13,12 @@
  *   call every pending callback with a NULL reply; they complete with the node's `fail_status`
  *   (TQKV_ETIMEDOUT here). The same tick reconnects nodes whose backoff expired.
  * - A node that is down refuses requests at once (TQKV_ETIER): the caller is never made to wait
- *   for a dead server. A node that is connecting queues them in hiredis.
+ *   for a dead server. A node that is connecting queues them.
+ * - Send window: at most send_window_bytes of commands are handed to a node's hiredis context;
+ *   later requests wait on the node's list, in order, and are handed over as replies free room
+ *   (node_pump). hiredis memmoves its whole output buffer after each partial write, so a deep
+ *   pipeline must not sit there. Past max_queued_bytes (in flight + waiting) calls get
+ *   TQKV_EBUSY.
  * - Callbacks may re-enter the engine (a user callback may submit or destroy). hiredis defers a
  *   redisAsyncFree called inside one of its callbacks; so nodes and the engine are freed only in
  *   the tick timer's close callback, after every hiredis callback has run.
