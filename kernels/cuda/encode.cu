@@ -152,6 +152,41 @@ struct tqc_plane_writer {
     }
 };
 
+/* Code k of a vector whose codes were kept in cpk (nibbles; m = 8 searches again). */
+template <int N>
+__device__ __forceinline__ uint32_t tqc_code_at(const float (&w)[N], const uint32_t (&cpk)[(N + 7) / 8],
+                                                const float *bnd_s, uint32_t m, float inv, int k)
+{
+    if (m <= 4)
+        return (cpk[k >> 3] >> (4 * (k & 7))) & 15;
+    return tqc_quant(bnd_s, m, __fmul_rn(w[k], inv));
+}
+
+/* Terms of the corrected and unbiased scales: cent[c_k]^2 and w_k * cent[c_k]. */
+template <int N> struct tqc_cent_sq_term {
+    const float (&w)[N];
+    const uint32_t (&cpk)[(N + 7) / 8];
+    const float *cent, *bnd_s;
+    uint32_t m;
+    float inv;
+    __device__ __forceinline__ float operator()(int k) const
+    {
+        float c = __ldg(cent + tqc_code_at<N>(w, cpk, bnd_s, m, inv, k));
+        return __fmul_rn(c, c);
+    }
+};
+template <int N> struct tqc_wc_term {
+    const float (&w)[N];
+    const uint32_t (&cpk)[(N + 7) / 8];
+    const float *cent, *bnd_s;
+    uint32_t m;
+    float inv;
+    __device__ __forceinline__ float operator()(int k) const
+    {
+        return __fmul_rn(w[k], __ldg(cent + tqc_code_at<N>(w, cpk, bnd_s, m, inv, k)));
+    }
+};
+
 /* Encodes one part vector w[N] (channels already gathered) of token t into record `rec`. */
 template <int N>
 __device__ __forceinline__ void tqc_encode_part(const tqc_part &pp, uint32_t norm_kind,
@@ -167,23 +202,21 @@ __device__ __forceinline__ void tqc_encode_part(const tqc_part &pp, uint32_t nor
     float norm = sqrtf(ss);
     float inv = norm > 0.0f ? __fdiv_rn(1.0f, norm) : 0.0f;
     float sc = norm;
+    /* codes of the vector, eight per word (m <= 4): the later passes read them back instead of
+     * searching the codebook again (8-bit codes are searched again: same input, same codes) */
+    uint32_t cpk[(N + 7) / 8];
+#pragma unroll
+    for (int i = 0; i < (N + 7) / 8; i++)
+        cpk[i] = 0;
     if (m) {
         tqc_plane_writer pw0, pw1;
         pw0.init(rec, pp.plane_off[0], T, t, pp.plane_w[0], 0);
         if (pp.n_planes == 2)
             pw1.init(rec, pp.plane_off[1], T, t, pp.plane_w[1], 2);
-        float acc[32];
-#pragma unroll
-        for (int l = 0; l < 32; l++)
-            acc[l] = 0.0f;
 #pragma unroll
         for (int k = 0; k < N; k++) {
             uint32_t code = tqc_quant(bnd_s, m, __fmul_rn(w[k], inv));
-            float cv = __ldg(pp.cent + code);
-            if (norm_kind == TQ_NORM_CORRECTED)
-                acc[k & 31] = __fadd_rn(acc[k & 31], __fmul_rn(cv, cv));
-            else if (norm_kind == TQ_NORM_UNBIASED)
-                acc[k & 31] = __fadd_rn(acc[k & 31], __fmul_rn(w[k], cv));
+            cpk[k >> 3] |= (code & 15) << (4 * (k & 7));
             pw0.put(code);
             if (pp.n_planes == 2)
                 pw1.put(code);
@@ -192,10 +225,12 @@ __device__ __forceinline__ void tqc_encode_part(const tqc_part &pp, uint32_t nor
         if (pp.n_planes == 2)
             pw1.flush();
         if (norm_kind == TQ_NORM_CORRECTED) {
-            float q = tqc_tree32(acc);
+            tqc_cent_sq_term<N> term{w, cpk, pp.cent, bnd_s, m, inv};
+            float q = tqc_tree_sum<N>(term);
             sc = __fdiv_rn(norm, sqrtf(__fmul_rn(q, __fdiv_rn(1.0f, (float)N))));
         } else if (norm_kind == TQ_NORM_UNBIASED) {
-            float dot = tqc_tree32(acc);
+            tqc_wc_term<N> term{w, cpk, pp.cent, bnd_s, m, inv};
+            float dot = tqc_tree_sum<N>(term);
             if (dot > 0.0f)
                 sc = __fdiv_rn(__fmul_rn(ss, (float)N), dot);
         }
@@ -212,7 +247,7 @@ __device__ __forceinline__ void tqc_encode_part(const tqc_part &pp, uint32_t nor
     if (m) {
 #pragma unroll
         for (int k = 0; k < N; k++) {
-            uint32_t code = tqc_quant(bnd_s, m, __fmul_rn(w[k], inv));
+            uint32_t code = tqc_code_at<N>(w, cpk, bnd_s, m, inv, k);
             w[k] = __fsub_rn(w[k], __fmul_rn(sf, __ldg(pp.cent + code)));
         }
     }

@@ -81,45 +81,67 @@ __device__ __forceinline__ float tqc_finite(float v)
 
 /* ---- Reference arithmetic, one thread per vector ----------------------------------------- */
 
-/* In-place unnormalised Walsh-Hadamard transform, stages h = 1, 2, 4, ... */
-template <int N> __device__ __forceinline__ void tqc_fwht(float (&v)[N])
-{
+/* In-place unnormalised Walsh-Hadamard transform, stages h = 1, 2, 4, ... (one template level
+ * per stage, so that every index is a compile-time constant and the vector stays in registers). */
+template <int N, int H> struct tqc_fwht_stage {
+    static __device__ __forceinline__ void run(float (&v)[N])
+    {
 #pragma unroll
-    for (int h = 1; h < N; h <<= 1) {
+        for (int i = 0; i < N; i += 2 * H) {
 #pragma unroll
-        for (int i = 0; i < N; i += 2 * h) {
-#pragma unroll
-            for (int j = i; j < i + h; j++) {
-                float a = v[j], b = v[j + h];
-                v[j] = __fadd_rn(a, b);
-                v[j + h] = __fsub_rn(a, b);
+            for (int j = 0; j < H; j++) {
+                float a = v[i + j], b = v[i + j + H];
+                v[i + j] = __fadd_rn(a, b);
+                v[i + j + H] = __fsub_rn(a, b);
             }
         }
+        tqc_fwht_stage<N, 2 * H>::run(v);
     }
+};
+template <int N> struct tqc_fwht_stage<N, N> {
+    static __device__ __forceinline__ void run(float (&)[N]) {}
+};
+template <int N> __device__ __forceinline__ void tqc_fwht(float (&v)[N])
+{
+    tqc_fwht_stage<N, 1>::run(v);
 }
 
-/* Pairwise reduction of 32 partials at distances 16, 8, 4, 2, 1. */
-__device__ __forceinline__ float tqc_tree32(float (&p)[32])
+/* The reference's fixed-tree sum TS of term(k), k = 0..N-1: 32 partials L_l over k = l (mod 32)
+ * in increasing k, then pairwise at distances 16, 8, 4, 2, 1. Evaluated partial pair by partial
+ * pair (L_l and L_{l+16} right before their sum), so that only 16 values are live at once: the
+ * same floats in the same order, fewer registers than 32 running partials next to the vector. */
+template <int N, typename F> __device__ __forceinline__ float tqc_tree_sum(const F &term)
 {
+    float a[16];
 #pragma unroll
-    for (int d = 16; d >= 1; d >>= 1) {
+    for (int l = 0; l < 16; l++) {
+        float lo = 0.0f, hi = 0.0f;
+#pragma unroll
+        for (int k = l; k < N; k += 32)
+            lo = __fadd_rn(lo, term(k));
+#pragma unroll
+        for (int k = l + 16; k < N; k += 32)
+            hi = __fadd_rn(hi, term(k));
+        a[l] = __fadd_rn(lo, hi);
+    }
+#pragma unroll
+    for (int d = 8; d >= 1; d >>= 1) {
 #pragma unroll
         for (int l = 0; l < d; l++)
-            p[l] = __fadd_rn(p[l], p[l + d]);
+            a[l] = __fadd_rn(a[l], a[l + d]);
     }
-    return p[0];
+    return a[0];
 }
+
+template <int N> struct tqc_sq_term {
+    const float (&v)[N];
+    __device__ __forceinline__ float operator()(int k) const { return __fmul_rn(v[k], v[k]); }
+};
 
 template <int N> __device__ __forceinline__ float tqc_tree_sum_sq(const float (&v)[N])
 {
-    float p[32];
-#pragma unroll
-    for (int l = 0; l < 32; l++)
-        p[l] = 0.0f;
-#pragma unroll
-    for (int k = 0; k < N; k++)
-        p[k & 31] = __fadd_rn(p[k & 31], __fmul_rn(v[k], v[k]));
-    return tqc_tree32(p);
+    tqc_sq_term<N> t{v};
+    return tqc_tree_sum<N>(t);
 }
 
 #endif
