@@ -84,6 +84,9 @@ static void key_in_slot(uint8_t key[32], int slot)
     } while (0)
 
 /* An engine that knows only node 0: the rest of the cluster is learnt (CLUSTER SLOTS, MOVED). */
+/* Send window for the next engine_from_seed (0: the default). */
+static uint64_t next_window;
+
 static tqkv_redis *engine_from_seed(char *addr, size_t cap, const char **nodes)
 {
     tqkv_redis_config cfg;
@@ -96,6 +99,7 @@ static tqkv_redis *engine_from_seed(char *addr, size_t cap, const char **nodes)
     cfg.timeout_ms = 2000;
     cfg.backoff_min_ms = 20;
     cfg.backoff_max_ms = 200;
+    if (next_window) cfg.send_window_bytes = next_window;
     tqkv_redis *e = NULL;
     return tqkv_redis_create(&loop, &cfg, &e) == 0 ? e : NULL;
 }
@@ -181,7 +185,24 @@ static int ok_reply(redisReply *r)
     return ok;
 }
 
+static void moved_and_ask_body(void);
+
 static void test_moved_and_ask(void)
+{
+    next_window = 0;
+    moved_and_ask_body();
+}
+
+/* The same with a one-byte send window: every request but one waits in the engine, so the
+ * redirected ones (ASKING included) go out from the waiting list. */
+static void test_moved_and_ask_windowed(void)
+{
+    next_window = 1;
+    moved_and_ask_body();
+    next_window = 0;
+}
+
+static void moved_and_ask_body(void)
 {
     NEED_CLUSTER();
     char addr[64];
@@ -217,10 +238,38 @@ static void test_moved_and_ask(void)
         ok_reply(tqkv_test_redis_cmd(pb, NULL, "CLUSTER SETSLOT %d IMPORTING %s", slot, id_a)));
     ASSERT_TRUE(
         ok_reply(tqkv_test_redis_cmd(pa, NULL, "CLUSTER SETSLOT %d MIGRATING %s", slot, id_b)));
-    /* k2 does not exist on a: a answers ASK, the engine writes it on b with ASKING. */
+    /* k2 and four more new keys of the slot, all at once: none exists on a, so a answers ASK
+     * and the engine writes them on b with ASKING (with a small send window, from b's waiting
+     * list). */
     tqkv_redis_stats s0 = stats_of(e);
-    ASSERT_EQ_INT(wait_result(tqkv_redis_put(e, "ns", k2, 32, v2, sizeof(v2), done_cb, &r), &r), 0);
-    ASSERT_EQ_U64(stats_of(e).ask, s0.ask + 1);
+    enum { X = 4 };
+    uint8_t kx[X][32];
+    result rx[X + 1];
+    memset(rx, 0, sizeof(rx));
+    ASSERT_OK(tqkv_redis_put(e, "ns", k2, 32, v2, sizeof(v2), done_cb, &rx[X]));
+    pending++;
+    for (int j = 0; j < X; j++) {
+        key_in_slot(kx[j], slot);
+        ASSERT_OK(tqkv_redis_put(e, "ns", kx[j], 32, v2, 100 + (size_t)j, done_cb, &rx[j]));
+        pending++;
+    }
+    ASSERT_OK(tqkv_test_loop_wait(&loop, &pending, 20));
+    for (int j = 0; j <= X; j++)
+        ASSERT_EQ_INT(rx[j].status, 0);
+    ASSERT_EQ_U64(stats_of(e).ask, s0.ask + X + 1);
+    for (int j = 0; j < X; j++) {
+        ASSERT_OK(tqkv_redis_get(e, "ns", kx[j], 32, get_cb, &rx[j]));
+        pending++;
+    }
+    ASSERT_OK(tqkv_test_loop_wait(&loop, &pending, 20));
+    for (int j = 0; j < X; j++) {
+        ASSERT_EQ_INT(rx[j].status, 1);
+        ASSERT_EQ_U64(rx[j].len, 100 + (size_t)j);
+        ASSERT_MEM_EQ(rx[j].data, v2, rx[j].len);
+        free(rx[j].data);
+    }
+    ASSERT_EQ_U64(stats_of(e).ask, s0.ask + 2 * X + 1);
+    s0.ask += 2 * X;
     result g = {0};
     ASSERT_EQ_INT(wait_result(tqkv_redis_get(e, "ns", k2, 32, get_cb, &g), &g), 1);
     ASSERT_MEM_EQ(g.data, v2, sizeof(v2));
@@ -490,6 +539,7 @@ static const tqkv_test_case cases[] = {
     {"key_slot_matches_redis", test_key_slot_matches_redis},
     {"roundtrip_across_slots", test_roundtrip_across_slots},
     {"moved_and_ask", test_moved_and_ask},
+    {"moved_and_ask_windowed", test_moved_and_ask_windowed},
     {"directory", test_directory},
     {"clear", test_clear},
     {"master_down", test_master_down},
