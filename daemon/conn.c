@@ -1,12 +1,24 @@
 /* tqkvd connections: accept with the connection limit, frame reassembly (preamble + header into
  * the connection's buffer, the payload straight into the request's own buffer), per-connection
  * in-flight limits with read pausing, response writes and orderly close. Malformed framing gets
- * an error frame and, when the stream cannot be resynchronised, a closed connection. */
+ * an error frame and, when the stream cannot be resynchronised, a closed connection.
+ *
+ * A large payload is read by a worker rather than by the loop: the loop thread alone can copy
+ * only so many bytes per second out of the kernel (and, on memory not touched before, take the
+ * page faults), while one worker per uploading connection spreads that over the cores. The
+ * worker reads exactly the frame's remaining payload bytes with recv() on the connection's
+ * socket while libuv's reading is stopped, so the next frame is left in the socket for the loop;
+ * it gives the connection back to the loop as soon as the peer pauses (a slow peer never holds
+ * a worker for long: the loop reads the rest as usual). A PUT of encoded blocks read whole by
+ * the worker is also checked by it (tqkvd__put_validate), so that the loop only commits it. */
 #include "server.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "tqkv_alloc.h"
 #include "tqkv_log.h"
@@ -14,6 +26,12 @@
 
 #define MOD "conn"
 #define RBUF_INITIAL (64u << 10)
+/* Payload bytes still to come for which a worker reads them (smaller ones: the loop). */
+#define RX_WORKER_MIN (256u << 10)
+/* The worker hands the connection back to the loop when the socket has been empty this long, or
+ * when it finds the socket empty after this long in all. */
+#define RX_POLL_MS 2
+#define RX_HOLD_NS (50ull * 1000 * 1000)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
@@ -53,12 +71,16 @@ void tqkvd_conn_close(tqkvd_conn *c, const char *why)
     c->closing = 1;
     c->reading = 0;
     TQKV_LOGD(MOD, "msg=\"close\" conn=%" PRIu64 " peer=%s why=\"%s\"", c->id, c->peer, why);
+    if (c->rx_busy) { /* the socket is closed once the worker reading it is done (rx_after) */
+        __atomic_store_n(&c->rx_abort, 1, __ATOMIC_RELAXED);
+        return;
+    }
     uv_close(&c->h.handle, on_close);
 }
 
 static void start_reading(tqkvd_conn *c)
 {
-    if (c->reading || c->closing || c->srv->shutting_down)
+    if (c->reading || c->closing || c->rx_busy || c->srv->shutting_down)
         return;
     if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
         c->reading = 1;
@@ -164,6 +186,7 @@ static void charge(tqkvd_conn *c, tqkvd_req *r, uint64_t bytes)
 }
 
 static int process_rbuf(tqkvd_conn *c);
+static void rx_start(tqkvd_conn *c);
 
 /* Closes a connection whose peer has shut its write side once nothing is left to answer. */
 static void maybe_close_eof(tqkvd_conn *c)
@@ -342,6 +365,8 @@ static int process_rbuf(tqkvd_conn *c)
         } else {
             c->cur = req;
             c->state = TQKVD_RD_PAYLOAD;
+            if (p.payload_len - have >= RX_WORKER_MIN)
+                rx_start(c);
         }
     }
     if (off) {
@@ -400,6 +425,132 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (c->state == TQKVD_RD_HEAD)
         process_rbuf(c);
     conn_unref(c);
+}
+
+/* ---- payloads read by a worker ---- */
+
+typedef struct {
+    uv_work_t work;
+    tqkvd_conn *conn;
+    tqkvd_req *req;
+    int fd;
+    size_t got; /* payload bytes read by the worker */
+    int err;    /* 0, UV_EOF (the peer closed inside the frame) or a negative errno */
+} rx_job;
+
+/* Worker: reads the rest of the current frame's payload into its destination (the items'
+ * reservations, or the request's buffer), never past the frame's end. Touches only the job, the
+ * request (which nothing else uses until the payload is complete) and the socket. */
+static void rx_work(uv_work_t *w)
+{
+    rx_job *j = w->data;
+    tqkvd_req *r = j->req;
+    tqkvd_conn *c = j->conn;
+    size_t left = r->payload_len - c->pgot; /* c->pgot does not change during the job */
+    uint64_t t0 = tqkv_now_ns();
+    while (left > 0 && !__atomic_load_n(&c->rx_abort, __ATOMIC_RELAXED)) {
+        uint8_t *dst;
+        size_t want;
+        if (r->direct) {
+            tqkvd_item *it = &r->items[r->cur_item];
+            dst = (uint8_t *)it->dst + r->item_got;
+            want = it->src_len - r->item_got;
+        } else {
+            dst = r->payload + c->pgot + j->got;
+            want = left;
+        }
+        ssize_t n = recv(j->fd, dst, want, 0);
+        if (n > 0) {
+            j->got += (size_t)n;
+            left -= (size_t)n;
+            if (r->direct) {
+                r->item_got += (size_t)n;
+                if (r->item_got == r->items[r->cur_item].src_len) {
+                    r->cur_item++;
+                    r->item_got = 0;
+                }
+            }
+            continue;
+        }
+        if (n == 0) {
+            j->err = UV_EOF;
+            break;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            j->err = -errno;
+            break;
+        }
+        if (tqkv_now_ns() - t0 > RX_HOLD_NS)
+            break;
+        struct pollfd pfd = {.fd = j->fd, .events = POLLIN};
+        int pr = poll(&pfd, 1, RX_POLL_MS);
+        if (pr == 0 || (pr < 0 && errno != EINTR))
+            break; /* the peer paused: the loop waits for the rest */
+    }
+    /* A complete PUT of blocks is checked here, while its bytes are in this core's cache, rather
+     * than on another trip through the pool. */
+    if (left == 0 && r->direct) {
+        tqkvd__put_validate(r);
+        r->validated = 1;
+    }
+}
+
+static void rx_after(uv_work_t *w, int status)
+{
+    rx_job *j = w->data;
+    tqkvd_conn *c = j->conn;
+    tqkvd_server *s = c->srv;
+    int err = j->err;
+    s->works_inflight--;
+    c->rx_busy = 0;
+    c->pgot += j->got;
+    tqkv_free(j);
+    if (c->closing) { /* closed while the worker read: the socket can go now */
+        uv_close(&c->h.handle, on_close);
+        conn_unref(c);
+        return;
+    }
+    if (err == UV_EOF) {
+        c->eof = 1;
+        tqkvd_conn_close(c, "eof inside a frame");
+    } else if (err) {
+        TQKV_LOGD(MOD, "msg=\"read error\" conn=%" PRIu64 " err=%s", c->id, uv_strerror(err));
+        tqkvd_conn_close(c, "read error");
+    } else {
+        if (c->pgot == c->cur->payload_len)
+            finish_payload(c);
+        start_reading(c); /* the next frame, or the rest of this payload if the peer paused */
+    }
+    conn_unref(c);
+}
+
+/* Hands the rest of the current payload to a worker, when one can take it; otherwise the loop
+ * goes on reading it. */
+static void rx_start(tqkvd_conn *c)
+{
+    tqkvd_server *s = c->srv;
+    uv_os_fd_t fd;
+    if (c->closing || s->shutting_down || uv_fileno(&c->h.handle, &fd) != 0)
+        return;
+    rx_job *j = tqkv_calloc(1, sizeof *j);
+    if (!j)
+        return;
+    j->conn = c;
+    j->req = c->cur;
+    j->fd = fd;
+    j->work.data = j;
+    stop_reading(c);
+    if (uv_queue_work(s->loop, &j->work, rx_work, rx_after) != 0) {
+        tqkv_free(j);
+        start_reading(c);
+        return;
+    }
+    s->works_inflight++;
+    c->rx_busy = 1;
+    c->rx_abort = 0;
+    c->refs++;
 }
 
 /* ---- writing ---- */

@@ -465,6 +465,12 @@ static void put_work(uv_work_t *w)
     }
 }
 
+void tqkvd__put_validate(tqkvd_req *r)
+{
+    r->work.data = r;
+    put_work(&r->work);
+}
+
 static void put_after(uv_work_t *w, int status)
 {
     tqkvd_req *r = w->data;
@@ -508,6 +514,10 @@ static void op_put(tqkvd_req *r)
     if (r->direct) { /* checked and reserved when the header arrived; the bytes are in place */
         r->work.data = r;
         s->works_inflight++;
+        if (r->validated) { /* by the worker that read the payload (conn.c) */
+            put_after(&r->work, 0);
+            return;
+        }
         if (uv_queue_work(s->loop, &r->work, put_work, put_after) != 0) {
             s->works_inflight--;
             fail(r, TQKV_EINTERNAL, "cannot queue work");

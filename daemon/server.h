@@ -6,7 +6,10 @@
  * DESIGN. A connection reads the preamble and header into its buffer, then reads the payload
  * straight into a per-request buffer (the libuv alloc callback hands out the rest of that
  * buffer, so KV bytes are copied once: socket -> request buffer; the worker validates or encodes
- * them into the store's reservation). A response is one uv_write whose buffers are the preamble +
+ * them into the store's reservation; a PUT of encoded blocks is read straight into the store's
+ * reservations). The rest of a payload of 256 KiB or more is read by a worker rather than by the
+ * loop, so that the uploads of several connections are copied out of the kernel in parallel
+ * (conn.c). A response is one uv_write whose buffers are the preamble +
  * header and the payload pieces, which point into stored blocks held by read references (no
  * copy) or into buffers the worker produced (decode, layer slices). The request lives until its
  * response is written; the connection lives until its last request is gone.
@@ -77,6 +80,10 @@ typedef struct tqkvd_conn {
     int close_after_write; /* refused (authentication): close once the reply is written */
     int eof;               /* the peer shut its write side: answer what was read, then close */
     int processing;        /* inside process_rbuf (no re-entry) */
+    /* A worker is reading the current frame's payload from the socket (conn.c, rx_work): libuv
+     * does not read meanwhile, and closing waits for the worker (rx_abort asks it to stop). */
+    int rx_busy;
+    int rx_abort; /* read and written with __atomic builtins */
     uint32_t refs; /* requests alive + 1 for the handle */
 
     uint8_t *rbuf; /* preamble + header accumulation */
@@ -126,6 +133,7 @@ typedef struct tqkvd_req {
     uint32_t layer_begin, layer_count;
     int decode_dtype; /* 0: send blocks */
     int direct;       /* PUT of blocks read straight into the items' reservations */
+    int validated;    /* direct PUT: its blocks were checked by the worker that read them */
     size_t cur_item, item_got;
 
     /* the response */
@@ -176,6 +184,10 @@ void tqkvd_dispatch(tqkvd_req *req);
  * @return 0, or -1 to read the payload into a buffer of its own (the request is then handled,
  * and any error answered, by tqkvd_dispatch as usual). */
 int tqkvd_put_prepare_direct(tqkvd_req *req);
+/* Checks a direct PUT's blocks in place (what its worker job would do), on the worker that read
+ * the payload; tqkvd_dispatch then commits them without another trip to the pool. Sets each
+ * item's status. Touches only the request. */
+void tqkvd__put_validate(tqkvd_req *req);
 /* Frees a request and everything it owns (references, reservations, buffers). */
 void tqkvd_req_free(tqkvd_req *req);
 /* Frees the daemon's per-namespace data; before the store is destroyed. */

@@ -925,6 +925,236 @@ static void test_pipelining(void)
     close(fd);
 }
 
+/* ---- large payloads: read by a worker, handed back to the loop when the peer pauses ---- */
+
+/* Geometry of the "big" namespace: an encoded block of 16 tokens is ~0.5 MiB and a raw chunk 2
+ * MiB, well over the size from which the daemon reads a payload on a worker. */
+#define BIG_NL 32
+#define BIG_NH 8
+#define BIG_HD 128
+#define BIG_RAW ((size_t)BIG_NL * 2 * CHUNK * BIG_NH * BIG_HD * 2)
+
+static int register_big(int fd)
+{
+    Tqkv__Header h = TQKV__HEADER__INIT;
+    Tqkv__Namespace n = TQKV__NAMESPACE__INIT;
+    n.name = "big";
+    n.n_layers = BIG_NL;
+    n.n_kv_heads = BIG_NH;
+    n.head_dim = BIG_HD;
+    n.dtype = TQKV__DTYPE__DTYPE_F16;
+    n.chunk_size = CHUNK;
+    n.preset = "tq4";
+    h.op = TQKV__OP__OP_REGISTER;
+    h.request_id = 2;
+    h.namespace_ = &n;
+    return call(fd, &h, NULL, 0, NULL);
+}
+
+static uint8_t *make_big_block(int key_id, size_t *len)
+{
+    tq_codec_params prm;
+    if (tq_codec_params_init(&prm, "tq4", BIG_NL, BIG_NH, BIG_HD, TQ_DTYPE_F16) != 0)
+        return NULL;
+    size_t cap = tq_block_size(&prm, CHUNK, 0, BIG_NL);
+    uint8_t *raw = malloc(BIG_RAW), *blk = malloc(cap);
+    uint8_t key[32];
+    fill_key(key, key_id);
+    fill_raw(raw, BIG_RAW, (unsigned)key_id);
+    int e = tq_block_encode_packed(&prm, key, CHUNK, raw, BIG_RAW, blk, cap, len);
+    free(raw);
+    if (e) {
+        free(blk);
+        return NULL;
+    }
+    return blk;
+}
+
+/* Sends a frame in `parts` pieces with `pause_ms` between them; `tail` (may be NULL) is sent in
+ * the same write as the last piece, right after the payload. */
+static int send_frame_slowly(int fd, const Tqkv__Header *h, const uint8_t *payload, size_t plen,
+                             int parts, int pause_ms, const uint8_t *tail, size_t tail_len)
+{
+    void *head;
+    size_t hl;
+    if (tqkv_frame_build(h, (uint32_t)plen, &head, &hl) != 0)
+        return -1;
+    size_t total = hl + plen + tail_len;
+    uint8_t *all = malloc(total);
+    memcpy(all, head, hl);
+    memcpy(all + hl, payload, plen);
+    if (tail_len)
+        memcpy(all + hl + plen, tail, tail_len);
+    tqkv_free(head);
+    int r = 0;
+    size_t step = (hl + plen) / (size_t)parts + 1, off = 0;
+    while (r == 0 && off < total) {
+        size_t n = total - off <= step + tail_len ? total - off : step;
+        r = write_all(fd, all + off, n);
+        off += n;
+        if (off < total)
+            usleep((useconds_t)pause_ms * 1000);
+    }
+    free(all);
+    return r;
+}
+
+/* GET of one key of "big": status and the bytes. */
+static int get_big(int fd, int key_id, uint8_t **payload, size_t *plen)
+{
+    req_buf q;
+    req_init(&q, TQKV__OP__OP_GET, "big", 1, key_id);
+    q.h.request_id = 4242;
+    *payload = NULL;
+    if (send_frame(fd, &q.h, NULL, 0) != 0)
+        return 1000;
+    Tqkv__Header *r = recv_frame(fd, payload, plen);
+    if (!r)
+        return 1000;
+    int st = r->status ? r->status : (r->n_items == 1 ? r->items[0]->status : 1001);
+    tqkv_header_free(r);
+    return st;
+}
+
+typedef struct {
+    const char *name;
+    int parts, pause_ms; /* how the PUT frame is written */
+    int raw;             /* raw KV (the request's own buffer) or an encoded block (the store's) */
+    int pipelined;       /* a LOOKUP frame follows the payload in the same write */
+} big_put_case;
+
+/* Large PUTs, whole or in pieces with pauses longer than a worker waits, each followed or not by
+ * a pipelined frame in the same write: every PUT is stored intact and every frame after a
+ * payload is answered (the worker never reads past the payload's end). */
+static void test_big_payloads(void)
+{
+    static const big_put_case cases[] = {
+        {"block, one write", 1, 0, 0, 0},
+        {"block, one write, pipelined lookup", 1, 0, 0, 1},
+        {"block, 8 pieces 20 ms apart", 8, 20, 0, 0},
+        {"block, 5 pieces 20 ms apart, pipelined lookup", 5, 20, 0, 1},
+        {"raw, one write, pipelined lookup", 1, 0, 1, 1},
+        {"raw, 6 pieces 20 ms apart", 6, 20, 1, 0},
+    };
+    start_default();
+    ASSERT_TRUE(started);
+    int fd = connect_hello();
+    ASSERT_TRUE(fd >= 0);
+    ASSERT_EQ_INT(register_big(fd), 0);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const big_put_case *tc = &cases[ci];
+        int key_id = 3000 + (int)ci;
+        fprintf(stderr, "case: %s\n", tc->name);
+        size_t plen = 0;
+        uint8_t *payload = NULL;
+        req_buf q;
+        req_init(&q, TQKV__OP__OP_PUT, "big", 1, key_id);
+        q.h.request_id = 100 + ci;
+        if (tc->raw) {
+            plen = BIG_RAW;
+            payload = malloc(plen);
+            fill_raw(payload, plen, (unsigned)key_id);
+            q.h.encoding = TQKV__ENCODING__ENC_RAW;
+            q.it[0].n_tokens = CHUNK;
+        } else {
+            payload = make_big_block(key_id, &plen);
+            ASSERT_TRUE(payload != NULL);
+        }
+        q.it[0].payload_len = plen;
+        uint8_t *tail = NULL;
+        size_t tail_len = 0;
+        if (tc->pipelined) {
+            req_buf l;
+            req_init(&l, TQKV__OP__OP_LOOKUP, "m", 1, 1);
+            l.h.request_id = 900 + ci;
+            void *head;
+            ASSERT_EQ_INT(tqkv_frame_build(&l.h, 0, &head, &tail_len), 0);
+            tail = head;
+        }
+        ASSERT_EQ_INT(send_frame_slowly(fd, &q.h, payload, plen, tc->parts, tc->pause_ms, tail,
+                                        tail_len),
+                      0);
+        tqkv_free(tail);
+        /* the replies: the PUT's and the LOOKUP's, in either order */
+        int want = tc->pipelined ? 2 : 1, got_put = 0, got_lookup = 0;
+        for (int k = 0; k < want; k++) {
+            Tqkv__Header *r = recv_frame(fd, NULL, NULL);
+            ASSERT_TRUE(r != NULL);
+            if (r->request_id == 100 + ci) {
+                ASSERT_EQ_INT(r->status, 0);
+                ASSERT_EQ_INT((int)r->n_items, 1);
+                ASSERT_EQ_INT(r->items[0]->status, 0);
+                got_put++;
+            } else {
+                ASSERT_EQ_INT((int)r->request_id, (int)(900 + ci));
+                ASSERT_EQ_INT(r->status, 0);
+                got_lookup++;
+            }
+            tqkv_header_free(r);
+        }
+        ASSERT_EQ_INT(got_put, 1);
+        ASSERT_EQ_INT(got_lookup, tc->pipelined ? 1 : 0);
+        uint8_t *back = NULL;
+        size_t blen = 0;
+        ASSERT_EQ_INT(get_big(fd, key_id, &back, &blen), 0);
+        if (!tc->raw) { /* an encoded block is stored as sent */
+            ASSERT_EQ_U64(blen, plen);
+            ASSERT_MEM_EQ(back, payload, plen);
+        } else {
+            ASSERT_TRUE(blen > 0 && blen < plen);
+        }
+        free(back);
+        free(payload);
+    }
+    close(fd);
+}
+
+/* A connection that stops (closes, or shuts its write side) inside a large payload: the daemon
+ * closes it, keeps no trace of the PUT and goes on serving. */
+static void test_big_payload_cut(void)
+{
+    start_default();
+    ASSERT_TRUE(started);
+    for (int how = 0; how < 2; how++) {
+        int fd = connect_hello();
+        ASSERT_TRUE(fd >= 0);
+        ASSERT_EQ_INT(register_big(fd), 0);
+        size_t plen = 0;
+        uint8_t *payload = make_big_block(3100 + how, &plen);
+        ASSERT_TRUE(payload != NULL);
+        req_buf q;
+        req_init(&q, TQKV__OP__OP_PUT, "big", 1, 3100 + how);
+        q.it[0].payload_len = plen;
+        void *head;
+        size_t hl;
+        ASSERT_EQ_INT(tqkv_frame_build(&q.h, (uint32_t)plen, &head, &hl), 0);
+        ASSERT_EQ_INT(write_all(fd, head, hl), 0);
+        tqkv_free(head);
+        ASSERT_EQ_INT(write_all(fd, payload, plen / 2), 0);
+        usleep(20000);
+        ASSERT_EQ_INT(write_all(fd, payload + plen / 2, plen / 4), 0);
+        if (how == 0) {
+            close(fd);
+        } else {
+            shutdown(fd, SHUT_WR);
+            char b;
+            ASSERT_EQ_INT(recv(fd, &b, 1, 0), 0); /* closed by the daemon, no reply */
+            close(fd);
+        }
+        free(payload);
+        ASSERT_TRUE(daemon_serves());
+        int fd2 = connect_hello();
+        ASSERT_TRUE(fd2 >= 0);
+        req_buf l;
+        req_init(&l, TQKV__OP__OP_LOOKUP, "big", 1, 3100 + how);
+        Tqkv__Header *r = NULL;
+        ASSERT_EQ_INT(call(fd2, &l.h, NULL, 0, &r), 0);
+        ASSERT_EQ_INT((int)r->hits, 0);
+        tqkv_header_free(r);
+        close(fd2);
+    }
+}
+
 /* SIGTERM with an idle connection open: exit status 0, socket file gone. Runs last. */
 static void test_shutdown(void)
 {
@@ -1016,6 +1246,8 @@ static const tqkv_test_case cases[] = {
     {"connection_limit", test_connection_limit},
     {"max_frame", test_max_frame},
     {"pipelining", test_pipelining},
+    {"big_payloads", test_big_payloads},
+    {"big_payload_cut", test_big_payload_cut},
     {"shutdown", test_shutdown},
     {NULL, NULL},
 };
