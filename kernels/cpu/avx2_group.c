@@ -209,15 +209,22 @@ TQ_AVX2_INL void put8(__m256 *a, uint32_t j, __m256 *X, const uint32_t *dsign, _
 /* Channel j of tokens t0..t0+7 of head h for j < P, non-finite read as +0, channels
  * head_dim..P-1 zero (FORMAT.md, "Input"); see put8. head_dim is a multiple of 8, DT the
  * source dtype. */
-TQ_AVX2_INL void load_rows(const tq_kv_view *v, uint32_t t0, uint32_t h, uint32_t head_dim,
-                           uint32_t P, __m256 *X, const uint32_t *dsign, __m256 *L, __m256 *W,
-                           const int DT, const int FIRST)
+TQ_AVX2_INL void load_rows(const tq_kv_view *v, uint32_t v_tokens, uint32_t t0, uint32_t h,
+                           uint32_t head_dim, uint32_t P, __m256 *X, const uint32_t *dsign,
+                           __m256 *L, __m256 *W, const int DT, const int FIRST)
 {
     const size_t es = DT == TQ_DTYPE_F32 ? 4 : 2;
     const uint8_t *rows[8];
 #pragma GCC unroll 8
     for (uint32_t i = 0; i < 8; i++)
         rows[i] = (const uint8_t *)v->data + view_index(v, t0 + i, h) * (int64_t)es;
+    if (t0 + 16 <= v_tokens) /* the next group's rows of this head, into L2 */
+#pragma GCC unroll 8
+        for (uint32_t i = 0; i < 8; i++) {
+            const char *r = (const char *)v->data + view_index(v, t0 + 8 + i, h) * (int64_t)es;
+            for (uint32_t b = 0; b < head_dim * es; b += 64)
+                _mm_prefetch(r + b, _MM_HINT_T1);
+        }
     uint32_t j = 0;
     if (DT == TQ_DTYPE_F32) {
         const __m256i expm = _mm256_set1_epi32(0x7f800000);
@@ -282,23 +289,24 @@ TQ_AVX2_INL void load_rows(const tq_kv_view *v, uint32_t t0, uint32_t h, uint32_
 
 /* load_rows for the view's dtype; with dsign (a part that is the whole head), the first pass
  * of the encoder too. */
-TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t t0, uint32_t h, uint32_t head_dim,
-                               uint32_t P, __m256 *X, const uint32_t *dsign, __m256 *L, __m256 *W)
+TQ_AVX2 static void load_group(const tq_kv_view *v, uint32_t v_tokens, uint32_t t0, uint32_t h,
+                               uint32_t head_dim, uint32_t P, __m256 *X, const uint32_t *dsign,
+                               __m256 *L, __m256 *W)
 {
     if (dsign) {
         if (v->dtype == TQ_DTYPE_F16)
-            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F16, 1);
+            load_rows(v, v_tokens, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F16, 1);
         else if (v->dtype == TQ_DTYPE_BF16)
-            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_BF16, 1);
+            load_rows(v, v_tokens, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_BF16, 1);
         else
-            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F32, 1);
+            load_rows(v, v_tokens, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F32, 1);
     } else {
         if (v->dtype == TQ_DTYPE_F16)
-            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F16, 0);
+            load_rows(v, v_tokens, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F16, 0);
         else if (v->dtype == TQ_DTYPE_BF16)
-            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_BF16, 0);
+            load_rows(v, v_tokens, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_BF16, 0);
         else
-            load_rows(v, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F32, 0);
+            load_rows(v, v_tokens, t0, h, head_dim, P, X, dsign, L, W, TQ_DTYPE_F32, 0);
     }
 }
 
@@ -770,7 +778,7 @@ TQ_AVX2 uint32_t tqkv__encode_section_avx2(const tq__part_ctx *ctx, const tq__la
             const uint16_t *ch = chs ? chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM : s->ident;
             if (!chs) /* one part: its first pass on the way in */
                 tree_zero(s->L);
-            load_group(src, t0, h, head_dim, L->P, s->X, chs ? NULL : ctx[0].dsign, s->L, s->W);
+            load_group(src, T, t0, h, head_dim, L->P, s->X, chs ? NULL : ctx[0].dsign, s->L, s->W);
             for (uint32_t p = 0; p < L->n_parts; p++)
                 encode_part(&ctx[p], &g[p], &L->part[p], ch + p * TQ_MAX_HEAD_DIM, s, rec, T, t0,
                             !chs);
@@ -947,6 +955,21 @@ TQ_AVX2 static void decode_part(const tq__part_ctx *c, const grp_part *g, const 
                                     _mm256_castsi256_ps(_mm256_set1_epi32((int)c->dsign[k])));
 }
 
+/* Prefetches (into L2) the plane words, scales and gammas of tokens t..t+15 of a part: one
+ * cache line per word row, so every other group of eight asks. */
+TQ_AVX2 static void prefetch_part(const uint8_t *rec, const tq__part_layout *pl, uint32_t T,
+                                  uint32_t t)
+{
+    for (uint32_t q = 0; q < pl->n_planes; q++)
+        for (uint32_t i = 0; i < pl->plane_words[q]; i++)
+            _mm_prefetch((const char *)rec + pl->plane_off[q] + 4 * ((size_t)i * T + t),
+                         _MM_HINT_T1);
+    for (uint32_t i = 0; pl->prod && i < pl->sign_words; i++)
+        _mm_prefetch((const char *)rec + pl->signs_off + 4 * ((size_t)i * T + t), _MM_HINT_T1);
+    _mm_prefetch((const char *)rec + pl->scale_off + 2 * (size_t)t, _MM_HINT_T1);
+    if (pl->prod) _mm_prefetch((const char *)rec + pl->gamma_off + 2 * (size_t)t, _MM_HINT_T1);
+}
+
 TQ_AVX2 uint32_t tqkv__decode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
                                            const uint16_t *chs, const uint8_t *sec,
                                            uint32_t n_kv_heads, uint32_t head_dim,
@@ -961,6 +984,9 @@ TQ_AVX2 uint32_t tqkv__decode_section_avx2(const tq__part_ctx *ctx, const tq__la
         for (uint32_t h = 0; h < n_kv_heads; h++) {
             const uint8_t *rec = sec + (size_t)h * L->record_size;
             const uint16_t *ch = chs ? chs + (size_t)h * 2 * TQ_MAX_HEAD_DIM : s->ident;
+            if (t0 % 16 == 0 && t0 + 32 <= T8)
+                for (uint32_t p = 0; p < L->n_parts; p++)
+                    prefetch_part(rec, &L->part[p], T, t0 + 16);
             for (uint32_t p = 0; p < L->n_parts; p++)
                 decode_part(&ctx[p], &g[p], &L->part[p], ch + p * TQ_MAX_HEAD_DIM, s, rec, T, t0);
             if (chs)
