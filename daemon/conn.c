@@ -434,6 +434,7 @@ typedef struct {
     tqkvd_conn *conn;
     tqkvd_req *req;
     int fd;
+    size_t off; /* payload bytes already read when the job started */
     size_t got; /* payload bytes read by the worker */
     int err;    /* 0, UV_EOF (the peer closed inside the frame) or a negative errno */
 } rx_job;
@@ -445,8 +446,8 @@ static void rx_work(uv_work_t *w)
 {
     rx_job *j = w->data;
     tqkvd_req *r = j->req;
-    tqkvd_conn *c = j->conn;
-    size_t left = r->payload_len - c->pgot; /* c->pgot does not change during the job */
+    tqkvd_conn *c = j->conn; /* only its rx_abort flag */
+    size_t left = r->payload_len - j->off;
     uint64_t t0 = tqkv_now_ns();
     while (left > 0 && !__atomic_load_n(&c->rx_abort, __ATOMIC_RELAXED)) {
         uint8_t *dst;
@@ -456,7 +457,7 @@ static void rx_work(uv_work_t *w)
             dst = (uint8_t *)it->dst + r->item_got;
             want = it->src_len - r->item_got;
         } else {
-            dst = r->payload + c->pgot + j->got;
+            dst = r->payload + j->off + j->got;
             want = left;
         }
         ssize_t n = recv(j->fd, dst, want, 0);
@@ -540,16 +541,18 @@ static void rx_start(tqkvd_conn *c)
     j->conn = c;
     j->req = c->cur;
     j->fd = fd;
+    j->off = c->pgot;
     j->work.data = j;
     stop_reading(c);
+    c->rx_busy = 1;
+    __atomic_store_n(&c->rx_abort, 0, __ATOMIC_RELAXED);
     if (uv_queue_work(s->loop, &j->work, rx_work, rx_after) != 0) {
+        c->rx_busy = 0;
         tqkv_free(j);
         start_reading(c);
         return;
     }
     s->works_inflight++;
-    c->rx_busy = 1;
-    c->rx_abort = 0;
     c->refs++;
 }
 
