@@ -152,6 +152,60 @@ struct tqc_plane_writer {
     }
 };
 
+/* Bits 4s + b of x (s = 0..7) gathered into bits s: one bit of each of eight nibbles. */
+__device__ __forceinline__ uint32_t tqc_nib_bit(uint32_t x, int b)
+{
+    x = (x >> b) & 0x11111111u;
+    x = (x | (x >> 3)) & 0x03030303u;
+    x = (x | (x >> 6)) & 0x000f000fu;
+    return (x | (x >> 12)) & 0xffu;
+}
+/* The low two bits of each of eight nibbles, gathered into 16 bits. */
+__device__ __forceinline__ uint32_t tqc_nib_low2(uint32_t x)
+{
+    x &= 0x33333333u;
+    x = (x | (x >> 2)) & 0x0f0f0f0fu;
+    x = (x | (x >> 4)) & 0x00ff00ffu;
+    return (x | (x >> 8)) & 0xffffu;
+}
+
+/* Writes the code planes of token t from the codes kept as nibbles (m = 1..4): word i of a
+ * w-bit plane holds coordinates i*32/w .. in bits [s*w, s*w + w). */
+template <int N>
+__device__ __forceinline__ void tqc_write_planes(const tqc_part &pp, const uint32_t (&cpk)[(N + 7) / 8],
+                                                 uint8_t *rec, uint32_t T, uint32_t t)
+{
+    constexpr int NW = (N + 7) / 8;
+    uint32_t *p0 = (uint32_t *)(rec + pp.plane_off[0]) + t;
+    if (pp.m == 4) {
+#pragma unroll
+        for (int i = 0; i < NW; i++)
+            p0[(size_t)i * T] = cpk[i];
+        return;
+    }
+    if (pp.m == 2 || pp.m == 3) {
+#pragma unroll
+        for (int i = 0; i < (NW + 1) / 2; i++) {
+            uint32_t lo = tqc_nib_low2(cpk[2 * i]);
+            uint32_t hi = 2 * i + 1 < NW ? tqc_nib_low2(cpk[2 * i + 1]) : 0u;
+            p0[(size_t)i * T] = lo | (hi << 16);
+        }
+    }
+    if (pp.m == 1 || pp.m == 3) {
+        uint32_t *p1 = pp.m == 3 ? (uint32_t *)(rec + pp.plane_off[1]) + t : p0;
+        const int b = pp.m == 3 ? 2 : 0;
+#pragma unroll
+        for (int i = 0; i < (NW + 3) / 4; i++) {
+            uint32_t v = 0;
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                if (4 * i + j < NW)
+                    v |= tqc_nib_bit(cpk[4 * i + j], b) << (8 * j);
+            p1[(size_t)i * T] = v;
+        }
+    }
+}
+
 /* Code k of a vector whose codes were kept in cpk (nibbles; m = 8 searches again). */
 template <int N>
 __device__ __forceinline__ uint32_t tqc_code_at(const float (&w)[N], const uint32_t (&cpk)[(N + 7) / 8],
@@ -208,22 +262,21 @@ __device__ __forceinline__ void tqc_encode_part(const tqc_part &pp, uint32_t nor
 #pragma unroll
     for (int i = 0; i < (N + 7) / 8; i++)
         cpk[i] = 0;
-    if (m) {
-        tqc_plane_writer pw0, pw1;
-        pw0.init(rec, pp.plane_off[0], T, t, pp.plane_w[0], 0);
-        if (pp.n_planes == 2)
-            pw1.init(rec, pp.plane_off[1], T, t, pp.plane_w[1], 2);
+    if (m && m <= 4) {
+        /* every code first (independent searches overlap), then the planes from the nibbles */
 #pragma unroll
-        for (int k = 0; k < N; k++) {
-            uint32_t code = tqc_quant(bnd_s, m, __fmul_rn(w[k], inv));
-            cpk[k >> 3] |= (code & 15) << (4 * (k & 7));
-            pw0.put(code);
-            if (pp.n_planes == 2)
-                pw1.put(code);
-        }
+        for (int k = 0; k < N; k++)
+            cpk[k >> 3] |= tqc_quant(bnd_s, m, __fmul_rn(w[k], inv)) << (4 * (k & 7));
+        tqc_write_planes<N>(pp, cpk, rec, T, t);
+    } else if (m) {
+        tqc_plane_writer pw0;
+        pw0.init(rec, pp.plane_off[0], T, t, pp.plane_w[0], 0);
+#pragma unroll
+        for (int k = 0; k < N; k++)
+            pw0.put(tqc_quant(bnd_s, m, __fmul_rn(w[k], inv)));
         pw0.flush();
-        if (pp.n_planes == 2)
-            pw1.flush();
+    }
+    if (m) {
         if (norm_kind == TQ_NORM_CORRECTED) {
             tqc_cent_sq_term<N> term{w, cpk, pp.cent, bnd_s, m, inv};
             float q = tqc_tree_sum<N>(term);
