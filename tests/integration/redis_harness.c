@@ -355,7 +355,12 @@ void tqkv_test_redis_cluster_stop(tqkv_test_redis_cluster *c)
 
 int tqkv_test_redis_cluster_owner(tqkv_test_redis_cluster *c, int slot)
 {
-    redisReply *r = tqkv_test_redis_cmd(c->node[0].port, NULL, "CLUSTER SLOTS");
+    return tqkv_test_redis_cluster_owner_on(c, 0, slot);
+}
+
+int tqkv_test_redis_cluster_owner_on(tqkv_test_redis_cluster *c, int on, int slot)
+{
+    redisReply *r = tqkv_test_redis_cmd(c->node[on].port, NULL, "CLUSTER SLOTS");
     int owner = -1;
     if (!r || r->type != REDIS_REPLY_ARRAY) goto out;
     for (size_t i = 0; i < r->elements; i++) {

@@ -61,6 +61,8 @@ int tqkv_test_redis_cluster_wait(tqkv_test_redis_cluster *c);
 void tqkv_test_redis_cluster_stop(tqkv_test_redis_cluster *c);
 /* Index of the node owning `slot` (from CLUSTER SLOTS on node 0), or -1. */
 int tqkv_test_redis_cluster_owner(tqkv_test_redis_cluster *c, int slot);
+/* The same as node `on` sees it. */
+int tqkv_test_redis_cluster_owner_on(tqkv_test_redis_cluster *c, int on, int slot);
 /* Writes node i's cluster id (CLUSTER MYID) into id (41 bytes). @return 0 or -1. */
 int tqkv_test_redis_cluster_id(tqkv_test_redis_cluster *c, int i, char id[41]);
 

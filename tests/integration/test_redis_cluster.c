@@ -497,11 +497,14 @@ static void failover_body(tqkv_test_redis_cluster *fc)
 
     /* Manual failover: the replica catches up with its master, then takes its slots over. */
     ASSERT_TRUE(ok_reply(tqkv_test_redis_cmd(fc->node[rep].port, NULL, "CLUSTER FAILOVER")));
+    /* Promoted, and every node agrees that it owns the slots (the old master included, which
+     * must now answer MOVED rather than serve or refuse). */
     int promoted = 0;
+    int slot_m = tqkv_redis_key_slot(rkey, strlen(rkey));
     for (int t = 0; t < 500 && !promoted; t++) {
-        promoted =
-            role_of(fc->node[rep].port, &mport, &linked) == 1 &&
-            tqkv_test_redis_cluster_owner(fc, tqkv_redis_key_slot(rkey, strlen(rkey))) == rep;
+        promoted = role_of(fc->node[rep].port, &mport, &linked) == 1;
+        for (int i = 0; i < fc->n && promoted; i++)
+            promoted = tqkv_test_redis_cluster_owner_on(fc, i, slot_m) == rep;
         if (!promoted) sleep_ms(20);
     }
     ASSERT_TRUE(promoted);
