@@ -214,7 +214,7 @@ static void moved_and_ask_body(void)
     key_in_slot(warm, -1);
     result r = {0};
     ASSERT_EQ_INT(wait_result(tqkv_redis_put(e, "ns", warm, 32, "w", 1, done_cb, &r), &r), 0);
-    for (int i = 0; i < 100 && stats_of(e).slot_refreshes == 0; i++)
+    for (int i = 0; i < 1000 && stats_of(e).slot_refreshes == 0; i++)
         tqkv_test_loop_for(&loop, 10);
     ASSERT_TRUE(stats_of(e).slot_refreshes >= 1);
 
@@ -361,7 +361,7 @@ static void test_clear(void)
     }
     ASSERT_OK(tqkv_test_loop_wait(&loop, &pending, 30));
     ASSERT_EQ_INT(r.status, 0);
-    for (int i = 0; i < 100 && stats_of(e).slot_refreshes == 0; i++)
+    for (int i = 0; i < 1000 && stats_of(e).slot_refreshes == 0; i++)
         tqkv_test_loop_for(&loop, 10);
     ASSERT_EQ_INT(wait_result(tqkv_redis_clear(e, "clr", done_cb, &r), &r), N);
     ASSERT_EQ_INT(wait_result(tqkv_redis_clear(e, "clr", done_cb, &r), &r), 0);
@@ -518,7 +518,7 @@ static void failover_body(tqkv_test_redis_cluster *fc)
     }
     tqkv_redis_stats s1 = stats_of(e);
     ASSERT_TRUE(s1.moved > s0.moved);
-    for (int t = 0; t < 100 && stats_of(e).slot_refreshes == s0.slot_refreshes; t++)
+    for (int t = 0; t < 1000 && stats_of(e).slot_refreshes == s0.slot_refreshes; t++)
         sleep_ms(10);
     s1 = stats_of(e);
     ASSERT_TRUE(s1.slot_refreshes > s0.slot_refreshes);
