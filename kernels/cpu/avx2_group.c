@@ -520,7 +520,7 @@ TQ_AVX2_INL void quant_block(const grp_part *g, const tq__part_layout *pl, const
     __m256i w0 = _mm256_setzero_si256(), w1 = _mm256_setzero_si256();
 #pragma GCC unroll 32
     for (uint32_t s = 0; s < 32; s++) {
-        if (s >= nb) break;
+        if (s == 16 && nb == 16) break; /* n = 16: half a block */
         const uint32_t k = k0 + s;
         __m256 t = _mm256_mul_ps(W[k], inv);
         __m256 negf = _mm256_cmp_ps(t, zero, _CMP_LT_OQ);
@@ -806,7 +806,7 @@ TQ_AVX2_INL void dequant_block(const grp_part *g, const tq__part_layout *pl, con
     if (M == 1) w1 = plane_load(rec, pl->plane_off[0], T, k0 / 32, t0);
 #pragma GCC unroll 32
     for (uint32_t s = 0; s < 32; s++) {
-        if (s >= nb) break;
+        if (s == 16 && nb == 16) break;
         const uint32_t k = k0 + s;
         __m256 v;
         switch (M) {
