@@ -1000,13 +1000,25 @@ TQ_AVX2 uint32_t tqkv__decode_section_avx2(const tq__part_ctx *ctx, const tq__la
     return T8;
 }
 
-/* E[j] = E[j] + x[j] * x[j], j < n (n a multiple of 8): the outlier energies, vertically over
- * channels, each channel's sum still sequential over tokens. */
-TQ_AVX2 void tqkv__energy_add_avx2(const float *x, uint32_t n, float *E)
+/* E[j] = E[j] + x[j] * x[j] for head h of token t, j < head_dim (a multiple of 8), non-finite
+ * x read as 0: the outlier energies, vertically over channels, each channel's sum still
+ * sequential over tokens. */
+TQ_AVX2 void tqkv__energy_add_avx2(const tq_kv_view *v, uint32_t t, uint32_t h, uint32_t head_dim,
+                                   float *E)
 {
-    for (uint32_t j = 0; j < n; j += 8) {
-        __m256 v = _mm256_loadu_ps(x + j);
-        _mm256_storeu_ps(E + j, _mm256_add_ps(_mm256_loadu_ps(E + j), _mm256_mul_ps(v, v)));
+    const size_t es = tq_dtype_size((tq_dtype)v->dtype);
+    const uint8_t *row = (const uint8_t *)v->data + view_index(v, t, h) * (int64_t)es;
+    const __m256i expm = _mm256_set1_epi32(0x7f800000);
+    for (uint32_t j = 0; j < head_dim; j += 8) {
+        __m256 x;
+        if (v->dtype == TQ_DTYPE_F32)
+            x = _mm256_loadu_ps((const float *)(const void *)row + j);
+        else
+            x = half8_to_ps(_mm_loadu_si128((const __m128i *)(row + 2 * (size_t)j)),
+                            v->dtype == TQ_DTYPE_BF16);
+        __m256i bad = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), expm), expm);
+        x = _mm256_andnot_ps(_mm256_castsi256_ps(bad), x);
+        _mm256_storeu_ps(E + j, _mm256_add_ps(_mm256_loadu_ps(E + j), _mm256_mul_ps(x, x)));
     }
 }
 

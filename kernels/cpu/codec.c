@@ -414,8 +414,7 @@ static int encode_masks(const tq__kernels *kern, const tq_recipe *r, const tq__l
             float *Eh = E + (size_t)h * P;
 #if defined(__x86_64__)
             if (kern->avx2 && head_dim % 8 == 0) {
-                tqkv__view_read_head_k(kern, src, t, h, head_dim, x);
-                tqkv__energy_add_avx2(x, head_dim, Eh);
+                tqkv__energy_add_avx2(src, t, h, head_dim, Eh);
                 continue;
             }
 #endif

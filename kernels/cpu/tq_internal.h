@@ -190,8 +190,9 @@ uint32_t tqkv__decode_section_avx2(const tq__part_ctx *ctx, const tq__layout *L,
  * of T = 8 tokens (layout pl). @return 0, TQKV_ENOTSUP (m = 0 or m > 4) or TQKV_ENOMEM. */
 int tqkv__quant_group_avx2(const tq__part_ctx *c, const tq__part_layout *pl, const float *t,
                            uint8_t *rec);
-/* E[j] = E[j] + x[j] * x[j] for j < n, n a multiple of 8. */
-void tqkv__energy_add_avx2(const float *x, uint32_t n, float *E);
+/* E[j] = E[j] + x[j] * x[j] for the head vector x of (t, h), j < head_dim (a multiple of 8). */
+void tqkv__energy_add_avx2(const tq_kv_view *v, uint32_t t, uint32_t h, uint32_t head_dim,
+                           float *E);
 /* bf16 row -> fp16 (as tq__f32_to_f16 of the widened value) or fp32 (out_dtype), n a multiple
  * of 8. */
 void tqkv__bf16_widen_avx2(const uint16_t *src, uint32_t n, tq_dtype out_dtype, uint8_t *dst);
