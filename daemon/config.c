@@ -37,6 +37,9 @@ typedef struct {
 
 static const char *const log_levels[] = {"error", "warn", "info", "debug", "trace", NULL};
 static const char *const devices[] = {"auto", "cpu", "cuda", NULL};
+/* Same order as tqkv_ssd_fsync and tqkv_write_policy. */
+static const char *const fsyncs[] = {"always", "interval", "none", NULL};
+static const char *const write_policies[] = {"back", "through", "async", NULL};
 
 #define OFF(f) offsetof(tqkvd_config, f)
 static const setting settings[] = {
@@ -71,6 +74,47 @@ static const setting settings[] = {
      "on SIGTERM/SIGINT, how long in-flight requests may take before connections are closed"},
     {"ready_file", T_STRING, OFF(ready_file), "", 0, 0, NULL, 0, 0, NULL,
      "file written once listening (unix=PATH, tcp=HOST:PORT lines), for supervisors and tests"},
+    {"ssd_dir", T_STRING, OFF(ssd_dir), "", 0, 0, NULL, 0, 0, NULL,
+     "directory of the SSD tier (segment files, namespace registry); \"\" disables the tier"},
+    {"ssd_capacity", T_SIZE, OFF(ssd_capacity), "16G", 16 << 20, INT64_MAX, NULL, 1, 0,
+     tqkvd_server_apply_ssd_capacity,
+     "bytes of segment files the SSD tier may hold (oldest segments are evicted past it)"},
+    {"ssd_fsync", T_ENUM, OFF(ssd_fsync), "always", 0, 0, fsyncs, 0, 0, NULL,
+     "always: a PUT written through to the SSD is acknowledged once durable (group commit); "
+     "interval: fdatasync every ssd_fsync_interval_ms; none: the kernel decides"},
+    {"ssd_fsync_interval_ms", T_INT, OFF(ssd_fsync_interval_ms), "100", 1, 60000, NULL, 0, 0,
+     NULL, "fdatasync period of ssd_fsync=interval"},
+    {"ssd_direct_io", T_BOOL, OFF(ssd_direct_io), "false", 0, 1, NULL, 0, 0, NULL,
+     "O_DIRECT for segment I/O (no page cache)"},
+    {"ssd_lz4", T_BOOL, OFF(ssd_lz4), "true", 0, 1, NULL, 0, 0, NULL,
+     "LZ4 per record when it saves space"},
+    {"ssd_io_threads", T_INT, OFF(ssd_io_threads), "2", 1, 64, NULL, 0, 0, NULL,
+     "reader threads of the SSD tier"},
+    {"ssd_write", T_ENUM, OFF(ssd_write), "through", 0, 0, write_policies, 1, 0,
+     tqkvd_server_apply_write_policy,
+     "when blocks go to the SSD: through (at PUT; the reply waits for it), async (at PUT; "
+     "the reply does not wait) or back (when evicted from host memory)"},
+    {"redis", T_STRING, OFF(redis), "", 0, 0, NULL, 0, 0, NULL,
+     "Redis tier: host:port of the server, or of cluster seed nodes, comma-separated (use IP "
+     "addresses); \"\" disables the tier"},
+    {"redis_cluster", T_BOOL, OFF(redis_cluster), "false", 0, 1, NULL, 0, 0, NULL,
+     "the Redis nodes form a Redis Cluster (slot map, MOVED/ASK)"},
+    {"redis_user", T_STRING, OFF(redis_user), "", 0, 0, NULL, 0, 0, NULL,
+     "ACL user for Redis AUTH; \"\": the default user"},
+    {"redis_password", T_STRING, OFF(redis_password), "", 0, 0, NULL, 0, 1, NULL,
+     "password for Redis AUTH; \"\": no AUTH"},
+    {"redis_prefix", T_STRING, OFF(redis_prefix), "tqkv", 0, 0, NULL, 0, 0, NULL,
+     "prefix of the Redis keys (docs/redis.md)"},
+    {"redis_ttl_s", T_INT, OFF(redis_ttl_s), "0", 0, 4294967, NULL, 0, 0, NULL,
+     "expiry of blocks stored in Redis, seconds; 0: none"},
+    {"redis_timeout_ms", T_INT, OFF(redis_timeout_ms), "1000", 10, 600000, NULL, 0, 0, NULL,
+     "connect and no-progress timeout of Redis requests (they then count as misses)"},
+    {"redis_lz4", T_BOOL, OFF(redis_lz4), "true", 0, 1, NULL, 0, 0, NULL,
+     "LZ4 per block stored in Redis when it saves space"},
+    {"redis_write", T_ENUM, OFF(redis_write), "async", 0, 0, write_policies, 1, 0,
+     tqkvd_server_apply_write_policy,
+     "when blocks go to Redis: async (at PUT, the reply does not wait), through (at PUT, the "
+     "reply waits) or back (when evicted from the tiers above)"},
 };
 #undef OFF
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))

@@ -30,6 +30,24 @@ typedef struct {
     int64_t encode_device; /* tqkvd_encode_device */
     int64_t verify_checksums;
     int64_t shutdown_timeout_ms;
+    /* lower tiers (daemon/lower.c) */
+    char *ssd_dir; /* "" disables the SSD tier */
+    int64_t ssd_capacity;
+    int64_t ssd_fsync; /* tqkv_ssd_fsync */
+    int64_t ssd_fsync_interval_ms;
+    int64_t ssd_direct_io;
+    int64_t ssd_lz4;
+    int64_t ssd_io_threads;
+    int64_t ssd_write; /* tqkv_write_policy */
+    char *redis;       /* "host:port[,host:port...]"; "" disables the Redis tier */
+    int64_t redis_cluster;
+    char *redis_user;
+    char *redis_password;
+    char *redis_prefix;
+    int64_t redis_ttl_s;
+    int64_t redis_timeout_ms;
+    int64_t redis_lz4;
+    int64_t redis_write; /* tqkv_write_policy */
 } tqkvd_config;
 
 /* Fills c with the built-in defaults (the Unix socket in the runtime dir, TCP on

@@ -17,6 +17,13 @@
 #include "tqkv_log.h"
 #include "tqkv_time.h"
 
+#ifdef TQKVD_HAVE_SSD
+#include "ssd_tier.h"
+#endif
+#ifdef TQKVD_HAVE_REDIS
+#include "redis_tier.h"
+#endif
+
 #define MOD "dispatch"
 #define MAX_ITEMS 65536
 
@@ -304,7 +311,17 @@ static void op_register(tqkvd_req *r)
 
     tqkv_ns *ns = NULL;
     int created = 0;
-    e = tqkv_store_ns_register(s->store, &d, &ns, &created);
+    if (!tqkv_store_ns_find(s->store, d.name)) {
+        /* New: recorded (durably) under the id it is about to get before it can hold blocks,
+         * so that after a restart it gets the same id back (lower.c). */
+        uint32_t id = tqkv_store_ns_next_id(s->store);
+        e = tqkvd_nsreg_append(s, &d, id);
+        if (e == 0)
+            e = tqkv_store_ns_register_id(s->store, &d, id, &ns);
+        created = e == 0;
+    } else {
+        e = tqkv_store_ns_register(s->store, &d, &ns, &created);
+    }
     if (e) {
         tqkv_free(info);
         if (e == TQKV_ENSCONFLICT)
@@ -471,6 +488,33 @@ void tqkvd__put_validate(tqkvd_req *r)
     put_work(&r->work);
 }
 
+/* The PUT's reply, once its items are all settled. */
+static void put_reply(tqkvd_req *r)
+{
+    /* The payload is no longer needed; free it now rather than when the reply is written. */
+    tqkv_free(r->payload);
+    r->payload = NULL;
+    items_to_resp(r, 1);
+    respond(r);
+}
+
+/* One asynchronous part of a PUT is done (a worker job, or a write-through the reply waits
+ * for); the last one replies. */
+static void put_settle(tqkvd_req *r)
+{
+    if (--r->pending == 0)
+        put_reply(r);
+}
+
+/* A write-through tier acknowledged (or refused) an item's block. */
+static void put_durable(void *arg, int status)
+{
+    tqkvd_item *it = arg;
+    if (status)
+        it->status = status;
+    put_settle(it->req);
+}
+
 static void put_after(uv_work_t *w, int status)
 {
     tqkvd_req *r = w->data;
@@ -491,8 +535,10 @@ static void put_after(uv_work_t *w, int status)
                 s->bad_blocks++;
             continue;
         }
-        int e = tqkv_store_put_commit(s->store, p, it->dst_len);
-        it->status = (e == TQKV_EEXIST) ? 0 : e;
+        int e = tqkv_store_put_commit_cb(s->store, p, it->dst_len, put_durable, it);
+        if (e == TQKV_STORE_PENDING)
+            r->pending++;
+        it->status = (e == TQKV_EEXIST || e == TQKV_STORE_PENDING) ? 0 : e;
         it->tier = TQKV_TIER_HOST;
         if (raw) {
             s->encodes++;
@@ -501,11 +547,7 @@ static void put_after(uv_work_t *w, int status)
     }
     if (raw)
         s->encode_ns += tqkv_now_ns() - r->start_ns;
-    /* The payload is no longer needed; free it now rather than when the reply is written. */
-    tqkv_free(r->payload);
-    r->payload = NULL;
-    items_to_resp(r, 1);
-    respond(r);
+    put_settle(r); /* the worker job's part */
 }
 
 static void op_put(tqkvd_req *r)
@@ -513,6 +555,7 @@ static void op_put(tqkvd_req *r)
     tqkvd_server *s = r->conn->srv;
     if (r->direct) { /* checked and reserved when the header arrived; the bytes are in place */
         r->work.data = r;
+        r->pending = 1; /* the worker job */
         s->works_inflight++;
         if (r->validated) { /* by the worker that read the payload (conn.c) */
             put_after(&r->work, 0);
@@ -570,6 +613,7 @@ static void op_put(tqkvd_req *r)
         }
     }
     int work = 0;
+    r->pending = 1; /* held until every item has been reserved or answered */
     for (size_t i = 0; i < r->n_items; i++) {
         tqkvd_item *it = &r->items[i];
         size_t cap = raw ? tq_block_size(&info->p, it->n_tokens, 0, info->p.n_layers)
@@ -582,8 +626,13 @@ static void op_put(tqkvd_req *r)
         int e = tqkv_store_put_reserve(s->store, r->ns, it->key, cap, &it->put, &buf);
         if (e == TQKV_EEXIST) {
             it->put = NULL;
-            it->status = 0; /* idempotent */
+            it->status = 0; /* idempotent, acknowledged with the first PUT's write-through */
             it->tier = TQKV_TIER_HOST;
+            int w = tqkv_store_put_sync(s->store, r->ns, it->key, put_durable, it);
+            if (w == TQKV_STORE_PENDING)
+                r->pending++;
+            else if (w < 0)
+                it->status = w;
             continue;
         }
         if (e) {
@@ -595,10 +644,8 @@ static void op_put(tqkvd_req *r)
         it->dst_cap = cap;
         work = 1;
     }
-    if (!work) {
-        items_to_resp(r, 1);
-        return respond(r);
-    }
+    if (!work)
+        return put_settle(r);
     r->work.data = r;
     s->works_inflight++;
     if (uv_queue_work(s->loop, &r->work, put_work, put_after) != 0) {
@@ -609,9 +656,9 @@ static void op_put(tqkvd_req *r)
                 r->items[i].put = NULL;
                 r->items[i].status = TQKV_EINTERNAL;
             }
-        items_to_resp(r, 1);
-        respond(r);
+        return put_settle(r);
     }
+    /* The worker job holds the reservation's count from here; put_after settles it. */
 }
 
 /* ---- GET ---- */
@@ -913,6 +960,53 @@ static void stats_ns(void *arg, tqkv_ns *ns)
 #undef N
 }
 
+/* The engines' own counters, under tier.<name>.* after the policy's. */
+static void stats_engines(tqkvd_req *r)
+{
+    tqkvd_server *s = r->conn->srv;
+    (void)s;
+#ifdef TQKVD_HAVE_SSD
+    tqkv_ssd *ssd = tqkv_ssd_from_tier(tqkv_store_tier(s->store, TQKV_TIER_SSD));
+    if (ssd) {
+        tqkv_ssd_stats e;
+        tqkv_ssd_stats_get(ssd, &e);
+        add_kv(r, "tier.ssd.corrupt", "%" PRIu64, e.corrupt);
+        add_kv(r, "tier.ssd.io_errors", "%" PRIu64, e.io_errors);
+        add_kv(r, "tier.ssd.segments", "%" PRIu64, e.segments);
+        add_kv(r, "tier.ssd.live_bytes", "%" PRIu64, e.live_bytes);
+        add_kv(r, "tier.ssd.segment_evictions", "%" PRIu64, e.evictions);
+        add_kv(r, "tier.ssd.evicted_records", "%" PRIu64, e.evicted_records);
+        add_kv(r, "tier.ssd.rewrites", "%" PRIu64, e.rewrites);
+        add_kv(r, "tier.ssd.compactions", "%" PRIu64, e.compactions);
+        add_kv(r, "tier.ssd.compressed", "%" PRIu64, e.compressed);
+        add_kv(r, "tier.ssd.syncs", "%" PRIu64, e.syncs);
+        add_kv(r, "tier.ssd.recovered", "%" PRIu64, e.recovered);
+        add_kv(r, "tier.ssd.truncated_bytes", "%" PRIu64, e.truncated_bytes);
+        add_kv(r, "tier.ssd.recovery_s", "%.3f", e.open_seconds);
+        add_kv(r, "tier.ssd.write_policy", "%s",
+               s->cfg.ssd_write == 0 ? "back" : s->cfg.ssd_write == 1 ? "through" : "async");
+    }
+#endif
+#ifdef TQKVD_HAVE_REDIS
+    tqkv_redis *rd = tqkv_redis_from_tier(tqkv_store_tier(s->store, TQKV_TIER_REDIS));
+    if (rd) {
+        tqkv_redis_stats e;
+        tqkv_redis_get_stats(rd, &e);
+        add_kv(r, "tier.redis.state", "%s", tqkv_redis_state_name(e.state));
+        add_kv(r, "tier.redis.nodes_up", "%u", e.nodes_up);
+        add_kv(r, "tier.redis.nodes_total", "%u", e.nodes_total);
+        add_kv(r, "tier.redis.timeouts", "%" PRIu64, e.timeouts);
+        add_kv(r, "tier.redis.request_errors", "%" PRIu64, e.errors);
+        add_kv(r, "tier.redis.corrupt", "%" PRIu64, e.corrupt);
+        add_kv(r, "tier.redis.reconnects", "%" PRIu64, e.reconnects);
+        add_kv(r, "tier.redis.moved", "%" PRIu64, e.moved);
+        add_kv(r, "tier.redis.ask", "%" PRIu64, e.ask);
+        add_kv(r, "tier.redis.write_policy", "%s",
+               s->cfg.redis_write == 0 ? "back" : s->cfg.redis_write == 1 ? "through" : "async");
+    }
+#endif
+}
+
 static void op_stats(tqkvd_req *r)
 {
     tqkvd_server *s = r->conn->srv;
@@ -956,6 +1050,7 @@ static void op_stats(tqkvd_req *r)
     for (int t = 1; t < TQKV_TIER_COUNT; t++)
         if (st.tiers[t].present)
             stats_tier(r, tqkv_tier_name(t), &st.tiers[t]);
+    stats_engines(r);
     tqkv_store_ns_foreach(s->store, stats_ns, r);
     respond(r);
 }
@@ -1102,6 +1197,32 @@ void tqkvd_dispatch(tqkvd_req *r)
     default:
         return fail(r, TQKV_EBADOP, "unknown op %d", (int)h->op);
     }
+}
+
+int tqkvd__ns_attach_info(tqkv_ns *ns)
+{
+    const tqkv_ns_desc *d = tqkv_ns_get_desc(ns);
+    if (d->n_layers < 1 || d->n_layers > TQ_MAX_LAYERS || d->n_kv_heads < 1 ||
+        d->n_kv_heads > TQ_MAX_KV_HEADS || d->head_dim < 1 || d->head_dim > TQ_MAX_HEAD_DIM ||
+        d->dtype < TQKV__DTYPE__DTYPE_F16 || d->dtype > TQKV__DTYPE__DTYPE_F32)
+        return TQKV_EBADGEOMETRY;
+    ns_info *info = tqkv_calloc(1, sizeof *info);
+    if (!info)
+        return TQKV_ENOMEM;
+    int e = tq_codec_params_init(&info->p, d->preset, (uint16_t)d->n_layers,
+                                 (uint16_t)d->n_kv_heads, (uint16_t)d->head_dim,
+                                 (tq_dtype)d->dtype);
+    if (e == 0)
+        info->p.seed = d->seed;
+    if (e == 0)
+        e = tq_codec_params_validate(&info->p);
+    if (e) {
+        tqkv_free(info);
+        return e;
+    }
+    info->elem = tq_dtype_size((tq_dtype)d->dtype);
+    tqkv_ns_set_user(ns, info);
+    return 0;
 }
 
 /* Frees the daemon's per-namespace data (before the store is destroyed). */

@@ -153,6 +153,17 @@ static void on_signal(uv_signal_t *h, int signum)
     tqkvd_server_shutdown(s, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
+/* Destroys the store and its tiers; only once no request or worker can touch it. */
+static void destroy_store(tqkvd_server *s)
+{
+    if (!s->store || s->works_inflight || s->n_conns)
+        return;
+    tqkvd__dispatch_cleanup(s);
+    tqkv_store_destroy(s->store);
+    s->store = NULL;
+    tqkvd_lower_close(s);
+}
+
 static uint64_t shutdown_deadline_ns;
 
 /* Every 10 ms during shutdown: close connections that have nothing in flight (all of them once
@@ -176,6 +187,10 @@ static void on_shutdown_tick(uv_timer_t *t)
     }
     if (s->n_conns == 0 && s->works_inflight == 0) {
         uv_timer_stop(t);
+        /* Nothing uses the store any more: close it here, on the loop, so that its tiers' queued
+         * writes finish and their handles (SSD completions, Redis connections) close while the
+         * loop still runs. */
+        destroy_store(s);
         uv_close((uv_handle_t *)&s->sig_term, NULL);
         uv_close((uv_handle_t *)&s->sig_int, NULL);
         uv_close((uv_handle_t *)&s->sig_pipe, NULL);
@@ -231,6 +246,7 @@ static int write_ready_file(tqkvd_server *s)
 int tqkvd_server_init(tqkvd_server *s, tqkvd_config *cfg)
 {
     memset(s, 0, sizeof *s);
+    s->nsreg_fd = -1;
     s->cfg = *cfg; /* takes the strings */
     memset(cfg, 0, sizeof *cfg);
     s->started_ns = tqkv_now_ns();
@@ -274,6 +290,10 @@ int tqkvd_server_init(tqkvd_server *s, tqkvd_config *cfg)
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
     uv_signal_start(&s->sig_pipe, on_signal, SIGPIPE);
 
+    /* Lower tiers and the namespaces registered before a restart, before anyone can connect. */
+    if ((r = tqkvd_lower_open(s)) != 0)
+        return r;
+
     if (!s->cfg.unix_socket[0] && !s->cfg.tcp[0]) {
         TQKV_LOGE(MOD, "msg=\"no listener configured (unix_socket and tcp both empty)\"");
         return TQKV_EBADCONFIG;
@@ -312,6 +332,8 @@ static void close_walk(uv_handle_t *h, void *arg)
 void tqkvd_server_close(tqkvd_server *s)
 {
     if (s->loop) {
+        /* An init failure: the store's tiers close their handles themselves, first. */
+        destroy_store(s);
         /* Anything still open (an init failure, a second signal) is closed here. */
         uv_walk(s->loop, close_walk, NULL);
         uv_run(s->loop, UV_RUN_DEFAULT);
@@ -324,10 +346,8 @@ void tqkvd_server_close(tqkvd_server *s)
         unlink(s->cfg.ready_file);
     /* Requests hold store references; after a forced exit some may be left, so only destroy
      * the store when every request is gone. */
-    if (s->store && s->works_inflight == 0 && s->n_conns == 0) {
-        tqkvd__dispatch_cleanup(s);
-        tqkv_store_destroy(s->store);
-    }
+    destroy_store(s); /* created before the loop */
     s->store = NULL;
+    tqkvd_lower_close(s);
     tqkvd_config_free(&s->cfg);
 }

@@ -59,6 +59,8 @@ typedef struct tqkvd_server {
     uint64_t encodes, encode_ns, encode_bytes;
     uint64_t bad_blocks;
     uint64_t works_inflight; /* requests on the worker pool */
+
+    int nsreg_fd; /* namespace registry in ssd_dir, or -1 */
 } tqkvd_server;
 
 enum { TQKVD_RD_HEAD = 0, TQKVD_RD_PAYLOAD = 1 };
@@ -161,6 +163,24 @@ void tqkvd_server_shutdown(tqkvd_server *s, const char *why);
 int tqkvd_server_apply_capacity(tqkvd_server *s);
 int tqkvd_server_apply_log_level(tqkvd_server *s);
 int tqkvd_server_apply_encode_device(tqkvd_server *s);
+int tqkvd_server_apply_ssd_capacity(tqkvd_server *s);
+int tqkvd_server_apply_write_policy(tqkvd_server *s);
+
+/* ---- lower.c: the SSD and Redis tiers, the namespace registry ---- */
+/* Opens the configured lower tiers on s->loop, attaches them to the store with their write
+ * policies, then restores the namespaces registered before (ssd_dir's registry), with their
+ * ids. @return 0 or an error (logged). */
+int tqkvd_lower_open(tqkvd_server *s);
+/* Records a new namespace in the registry (durable before it returns) under the id the store
+ * will give it. No-op without an SSD tier. @return 0 or TQKV_EIO. */
+int tqkvd_nsreg_append(tqkvd_server *s, const tqkv_ns_desc *d, uint32_t id);
+/* Closes the registry. */
+void tqkvd_lower_close(tqkvd_server *s);
+
+/* ---- dispatch.c: per-namespace codec data ---- */
+/* Builds the daemon's per-namespace data from a stored description and sets it as the
+ * namespace's user pointer. @return 0, TQKV_ENOMEM or the codec's refusal. */
+int tqkvd__ns_attach_info(tqkv_ns *ns);
 
 /* ---- conn.c ---- */
 void tqkvd_conn_accept(tqkvd_server *s, uv_stream_t *listener, int is_tcp);
