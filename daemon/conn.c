@@ -10,7 +10,19 @@
  * socket while libuv's reading is stopped, so the next frame is left in the socket for the loop;
  * it gives the connection back to the loop as soon as the peer pauses (a slow peer never holds
  * a worker for long: the loop reads the rest as usual). A PUT of encoded blocks read whole by
- * the worker is also checked by it (tqkvd__put_validate), so that the loop only commits it. */
+ * the worker is also checked by it (tqkvd__put_validate), so that the loop only commits it.
+ *
+ * Large responses are the mirror image: a response with TX_WORKER_MIN payload bytes or more,
+ * made when nothing else is being written to its connection and a worker is free, is sent by a
+ * worker (non-blocking sendmsg of the frame head and the blocks, which stay held by the
+ * request's read references until it is done), so that the copies of several GETs into their
+ * sockets run on several cores rather than all on the loop thread. While a worker sends, the
+ * loop writes nothing to that connection: the responses made meanwhile wait in the
+ * connection's queue and are written after it, so responses leave a connection in the order
+ * they were made (clients match them by request id, but a client reading one reply at a time
+ * gets them in the order it asked, as before). A peer that stops reading holds the worker for a
+ * bounded time only: the worker hands the unsent rest back to the loop, which writes it with
+ * uv_write like any other response. */
 #include "server.h"
 
 #include <errno.h>
@@ -19,6 +31,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "tqkv_alloc.h"
 #include "tqkv_log.h"
@@ -32,6 +45,39 @@
  * when it finds the socket empty after this long in all. */
 #define RX_POLL_MS 2
 #define RX_HOLD_NS (50ull * 1000 * 1000)
+/* Response payload bytes from which a worker sends the response (smaller ones: the loop). */
+#define TX_WORKER_MIN (256u << 10)
+/* The sending worker hands the rest back to the loop when the socket has taken nothing for
+ * TX_POLL_MS, or when it finds the socket full after TX_HOLD_NS in all. */
+#define TX_POLL_MS 10
+#define TX_HOLD_NS (50ull * 1000 * 1000)
+/* Buffers per sendmsg call (a batched GET may have more; the rest goes in the next call). */
+#define TX_IOV 64
+
+/* A response (or error frame) waiting in its connection's queue, or being sent by a worker. */
+typedef struct tqkvd_tx_msg {
+    struct tqkvd_tx_msg *next;
+    tqkvd_conn *conn;
+    tqkvd_req *req;        /* a response (owned), or NULL for an error frame */
+    struct err_write *err; /* the error frame (owned) when req is NULL */
+    uint64_t total;        /* payload bytes */
+    /* worker state, set before the job is queued */
+    uv_work_t work;
+    int fd;
+    int err_no;    /* 0 or a negative errno from sendmsg */
+    unsigned idx;  /* first buffer not wholly sent */
+    size_t off;    /* bytes of bufs[idx] sent */
+    unsigned nbufs;
+    uv_buf_t bufs[]; /* preamble + header, then the payload pieces */
+} tqkvd_tx_msg;
+
+typedef struct err_write {
+    uv_write_t w;
+    tqkvd_conn *conn;
+    void *head;
+    size_t len;
+    int close_after;
+} err_write;
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
@@ -61,6 +107,19 @@ static void on_close(uv_handle_t *h)
         c->cur = NULL;
         tqkvd_req_free(r);
     }
+    while (c->txq_head) { /* responses that were waiting behind a worker's send */
+        tqkvd_tx_msg *m = c->txq_head;
+        c->txq_head = m->next;
+        if (m->req) {
+            tqkvd_req_free(m->req);
+        } else {
+            tqkv_free(m->err->head);
+            tqkv_free(m->err);
+            conn_unref(c);
+        }
+        tqkv_free(m);
+    }
+    c->txq_tail = NULL;
     conn_unref(c);
 }
 
@@ -71,8 +130,10 @@ void tqkvd_conn_close(tqkvd_conn *c, const char *why)
     c->closing = 1;
     c->reading = 0;
     TQKV_LOGD(MOD, "msg=\"close\" conn=%" PRIu64 " peer=%s why=\"%s\"", c->id, c->peer, why);
-    if (c->rx_busy) { /* the socket is closed once the worker reading it is done (rx_after) */
+    if (c->rx_busy || c->tx_busy) {
+        /* the socket is closed once the workers using it are done (rx_after, tx_after) */
         __atomic_store_n(&c->rx_abort, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&c->tx_abort, 1, __ATOMIC_RELAXED);
         return;
     }
     uv_close(&c->h.handle, on_close);
@@ -508,8 +569,9 @@ static void rx_after(uv_work_t *w, int status)
     c->rx_busy = 0;
     c->pgot += j->got;
     tqkv_free(j);
-    if (c->closing) { /* closed while the worker read: the socket can go now */
-        uv_close(&c->h.handle, on_close);
+    if (c->closing) { /* closed while the worker read: the socket can go once no one uses it */
+        if (!c->tx_busy)
+            uv_close(&c->h.handle, on_close);
         conn_unref(c);
         return;
     }
@@ -558,22 +620,242 @@ static void rx_start(tqkvd_conn *c)
 
 /* ---- writing ---- */
 
-typedef struct {
-    uv_write_t w;
-    tqkvd_conn *conn;
-    void *head;
-    int close_after;
-} err_write;
+static void on_resp_written(uv_write_t *w, int status);
+static void tx_pump(tqkvd_conn *c);
 
 static void on_err_written(uv_write_t *w, int status)
 {
     err_write *e = (err_write *)w;
     tqkvd_conn *c = e->conn;
+    c->writes_pending--;
     tqkv_free(e->head);
     if (e->close_after)
         tqkvd_conn_close(c, "error reply sent");
     tqkv_free(e);
+    if (c->writes_pending == 0)
+        tx_pump(c);
     conn_unref(c);
+}
+
+/* Writes an error frame with libuv; on failure frees it and closes the connection. */
+static void err_uv_write(err_write *e)
+{
+    tqkvd_conn *c = e->conn;
+    uv_buf_t b = uv_buf_init(e->head, (unsigned)e->len);
+    if (uv_write(&e->w, &c->h.stream, &b, 1, on_err_written) != 0) {
+        tqkv_free(e->head);
+        tqkv_free(e);
+        conn_unref(c);
+        tqkvd_conn_close(c, "write failed");
+        return;
+    }
+    c->writes_pending++;
+}
+
+/* Writes a response's buffers with libuv (which copies the array); on failure frees the request
+ * and closes the connection. */
+static void resp_uv_write(tqkvd_req *req, const uv_buf_t *bufs, unsigned n)
+{
+    tqkvd_conn *c = req->conn;
+    req->write.data = req;
+    if (uv_write(&req->write, &c->h.stream, bufs, n, on_resp_written) != 0) {
+        tqkvd_conn_close(c, "write failed");
+        tqkvd_req_free(req);
+        return;
+    }
+    c->writes_pending++;
+}
+
+static tqkvd_tx_msg *msg_new(tqkvd_conn *c, const uv_buf_t *bufs, unsigned n)
+{
+    tqkvd_tx_msg *m = tqkv_calloc(1, sizeof *m + (size_t)n * sizeof(uv_buf_t));
+    if (!m)
+        return NULL;
+    m->conn = c;
+    m->nbufs = n;
+    if (n)
+        memcpy(m->bufs, bufs, (size_t)n * sizeof *bufs);
+    return m;
+}
+
+static void txq_push(tqkvd_conn *c, tqkvd_tx_msg *m)
+{
+    m->next = NULL;
+    if (c->txq_tail)
+        c->txq_tail->next = m;
+    else
+        c->txq_head = m;
+    c->txq_tail = m;
+}
+
+/* Whether a response with `total` payload bytes is for a worker to send. A worker busy with
+ * other work (encodes, checksums, payload reads) is not waited for: the loop sends instead. */
+static int tx_for_worker(const tqkvd_conn *c, uint64_t total)
+{
+    const tqkvd_server *s = c->srv;
+    return total >= TX_WORKER_MIN && s->works_inflight < (uint64_t)s->cfg.workers;
+}
+
+/* A response is written (status < 0: it could not be): frees the request, which may take
+ * further frames out of the read buffer, and closes the connection if it was to close. */
+static void resp_done(tqkvd_req *r, int status)
+{
+    tqkvd_conn *c = r->conn;
+    if (status < 0 && !c->closing)
+        tqkvd_conn_close(c, "write failed");
+    c->refs++;
+    tqkvd_req_free(r);
+    if (c->close_after_write && c->inflight_reqs == 0)
+        tqkvd_conn_close(c, "refused");
+    else
+        maybe_close_eof(c);
+    conn_unref(c);
+}
+
+static void on_resp_written(uv_write_t *w, int status)
+{
+    tqkvd_req *r = w->data;
+    tqkvd_conn *c = r->conn;
+    c->writes_pending--;
+    c->refs++;
+    resp_done(r, status);
+    if (c->writes_pending == 0)
+        tx_pump(c);
+    conn_unref(c);
+}
+
+/* Worker: sends the message's buffers from where they stand, non-blocking, waiting for room in
+ * the socket a bounded time. Touches only the message (whose buffers stay valid: the request and
+ * its read references are not freed while the job runs) and the socket. */
+static void tx_work(uv_work_t *w)
+{
+    tqkvd_tx_msg *m = w->data;
+    tqkvd_conn *c = m->conn; /* only its tx_abort flag */
+    uint64_t t0 = tqkv_now_ns();
+    while (m->idx < m->nbufs && !__atomic_load_n(&c->tx_abort, __ATOMIC_RELAXED)) {
+        struct iovec iov[TX_IOV];
+        size_t n = 0;
+        for (unsigned i = m->idx; i < m->nbufs && n < TX_IOV; i++, n++) {
+            size_t skip = i == m->idx ? m->off : 0;
+            iov[n].iov_base = m->bufs[i].base + skip;
+            iov[n].iov_len = m->bufs[i].len - skip;
+        }
+        struct msghdr mh;
+        memset(&mh, 0, sizeof mh);
+        mh.msg_iov = iov;
+        mh.msg_iovlen = n;
+        ssize_t k = sendmsg(m->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k > 0) {
+            size_t left = (size_t)k;
+            while (m->idx < m->nbufs && left >= m->bufs[m->idx].len - m->off) {
+                left -= m->bufs[m->idx].len - m->off;
+                m->idx++;
+                m->off = 0;
+            }
+            m->off += left;
+            continue;
+        }
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            m->err_no = -errno;
+            break;
+        }
+        if (tqkv_now_ns() - t0 > TX_HOLD_NS)
+            break; /* a slow reader: the loop writes the rest */
+        struct pollfd pfd = {.fd = m->fd, .events = POLLOUT};
+        int pr = poll(&pfd, 1, TX_POLL_MS);
+        if (pr == 0 || (pr < 0 && errno != EINTR))
+            break; /* the peer stopped reading: the loop writes the rest */
+    }
+}
+
+static void tx_after(uv_work_t *w, int status)
+{
+    (void)status;
+    tqkvd_tx_msg *m = w->data;
+    tqkvd_conn *c = m->conn;
+    tqkvd_server *s = c->srv;
+    tqkvd_req *req = m->req;
+    s->works_inflight--;
+    c->tx_busy = 0;
+    if (c->closing) { /* closed while the worker sent: the socket can go once no one uses it */
+        tqkv_free(m);
+        tqkvd_req_free(req);
+        if (!c->rx_busy)
+            uv_close(&c->h.handle, on_close);
+        conn_unref(c);
+        return;
+    }
+    if (m->err_no) {
+        TQKV_LOGD(MOD, "msg=\"write error\" conn=%" PRIu64 " err=%s", c->id,
+                  uv_strerror(m->err_no));
+        int err = m->err_no;
+        tqkv_free(m);
+        resp_done(req, err);
+        conn_unref(c);
+        return;
+    }
+    if (m->idx == m->nbufs) {
+        tqkv_free(m);
+        tx_pump(c); /* what waited behind it */
+        resp_done(req, 0);
+    } else {
+        /* The peer is slow: the loop writes the rest, ahead of what waited behind it. */
+        TQKV_LOGD(MOD, "msg=\"slow reader: send handed back to the loop\" conn=%" PRIu64,
+                  c->id);
+        m->bufs[m->idx].base += m->off;
+        m->bufs[m->idx].len -= m->off;
+        resp_uv_write(req, m->bufs + m->idx, m->nbufs - m->idx);
+        tqkv_free(m);
+        tx_pump(c);
+    }
+    conn_unref(c);
+}
+
+/* Hands a response to a worker. @return 0, or -1 if none can take it (the caller writes it). */
+static int tx_start(tqkvd_conn *c, tqkvd_tx_msg *m)
+{
+    tqkvd_server *s = c->srv;
+    uv_os_fd_t fd;
+    if (c->closing || uv_fileno(&c->h.handle, &fd) != 0)
+        return -1;
+    m->fd = fd;
+    m->idx = 0;
+    m->off = 0;
+    m->err_no = 0;
+    m->work.data = m;
+    c->tx_busy = 1;
+    __atomic_store_n(&c->tx_abort, 0, __ATOMIC_RELAXED);
+    if (uv_queue_work(s->loop, &m->work, tx_work, tx_after) != 0) {
+        c->tx_busy = 0;
+        return -1;
+    }
+    s->works_inflight++;
+    c->refs++;
+    return 0;
+}
+
+/* Writes what waits in the connection's queue, in order, until a large response goes to a
+ * worker (it waits until the loop's own writes are out, so that it cannot overtake them). */
+static void tx_pump(tqkvd_conn *c)
+{
+    while (!c->closing && !c->tx_busy && c->txq_head) {
+        tqkvd_tx_msg *m = c->txq_head;
+        int worker = m->req && tx_for_worker(c, m->total);
+        if (worker && c->writes_pending)
+            return; /* on_resp_written / on_err_written pump again */
+        c->txq_head = m->next;
+        if (!c->txq_head)
+            c->txq_tail = NULL;
+        if (worker && tx_start(c, m) == 0)
+            return;
+        if (m->req)
+            resp_uv_write(m->req, m->bufs, m->nbufs);
+        else
+            err_uv_write(m->err);
+        tqkv_free(m);
+    }
 }
 
 void tqkvd_conn_send_error(tqkvd_conn *c, uint64_t request_id, int op, int status,
@@ -590,8 +872,7 @@ void tqkvd_conn_send_error(tqkvd_conn *c, uint64_t request_id, int op, int statu
     h.status = status;
     h.message = (char *)msg;
     err_write *e = tqkv_calloc(1, sizeof *e);
-    size_t len = 0;
-    if (!e || tqkv_frame_build(&h, 0, &e->head, &len) != 0) {
+    if (!e || tqkv_frame_build(&h, 0, &e->head, &e->len) != 0) {
         tqkv_free(e);
         tqkvd_conn_close(c, "out of memory");
         return;
@@ -601,28 +882,20 @@ void tqkvd_conn_send_error(tqkvd_conn *c, uint64_t request_id, int op, int statu
     c->refs++;
     if (close_after)
         stop_reading(c);
-    uv_buf_t b = uv_buf_init(e->head, (unsigned)len);
-    if (uv_write(&e->w, &c->h.stream, &b, 1, on_err_written) != 0) {
-        tqkv_free(e->head);
-        tqkv_free(e);
-        conn_unref(c);
-        tqkvd_conn_close(c, "write failed");
+    if (c->tx_busy || c->txq_head) { /* after the responses made before it */
+        tqkvd_tx_msg *m = msg_new(c, NULL, 0);
+        if (!m) {
+            tqkv_free(e->head);
+            tqkv_free(e);
+            conn_unref(c);
+            tqkvd_conn_close(c, "out of memory");
+            return;
+        }
+        m->err = e;
+        txq_push(c, m);
+        return;
     }
-}
-
-static void on_resp_written(uv_write_t *w, int status)
-{
-    tqkvd_req *r = w->data;
-    tqkvd_conn *c = r->conn;
-    if (status < 0 && !c->closing)
-        tqkvd_conn_close(c, "write failed");
-    c->refs++;
-    tqkvd_req_free(r); /* may take further frames out of the read buffer */
-    if (c->close_after_write && c->inflight_reqs == 0)
-        tqkvd_conn_close(c, "refused");
-    else
-        maybe_close_eof(c);
-    conn_unref(c);
+    err_uv_write(e);
 }
 
 void tqkvd_req_respond(tqkvd_req *req, int with_payload)
@@ -670,12 +943,29 @@ void tqkvd_req_respond(tqkvd_req *req, int with_payload)
                                         (unsigned)req->items[i].out_len);
     charge(c, req, head_len + total);
     s->bytes_out += head_len + total;
-    req->write.data = req;
-    r = uv_write(&req->write, &c->h.stream, bufs, (unsigned)k, on_resp_written);
+    int worker = tx_for_worker(c, total);
+    int behind = c->tx_busy || c->txq_head != NULL; /* a worker sends, or responses wait */
+    if (behind || worker) {
+        tqkvd_tx_msg *m = msg_new(c, bufs, (unsigned)k);
+        if (!m && behind) {
+            tqkvd_conn_close(c, "out of memory");
+            tqkvd_req_free(req);
+            goto out;
+        }
+        if (m) {
+            m->req = req;
+            m->total = total;
+            if (behind || c->writes_pending) { /* tx_pump writes it, or hands it to a worker */
+                txq_push(c, m);
+                goto out;
+            }
+            if (tx_start(c, m) == 0)
+                goto out;
+            tqkv_free(m);
+        }
+    }
+    resp_uv_write(req, bufs, (unsigned)k); /* the loop writes it now */
+out:
     if (bufs != stackbufs)
         tqkv_free(bufs);
-    if (r != 0) {
-        tqkvd_conn_close(c, "write failed");
-        tqkvd_req_free(req);
-    }
 }

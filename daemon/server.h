@@ -9,9 +9,11 @@
  * them into the store's reservation; a PUT of encoded blocks is read straight into the store's
  * reservations). The rest of a payload of 256 KiB or more is read by a worker rather than by the
  * loop, so that the uploads of several connections are copied out of the kernel in parallel
- * (conn.c). A response is one uv_write whose buffers are the preamble +
- * header and the payload pieces, which point into stored blocks held by read references (no
- * copy) or into buffers the worker produced (decode, layer slices). The request lives until its
+ * (conn.c). A response is one gathered write whose buffers are the preamble + header and the
+ * payload pieces, which point into stored blocks held by read references (no copy) or into
+ * buffers the worker produced (decode, layer slices); a response with 256 KiB of payload or more
+ * is sent by a worker (sendmsg) rather than by the loop, for the same reason as the reads, and
+ * responses leave a connection in the order they were made. The request lives until its
  * response is written; the connection lives until its last request is gone.
  *
  * Limits: a frame larger than max_frame is refused and the connection closed (the stream cannot
@@ -86,6 +88,13 @@ typedef struct tqkvd_conn {
      * does not read meanwhile, and closing waits for the worker (rx_abort asks it to stop). */
     int rx_busy;
     int rx_abort; /* read and written with __atomic builtins */
+    /* A worker is sending a large response (conn.c, tx_work): the loop writes nothing to the
+     * connection meanwhile; the responses that come after it wait in txq, in order. Closing
+     * waits for the worker (tx_abort asks it to stop). */
+    int tx_busy;
+    int tx_abort;             /* read and written with __atomic builtins */
+    uint32_t writes_pending;  /* uv_write calls not yet called back */
+    struct tqkvd_tx_msg *txq_head, *txq_tail;
     uint32_t refs; /* requests alive + 1 for the handle */
 
     uint8_t *rbuf; /* preamble + header accumulation */

@@ -1,6 +1,7 @@
 /* Integration tests of tqkvd speaking raw frames over real sockets: every kind of bad input gets
  * its specific error and the daemon goes on serving; authentication and admin rights; limits;
- * CONFIG GET/SET; HELLO/REGISTER semantics; PUT/GET/LOOKUP basics; graceful shutdown. */
+ * CONFIG GET/SET; HELLO/REGISTER semantics; PUT/GET/LOOKUP basics; large payloads read and large
+ * replies sent by workers (whole, in order, slow and vanishing peers); graceful shutdown. */
 #include <errno.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -1155,6 +1156,310 @@ static void test_big_payload_cut(void)
     }
 }
 
+/* ---- large responses: sent by a worker, in order, handed back to the loop for slow readers ---- */
+
+/* Blocks of "big" put by put_bigs: 8 x ~0.5 MiB, a 4 MiB reply when got together. Keys depend
+ * on the key id modulo 256 (fill_key): each test's ids are kept apart from the others'. */
+#define NBIG 8
+
+typedef struct {
+    uint8_t *blk[NBIG];
+    size_t len[NBIG];
+} big_set;
+
+/* PUTs NBIG encoded blocks of "big" under keys key_base.. and keeps their bytes. @return 0. */
+static int put_bigs(int fd, int key_base, big_set *b)
+{
+    for (int i = 0; i < NBIG; i++) {
+        b->blk[i] = make_big_block(key_base + i, &b->len[i]);
+        if (!b->blk[i])
+            return -1;
+        req_buf q;
+        req_init(&q, TQKV__OP__OP_PUT, "big", 1, key_base + i);
+        q.it[0].payload_len = b->len[i];
+        if (call(fd, &q.h, b->blk[i], b->len[i], NULL) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void free_bigs(big_set *b)
+{
+    for (int i = 0; i < NBIG; i++)
+        free(b->blk[i]);
+}
+
+/* Sends a GET of n keys of "big" from key_base + first (n <= 8) under request id `id`. */
+static int send_get_big(int fd, int key_base, int first, int n, uint64_t id)
+{
+    req_buf q;
+    req_init(&q, TQKV__OP__OP_GET, "big", n, key_base + first);
+    q.h.request_id = id;
+    return send_frame(fd, &q.h, NULL, 0);
+}
+
+/* Reads one reply and checks it is the GET `id` of blocks first..first+n-1 of b, whole.
+ * @return 0, or a line number of the check that failed. */
+static int recv_get_big(int fd, const big_set *b, int first, int n, uint64_t id)
+{
+    uint8_t *p = NULL;
+    size_t plen = 0;
+    Tqkv__Header *r = recv_frame(fd, &p, &plen);
+    int bad = 0;
+    if (!r)
+        bad = __LINE__;
+    else if (r->request_id != id)
+        bad = __LINE__;
+    else if (r->status != 0 || (int)r->n_items != n)
+        bad = __LINE__;
+    size_t off = 0;
+    for (int i = 0; !bad && i < n; i++) {
+        if (r->items[i]->status != 0 || r->items[i]->payload_len != b->len[first + i] ||
+            off + b->len[first + i] > plen ||
+            memcmp(p + off, b->blk[first + i], b->len[first + i]) != 0)
+            bad = __LINE__;
+        off += b->len[first + i];
+    }
+    if (!bad && off != plen)
+        bad = __LINE__;
+    if (bad && r)
+        fprintf(stderr, "reply %llu (want %llu): status %d, %zu items, %zu payload bytes\n",
+                (unsigned long long)r->request_id, (unsigned long long)id, r->status,
+                r->n_items, plen);
+    tqkv_header_free(r);
+    free(p);
+    return bad;
+}
+
+static int connect_hello_tcp(tqkvd_harness *h)
+{
+    int fd = tqkvd_harness_connect_tcp(h);
+    if (fd < 0)
+        return -1;
+    set_timeout(fd);
+    if (hello_tok(fd, NULL) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+typedef struct {
+    const char *name;
+    int tcp;
+    int first, n; /* blocks per GET */
+    int repeat;
+} big_get_case;
+
+/* GETs of one large block and of several in one reply, over both transports, a few times in a
+ * row: every reply is whole and byte for byte what was stored. */
+static void test_big_gets(void)
+{
+    static const big_get_case cases[] = {
+        {"unix, one block", 0, 0, 1, 4},
+        {"unix, 8 blocks in one reply", 0, 0, 8, 3},
+        {"tcp, one block", 1, 3, 1, 4},
+        {"tcp, 8 blocks in one reply", 1, 0, 8, 3},
+    };
+    start_default();
+    ASSERT_TRUE(started);
+    int fd = connect_hello();
+    ASSERT_TRUE(fd >= 0);
+    ASSERT_EQ_INT(register_big(fd), 0);
+    big_set b;
+    ASSERT_EQ_INT(put_bigs(fd, 5000, &b), 0);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const big_get_case *tc = &cases[ci];
+        fprintf(stderr, "case: %s\n", tc->name);
+        int g = tc->tcp ? connect_hello_tcp(&D) : connect_hello();
+        ASSERT_TRUE(g >= 0);
+        for (int k = 0; k < tc->repeat; k++) {
+            ASSERT_EQ_INT(send_get_big(g, 5000, tc->first, tc->n, 600 + (uint64_t)k), 0);
+            ASSERT_EQ_INT(recv_get_big(g, &b, tc->first, tc->n, 600 + (uint64_t)k), 0);
+        }
+        close(g);
+    }
+    free_bigs(&b);
+    close(fd);
+}
+
+/* Many requests written at once, large GETs (sent by workers) between small replies (LOOKUP,
+ * GET of a small block, an error reply from the request's handler, an error for a malformed
+ * header): the replies come back in the order the requests were sent, the large ones whole. */
+static void test_pipelined_mixed_order(void)
+{
+    start_default();
+    ASSERT_TRUE(started);
+    int fd = connect_hello();
+    ASSERT_TRUE(fd >= 0);
+    ASSERT_EQ_INT(register_big(fd), 0);
+    big_set b;
+    ASSERT_EQ_INT(put_bigs(fd, 5100, &b), 0);
+    size_t slen = 0;
+    uint8_t *small = make_block(5190, &slen);
+    ASSERT_TRUE(small != NULL);
+    req_buf q;
+    req_init(&q, TQKV__OP__OP_PUT, "m", 1, 5190);
+    q.it[0].payload_len = slen;
+    ASSERT_EQ_INT(call(fd, &q.h, small, slen, NULL), 0);
+    /* kinds: 0 GET one big block, 1 GET 3 big blocks, 2 LOOKUP, 3 GET the small block,
+     * 4 GET in an unknown namespace (error reply), 5 malformed header (error, id 0) */
+    static const int kinds[] = {0, 2, 1, 3, 5, 0, 0, 4, 2, 1, 3, 3, 0, 5, 1, 2, 4, 0};
+    enum { NK = sizeof kinds / sizeof kinds[0], ROUNDS = 4 };
+    for (int round = 0; round < ROUNDS; round++)
+        for (int i = 0; i < NK; i++) {
+            uint64_t id = 1000 + (uint64_t)(round * NK + i);
+            int first = (round + i) % 5;
+            if (kinds[i] == 0 || kinds[i] == 1) {
+                ASSERT_EQ_INT(send_get_big(fd, 5100, first, kinds[i] ? 3 : 1, id), 0);
+            } else if (kinds[i] == 5) {
+                uint8_t f[16 + 3];
+                tqkv_preamble_emit(f, 3, 0);
+                f[16] = 0x1A; /* ns: length 5, only 1 byte follows */
+                f[17] = 0x05;
+                f[18] = 'a';
+                ASSERT_EQ_INT(write_all(fd, f, sizeof f), 0);
+            } else {
+                req_buf r;
+                req_init(&r, kinds[i] == 2 ? TQKV__OP__OP_LOOKUP : TQKV__OP__OP_GET,
+                         kinds[i] == 4 ? "nope" : "m", 1, 5190);
+                r.h.request_id = id;
+                ASSERT_EQ_INT(send_frame(fd, &r.h, NULL, 0), 0);
+            }
+        }
+    for (int round = 0; round < ROUNDS; round++)
+        for (int i = 0; i < NK; i++) {
+            uint64_t id = 1000 + (uint64_t)(round * NK + i);
+            int first = (round + i) % 5;
+            if (kinds[i] == 0 || kinds[i] == 1) {
+                ASSERT_EQ_INT(recv_get_big(fd, &b, first, kinds[i] ? 3 : 1, id), 0);
+                continue;
+            }
+            uint8_t *p = NULL;
+            size_t plen = 0;
+            Tqkv__Header *r = recv_frame(fd, &p, &plen);
+            ASSERT_TRUE(r != NULL);
+            uint64_t rid = r->request_id;
+            int st = r->status;
+            tqkv_header_free(r);
+            if (kinds[i] == 5) {
+                ASSERT_EQ_U64(rid, 0);
+                ASSERT_EQ_INT(st, TQKV_EBADHEADER);
+            } else {
+                ASSERT_EQ_U64(rid, id);
+                ASSERT_EQ_INT(st, kinds[i] == 4 ? TQKV_ENONAMESPACE : 0);
+            }
+            if (kinds[i] == 3) {
+                ASSERT_EQ_U64(plen, slen);
+                ASSERT_MEM_EQ(p, small, slen);
+            }
+            free(p);
+        }
+    free(small);
+    free_bigs(&b);
+    close(fd);
+}
+
+/* A client that asks for a 4 MiB reply and then does not read: with a single worker, another
+ * connection's raw PUT (which needs that worker to read and encode it) is still served, so the
+ * sending worker gave the reply back to the loop instead of waiting for the reader; the stalled
+ * client then gets its whole reply, and the reply to what it sent next after it. */
+static void test_slow_reader(void)
+{
+    tqkvd_harness L;
+    const char *args[] = {"--workers=1", NULL};
+    ASSERT_OK(tqkvd_harness_start(&L, args));
+    int a = tqkvd_harness_connect_unix(&L);
+    ASSERT_TRUE(a >= 0);
+    set_timeout(a);
+    ASSERT_EQ_INT(hello_tok(a, NULL), 0);
+    ASSERT_EQ_INT(register_big(a), 0);
+    big_set b;
+    ASSERT_EQ_INT(put_bigs(a, 5200, &b), 0);
+    for (int round = 0; round < 2; round++) {
+        ASSERT_EQ_INT(send_get_big(a, 5200, 0, NBIG, 70 + (uint64_t)round), 0);
+        req_buf l;
+        req_init(&l, TQKV__OP__OP_LOOKUP, "big", 2, 5200);
+        l.h.request_id = 80 + (uint64_t)round;
+        ASSERT_EQ_INT(send_frame(a, &l.h, NULL, 0), 0);
+        usleep(100 * 1000); /* a's reply fills its socket; a reads nothing */
+        int c2 = tqkvd_harness_connect_unix(&L);
+        ASSERT_TRUE(c2 >= 0);
+        set_timeout(c2);
+        ASSERT_EQ_INT(hello_tok(c2, NULL), 0);
+        uint8_t *raw = malloc(BIG_RAW);
+        fill_raw(raw, BIG_RAW, 77);
+        req_buf q;
+        req_init(&q, TQKV__OP__OP_PUT, "big", 1, 5290 + round);
+        q.h.encoding = TQKV__ENCODING__ENC_RAW;
+        q.it[0].n_tokens = CHUNK;
+        q.it[0].payload_len = BIG_RAW;
+        Tqkv__Header *r = NULL;
+        ASSERT_EQ_INT(call(c2, &q.h, raw, BIG_RAW, &r), 0);
+        ASSERT_EQ_INT(r->items[0]->status, 0);
+        tqkv_header_free(r);
+        free(raw);
+        close(c2);
+        /* now a reads: the whole GET reply, then the LOOKUP's */
+        ASSERT_EQ_INT(recv_get_big(a, &b, 0, NBIG, 70 + (uint64_t)round), 0);
+        r = recv_frame(a, NULL, NULL);
+        ASSERT_TRUE(r != NULL);
+        ASSERT_EQ_U64(r->request_id, 80 + (uint64_t)round);
+        ASSERT_EQ_INT(r->status, 0);
+        ASSERT_EQ_INT((int)r->hits, 2);
+        tqkv_header_free(r);
+    }
+    free_bigs(&b);
+    close(a);
+    ASSERT_EQ_INT(tqkvd_harness_stop(&L), 0);
+}
+
+typedef struct {
+    const char *name;
+    int gets;       /* GETs of all 8 blocks written before closing */
+    size_t read;    /* reply bytes read before closing */
+    int shut_first; /* shutdown(SHUT_RDWR) before close */
+} close_case;
+
+/* A client that closes while large replies are being sent to it (and more wait behind them):
+ * the daemon drops them, goes on serving, and the blocks are still there, whole. */
+static void test_close_mid_reply(void)
+{
+    static const close_case cases[] = {
+        {"close before reading", 1, 0, 0},
+        {"close after 100 KiB", 1, 100 << 10, 0},
+        {"close with 6 replies waiting", 6, 64 << 10, 0},
+        {"shutdown then close, 3 replies", 3, 1 << 20, 1},
+    };
+    start_default();
+    ASSERT_TRUE(started);
+    int fd = connect_hello();
+    ASSERT_TRUE(fd >= 0);
+    ASSERT_EQ_INT(register_big(fd), 0);
+    big_set b;
+    ASSERT_EQ_INT(put_bigs(fd, 5328, &b), 0);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const close_case *tc = &cases[ci];
+        fprintf(stderr, "case: %s\n", tc->name);
+        int g = connect_hello();
+        ASSERT_TRUE(g >= 0);
+        for (int k = 0; k < tc->gets; k++)
+            ASSERT_EQ_INT(send_get_big(g, 5328, 0, NBIG, 300 + (uint64_t)k), 0);
+        uint8_t *sink = malloc(tc->read + 1);
+        if (tc->read)
+            ASSERT_EQ_INT(read_all(g, sink, tc->read), 0);
+        free(sink);
+        if (tc->shut_first)
+            shutdown(g, SHUT_RDWR);
+        close(g);
+        ASSERT_TRUE(daemon_serves());
+        ASSERT_EQ_INT(send_get_big(fd, 5328, 0, NBIG, 400 + ci), 0);
+        ASSERT_EQ_INT(recv_get_big(fd, &b, 0, NBIG, 400 + ci), 0);
+    }
+    free_bigs(&b);
+    close(fd);
+}
+
 /* SIGTERM with an idle connection open: exit status 0, socket file gone. Runs last. */
 static void test_shutdown(void)
 {
@@ -1248,6 +1553,10 @@ static const tqkv_test_case cases[] = {
     {"pipelining", test_pipelining},
     {"big_payloads", test_big_payloads},
     {"big_payload_cut", test_big_payload_cut},
+    {"big_gets", test_big_gets},
+    {"pipelined_mixed_order", test_pipelined_mixed_order},
+    {"slow_reader", test_slow_reader},
+    {"close_mid_reply", test_close_mid_reply},
     {"shutdown", test_shutdown},
     {NULL, NULL},
 };
