@@ -22,3 +22,13 @@ if(TARGET tqkv_client AND TARGET tqkvd AND TARGET tq AND TARGET tqkv_ssd_tier)
     add_dependencies(test_tiers_${t} tqkvd)
   endforeach()
 endif()
+if(TARGET tqkv_client AND TARGET tqkvd AND TARGET tq AND TARGET tqkv_redis_harness)
+  tqkv_add_test(test_tiers_redis
+                SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_tiers_redis.c
+                        ${CMAKE_CURRENT_LIST_DIR}/tqkvd_harness.c
+                LIBS tqkv_client tq tqkv_redis_harness Threads::Threads
+                LABELS integration TIMEOUT 120)
+  target_include_directories(test_tiers_redis PRIVATE ${CMAKE_CURRENT_LIST_DIR})
+  target_compile_definitions(test_tiers_redis PRIVATE TQKVD_PATH="$<TARGET_FILE:tqkvd>")
+  add_dependencies(test_tiers_redis tqkvd)
+endif()
