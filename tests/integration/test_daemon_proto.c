@@ -1156,7 +1156,7 @@ static void test_big_payload_cut(void)
     }
 }
 
-/* ---- large responses: sent by a worker, in order, handed back to the loop for slow readers ---- */
+/* ---- large replies: sent by a worker, in order, handed back to the loop for slow readers ---- */
 
 /* Blocks of "big" put by put_bigs: 8 x ~0.5 MiB, a 4 MiB reply when got together. Keys depend
  * on the key id modulo 256 (fill_key): each test's ids are kept apart from the others'. */
