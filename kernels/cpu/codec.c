@@ -1,8 +1,10 @@
 /* The section codec of libtq on the CPU: the scalar reference of the per-vector kernels (the
  * arithmetic of FORMAT.md, "Reference arithmetic", in exactly that order), code packing into the
  * word-major bit planes, outlier selection, and tq_encode_section / tq_decode_section over all
- * heads and tokens of one tensor of one layer. The AVX2 kernels (avx2.c) are drop-in
- * replacements of the two per-vector functions and must produce identical bytes. */
+ * heads and tokens of one tensor of one layer. With AVX2, whole groups of eight tokens go
+ * through the vertical section kernels (avx2_group.c) and the remaining tokens through the AVX2
+ * per-vector kernels (avx2.c), drop-in replacements of the two scalar functions; all of them
+ * must produce identical bytes. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
