@@ -398,6 +398,32 @@ static int encode_raw(const tq__kernels *kern, const tq__layout *L, uint32_t hea
     return 0;
 }
 
+/* Zeroes the bytes of a section that the encoder does not write: the fp16 padding of scale and
+ * gamma rows when T is odd, and raw rows' channels head_dim..P-1. Everything else (masks,
+ * scales, gammas, every plane word of every token) is written by the encoder, so the section is
+ * not cleared as a whole first (that wrote every byte twice). test_tq_codec checks it. */
+static void zero_unwritten(const tq__layout *L, uint32_t head_dim, uint32_t n_kv_heads,
+                           uint8_t *dst)
+{
+    for (uint32_t h = 0; h < n_kv_heads; h++) {
+        uint8_t *rec = dst + (size_t)h * L->record_size;
+        if (L->raw) {
+            if (head_dim < L->P)
+                for (uint32_t t = 0; t < L->T; t++)
+                    memset(rec + ((size_t)t * L->P + head_dim) * 2, 0,
+                           (size_t)(L->P - head_dim) * 2);
+            continue;
+        }
+        if (!(L->T & 1))
+            continue;
+        for (uint32_t p = 0; p < L->n_parts; p++) {
+            tqkv_store_le16(rec + L->part[p].scale_off + 2 * (size_t)L->T, 0);
+            if (L->part[p].prod)
+                tqkv_store_le16(rec + L->part[p].gamma_off + 2 * (size_t)L->T, 0);
+        }
+    }
+}
+
 /* Outlier masks of every head (written to the records) and the part channel lists chs
  * ([n_kv_heads][2][TQ_MAX_HEAD_DIM]). The energies are summed token by token over all heads, so
  * that the input is read in its own order; each channel's sum is still sequential over tokens
@@ -458,7 +484,7 @@ int tq_encode_section(const tq_recipe *r, uint32_t head_dim, uint32_t n_kv_heads
     tq__layout L;
     uint32_t P = tq_head_dim_padded(head_dim);
     tqkv__layout(r, P, n_tokens, &L);
-    memset(dst, 0, sec_size);
+    zero_unwritten(&L, head_dim, n_kv_heads, dst);
     tq__kernels kern;
     tqkv__kernels(&kern);
     if (L.raw)

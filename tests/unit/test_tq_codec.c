@@ -290,6 +290,45 @@ static void test_roundtrip_presets(void)
     free(out);
 }
 
+/* The encoder writes or zeroes every byte of a section: encoding into a buffer full of 0xff
+ * gives the same bytes as into one full of zeros (both implementations, odd and even T, split,
+ * prod and raw recipes, padded head dims). */
+static void test_every_byte_written(void)
+{
+    static const struct {
+        uint32_t d, T;
+    } geo[] = {{128, 37}, {96, 16}, {64, 9}, {40, 8}, {20, 3}, {32, 17}};
+    for (int impl = TQ_IMPL_SCALAR; impl <= TQ_IMPL_AVX2; impl++) {
+        if (tq_set_cpu_impl((tq_impl)impl))
+            continue; /* no AVX2 */
+        for (size_t gi = 0; gi < sizeof(geo) / sizeof(geo[0]); gi++)
+            for (const char *const *p = tq_preset_names(); *p; p++) {
+                uint32_t d = geo[gi].d, T = geo[gi].T, H = 2;
+                tq_recipe k, v;
+                ASSERT_OK(tq_preset(*p, d, &k, &v));
+                void *kv = make_kv(TQ_DTYPE_F16, T, H, d, 70 + gi, NULL);
+                tq_kv_view view = tq_kv_view_contiguous(kv, TQ_DTYPE_F16, H, d);
+                for (int t = 0; t < 2; t++) {
+                    const tq_recipe *r = t ? &v : &k;
+                    size_t len = tq_section_size(r, d, H, T);
+                    uint8_t *a = malloc(len), *b = malloc(len);
+                    memset(a, 0, len);
+                    memset(b, 0xff, len);
+                    ASSERT_OK(tq_encode_section(r, d, H, T, 9, TQ_CODEBOOK_EXACT, &view, a, len));
+                    ASSERT_OK(tq_encode_section(r, d, H, T, 9, TQ_CODEBOOK_EXACT, &view, b, len));
+                    if (memcmp(a, b, len))
+                        fprintf(stderr, "  %s %c d=%u T=%u impl %d: unwritten bytes\n", *p,
+                                t ? 'V' : 'K', d, T, impl);
+                    ASSERT_MEM_EQ(a, b, len);
+                    free(a);
+                    free(b);
+                }
+                free(kv);
+            }
+    }
+    ASSERT_OK(tq_set_cpu_impl(TQ_IMPL_AUTO));
+}
+
 static void test_determinism_and_seed(void)
 {
     tq_recipe k, v;
@@ -688,6 +727,7 @@ static const tqkv_test_case cases[] = {
     {"tables_thread_safe", test_tables_thread_safe},
     {"presets", test_presets},
     {"roundtrip_presets", test_roundtrip_presets},
+    {"every_byte_written", test_every_byte_written},
     {"determinism_and_seed", test_determinism_and_seed},
     {"scalar_vs_avx2", test_scalar_vs_avx2},
     {"avx2_token_counts", test_avx2_token_counts},
