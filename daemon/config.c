@@ -40,6 +40,7 @@ static const char *const devices[] = {"auto", "cpu", "cuda", NULL};
 /* Same order as tqkv_ssd_fsync and tqkv_write_policy. */
 static const char *const fsyncs[] = {"always", "interval", "none", NULL};
 static const char *const write_policies[] = {"back", "through", "async", NULL};
+static const char *const cluster_modes[] = {"auto", "on", "off", NULL};
 
 #define OFF(f) offsetof(tqkvd_config, f)
 static const setting settings[] = {
@@ -115,6 +116,22 @@ static const setting settings[] = {
      tqkvd_server_apply_write_policy,
      "when blocks go to Redis: async (at PUT, the reply does not wait), through (at PUT, the "
      "reply waits) or back (when evicted from the tiers above)"},
+    {"cluster", T_ENUM, OFF(cluster), "auto", 0, 0, cluster_modes, 0, 0, NULL,
+     "membership in Redis, shared namespaces and peer fetch (docs/cluster.md): auto (on when "
+     "redis is set), on, off"},
+    {"node_id", T_STRING, OFF(node_id), "", 0, 0, NULL, 0, 0, NULL,
+     "this daemon's id in the cluster; \"\": hostname:port"},
+    {"advertise", T_STRING, OFF(advertise), "", 0, 0, NULL, 0, 0, NULL,
+     "host:port the peers use to fetch blocks from this daemon; \"\": the bound TCP address "
+     "(the host name for a wildcard bind)"},
+    {"heartbeat_ms", T_INT, OFF(heartbeat_ms), "1000", 20, 60000, NULL, 0, 0, NULL,
+     "period of the member record's refresh and of reading the members back"},
+    {"member_ttl_ms", T_INT, OFF(member_ttl_ms), "5000", 100, 3600000, NULL, 0, 0, NULL,
+     "expiry of the member record: a member silent this long leaves the view"},
+    {"peer_fetch", T_BOOL, OFF(peer_fetch), "true", 0, 1, NULL, 1, 0, NULL,
+     "a GET that misses every local tier asks the live members for the blocks"},
+    {"peer_timeout_ms", T_INT, OFF(peer_timeout_ms), "500", 10, 60000, NULL, 1, 0, NULL,
+     "connect and no-progress limit of one peer fetch, per peer"},
 };
 #undef OFF
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))

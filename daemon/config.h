@@ -48,6 +48,14 @@ typedef struct {
     int64_t redis_timeout_ms;
     int64_t redis_lz4;
     int64_t redis_write; /* tqkv_write_policy */
+    /* across nodes (daemon/cluster.c) */
+    int64_t cluster; /* 0 auto (on when redis is set), 1 on, 2 off */
+    char *node_id;   /* "" : hostname:port */
+    char *advertise; /* "" : the bound TCP address */
+    int64_t heartbeat_ms;
+    int64_t member_ttl_ms;
+    int64_t peer_fetch;
+    int64_t peer_timeout_ms;
 } tqkvd_config;
 
 /* Fills c with the built-in defaults (the Unix socket in the runtime dir, TCP on

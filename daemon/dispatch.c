@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cluster.h"
 #include "codec.h"
 #include "tq.h"
 #include "tqkv_alloc.h"
@@ -251,7 +252,6 @@ static void op_hello(tqkvd_req *r)
 
 static void op_register(tqkvd_req *r)
 {
-    tqkvd_server *s = r->conn->srv;
     const Tqkv__Namespace *n = r->hdr->namespace_;
     if (!n)
         return fail(r, TQKV_EINVAL, "REGISTER without a namespace");
@@ -309,6 +309,18 @@ static void op_register(tqkvd_req *r)
     snprintf(d.preset, sizeof d.preset, "%s", preset);
     d.seed = info->p.seed; /* 0 and the default seed are the same namespace */
 
+    /* With a cluster, the namespace's record in Redis is checked (and written) first. */
+    if (tqkvd_cluster_register(r, &d, info))
+        return;
+    tqkvd__register_local(r, &d, info);
+}
+
+void tqkvd__register_local(tqkvd_req *r, const tqkv_ns_desc *dp, void *info_arg)
+{
+    tqkvd_server *s = r->conn->srv;
+    ns_info *info = info_arg;
+    tqkv_ns_desc d = *dp;
+    int e;
     tqkv_ns *ns = NULL;
     int created = 0;
     if (!tqkv_store_ns_find(s->store, d.name)) {
@@ -339,7 +351,7 @@ static void op_register(tqkvd_req *r)
     }
     add_kv(r, "created", "%d", created);
     add_kv(r, "block_bytes_full_chunk", "%zu",
-           tq_block_size(&((ns_info *)tqkv_ns_get_user(ns))->p, chunk, 0, n->n_layers));
+           tq_block_size(&((ns_info *)tqkv_ns_get_user(ns))->p, d.chunk_size, 0, d.n_layers));
     respond(r);
 }
 
@@ -354,6 +366,8 @@ static int need_ns_and_keys(tqkvd_req *r)
         return -1;
     }
     r->ns = tqkv_store_ns_find(s->store, r->hdr->ns);
+    if (!r->ns && tqkvd_cluster_ns_lookup(r))
+        return -1; /* registered elsewhere? asked of Redis; the request is dispatched again */
     if (!r->ns || !tqkv_ns_get_user(r->ns)) {
         fail(r, TQKV_ENONAMESPACE, "no such namespace '%s' (REGISTER it first)", r->hdr->ns);
         return -1;
@@ -482,12 +496,6 @@ static void put_work(uv_work_t *w)
     }
 }
 
-void tqkvd__put_validate(tqkvd_req *r)
-{
-    r->work.data = r;
-    put_work(&r->work);
-}
-
 /* The PUT's reply, once its items are all settled. */
 static void put_reply(tqkvd_req *r)
 {
@@ -513,6 +521,12 @@ static void put_durable(void *arg, int status)
     if (status)
         it->status = status;
     put_settle(it->req);
+}
+
+void tqkvd__put_validate(tqkvd_req *r)
+{
+    r->work.data = r;
+    put_work(&r->work);
 }
 
 static void put_after(uv_work_t *w, int status)
@@ -753,9 +767,18 @@ static void get_after(uv_work_t *w, int status)
 
 /* All keys answered by the store: serve whole blocks straight from the store, or go through a
  * worker for layer slices and decoding. */
+static void get_continue(tqkvd_req *r);
+void tqkvd__get_continue(tqkvd_req *r)
+{
+    get_continue(r);
+}
+
 static void get_continue(tqkvd_req *r)
 {
     tqkvd_server *s = r->conn->srv;
+    /* Keys every local tier missed may be held by another member. */
+    if (tqkvd_cluster_peer_get(r))
+        return;
     const ns_info *info = nsinfo(r);
     int whole = !r->decode_dtype && r->layer_begin == 0 && r->layer_count == info->p.n_layers;
     int any = 0;
@@ -1051,6 +1074,26 @@ static void op_stats(tqkvd_req *r)
         if (st.tiers[t].present)
             stats_tier(r, tqkv_tier_name(t), &st.tiers[t]);
     stats_engines(r);
+    if (tqkvd_cluster_enabled(s)) {
+        tqkvd_cluster_stats cs;
+        tqkvd_cluster_get_stats(s, &cs);
+        const tqkvd_member *m = NULL;
+        add_kv(r, "cluster.members", "%zu", tqkvd_cluster_members(s, &m));
+#define C(f) add_kv(r, "cluster." #f, "%" PRIu64, cs.f)
+        C(heartbeats);
+        C(heartbeat_errors);
+        C(ns_published);
+        C(ns_fetched);
+        C(ns_conflicts);
+        C(peer_requests);
+        C(peer_keys_asked);
+        C(peer_hits);
+        C(peer_misses);
+        C(peer_errors);
+        C(peer_bad_blocks);
+        C(peer_bytes);
+#undef C
+    }
     tqkv_store_ns_foreach(s->store, stats_ns, r);
     respond(r);
 }
@@ -1147,6 +1190,70 @@ static void op_clear(tqkvd_req *r)
     respond(r);
 }
 
+/* ---- CLUSTER ---- */
+
+static void op_cluster(tqkvd_req *r)
+{
+    tqkvd_server *s = r->conn->srv;
+    const tqkvd_member *m = NULL;
+    size_t n = tqkvd_cluster_members(s, &m);
+    add_kv(r, "enabled", "%d", tqkvd_cluster_enabled(s));
+    add_kv(r, "self", "%s", tqkvd_cluster_self(s));
+    add_kv(r, "members", "%zu", n);
+    for (size_t i = 0; i < n; i++) {
+        char k[160];
+        snprintf(k, sizeof k, "member.%zu.id", i);
+        add_kv(r, k, "%s", m[i].id);
+        for (size_t f = 0; f < m[i].n_fields; f++) {
+            if (strcmp(m[i].names[f], "id") == 0)
+                continue;
+            snprintf(k, sizeof k, "member.%zu.%.100s", i, m[i].names[f]);
+            add_kv(r, k, "%s", m[i].values[f]);
+        }
+    }
+    respond(r);
+}
+
+int tqkvd__ns_adopt(tqkvd_server *s, const tqkv_ns_desc *d)
+{
+    tqkv_ns *ns = tqkv_store_ns_find(s->store, d->name);
+    if (ns)
+        return tqkv_ns_get_user(ns) ? 0 : tqkvd__ns_attach_info(ns);
+    if (d->chunk_size < 1 || d->chunk_size > TQ_MAX_TOKENS)
+        return TQKV_EBADGEOMETRY;
+    uint32_t id = tqkv_store_ns_next_id(s->store);
+    int e = tqkvd_nsreg_append(s, d, id);
+    if (e == 0)
+        e = tqkv_store_ns_register_id(s->store, d, id, &ns);
+    if (e == 0)
+        e = tqkvd__ns_attach_info(ns);
+    return e;
+}
+
+int tqkvd__block_check(const tqkvd_req *r, const void *data, size_t len, const uint8_t *key,
+                       uint32_t *n_tokens)
+{
+    const ns_info *info = nsinfo(r);
+    tq_block_view v;
+    int e = tq_block_parse(data, len, 0, &v);
+    if (!e && v.len != len)
+        e = TQKV_EBADPAYLOAD;
+    if (!e && memcmp(v.key, key, TQ_KEY_BYTES) != 0)
+        e = TQKV_EBADKEY;
+    if (!e && (v.n_layers_total != info->p.n_layers || v.layer_begin != 0 ||
+               v.n_layers != info->p.n_layers))
+        e = TQKV_EBADLAYERS;
+    if (!e && (v.n_kv_heads != info->p.n_kv_heads || v.head_dim != info->p.head_dim))
+        e = TQKV_EBADGEOMETRY;
+    if (!e && v.seed != info->p.seed)
+        e = TQKV_EBADCODEC;
+    if (!e)
+        *n_tokens = v.n_tokens;
+    return e;
+}
+
+static void dispatch_op(tqkvd_req *r);
+
 void tqkvd_dispatch(tqkvd_req *r)
 {
     tqkvd_conn *c = r->conn;
@@ -1165,6 +1272,17 @@ void tqkvd_dispatch(tqkvd_req *r)
     if (r->payload_len && h->op != TQKV__OP__OP_PUT)
         return fail(r, TQKV_EBADPAYLOAD, "%s carries no payload (got %zu bytes)",
                     tqkv_op_name(h->op), r->payload_len);
+    dispatch_op(r);
+}
+
+void tqkvd__dispatch_again(tqkvd_req *r)
+{
+    dispatch_op(r);
+}
+
+static void dispatch_op(tqkvd_req *r)
+{
+    Tqkv__Header *h = r->hdr;
     switch (h->op) {
     case TQKV__OP__OP_HELLO:
         return op_hello(r);
@@ -1193,7 +1311,7 @@ void tqkvd_dispatch(tqkvd_req *r)
     case TQKV__OP__OP_CLEAR:
         return op_clear(r);
     case TQKV__OP__OP_CLUSTER:
-        return fail(r, TQKV_ENOTSUP, "CLUSTER is not implemented in this version");
+        return op_cluster(r);
     default:
         return fail(r, TQKV_EBADOP, "unknown op %d", (int)h->op);
     }

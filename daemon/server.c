@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "tqkv_alloc.h"
 #include "tqkv_log.h"
 #include "tqkv_time.h"
@@ -203,6 +204,7 @@ void tqkvd_server_shutdown(tqkvd_server *s, const char *why)
     if (s->shutting_down)
         return;
     s->shutting_down = 1;
+    tqkvd_cluster_stop(s); /* leave the cluster before the store and its Redis engine go */
     TQKV_LOGI(MOD, "msg=\"shutting down\" why=%s connections=%u", why, s->n_conns);
     if (s->unix_on) {
         uv_close((uv_handle_t *)&s->unix_srv, NULL);
@@ -310,6 +312,8 @@ int tqkvd_server_init(tqkvd_server *s, tqkvd_config *cfg)
     TQKV_LOGI(MOD, "msg=\"ready\" version=%s host_capacity=%lld workers=%lld encoder=%s",
               TQKVD_VERSION, (long long)s->cfg.host_capacity, (long long)s->cfg.workers,
               tqkvd_codec_name());
+    if ((r = tqkvd_cluster_start(s)) != 0)
+        return r;
     if ((r = write_ready_file(s)) != 0) {
         TQKV_LOGE(MOD, "msg=\"cannot write ready file\" file=%s", s->cfg.ready_file);
         return r;
@@ -347,6 +351,7 @@ void tqkvd_server_close(tqkvd_server *s)
     /* Requests hold store references; after a forced exit some may be left, so only destroy
      * the store when every request is gone. */
     destroy_store(s); /* created before the loop */
+    tqkvd_cluster_free(s);
     s->store = NULL;
     tqkvd_lower_close(s);
     tqkvd_config_free(&s->cfg);

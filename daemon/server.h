@@ -63,6 +63,7 @@ typedef struct tqkvd_server {
     uint64_t works_inflight; /* requests on the worker pool */
 
     int nsreg_fd; /* namespace registry in ssd_dir, or -1 */
+    struct tqkvd_cluster *cluster; /* cluster.c; NULL when the cluster is off */
 } tqkvd_server;
 
 enum { TQKVD_RD_HEAD = 0, TQKVD_RD_PAYLOAD = 1 };
@@ -145,6 +146,8 @@ typedef struct tqkvd_req {
     int decode_dtype; /* 0: send blocks */
     int direct;       /* PUT of blocks read straight into the items' reservations */
     int validated;    /* direct PUT: its blocks were checked by the worker that read them */
+    uint8_t cluster_ns_tried; /* cluster.c: the namespace was looked up in Redis */
+    uint8_t peer_tried;       /* cluster.c: the peers were asked */
     size_t cur_item, item_got;
 
     /* the response */

@@ -41,6 +41,7 @@ static void usage(FILE *f)
             "commands:\n"
             "  status                              health, version, capacity and usage\n"
             "  stats [--ns NS]                     statistics (global, per tier, per namespace)\n"
+            "  cluster                             members of the cluster: tiers, usage, hit rate\n"
             "  register --ns NS --layers L --heads H --head-dim D [--dtype f16|bf16|f32]\n"
             "           [--preset tq4] [--chunk-size 256] [--seed S]\n"
             "  lookup --ns NS KEY...               leading hits and per-key tier\n"
@@ -384,6 +385,68 @@ static int cmd_stats(cli *a, int argc, char **argv)
         return fail(a, rc, "stats");
     print_kv(a, &st, NULL);
     tqkv_kv_list_free(&st);
+    return 0;
+}
+
+/* The cluster view: one row per member (or the member fields as JSON objects). */
+static int cmd_cluster(cli *a, int argc, char **argv)
+{
+    sub_args s;
+    int pos;
+    if (parse_sub(argc, argv, &s, &pos) || pos != argc)
+        return usage_error("cluster");
+    tqkv_kv_list l;
+    int rc = tqkv_cluster(a->c, &l);
+    if (rc)
+        return fail(a, rc, "cluster");
+    const char *en = tqkv_kv_list_get(&l, "enabled");
+    const char *self = tqkv_kv_list_get(&l, "self");
+    const char *nm = tqkv_kv_list_get(&l, "members");
+    unsigned n = nm ? (unsigned)strtoul(nm, NULL, 10) : 0;
+    if (a->json) {
+        printf("{\"enabled\":%s,\"self\":", en && !strcmp(en, "1") ? "true" : "false");
+        json_str(stdout, self ? self : "");
+        printf(",\"members\":[");
+        for (unsigned m = 0; m < n; m++) {
+            char pre[32];
+            int pl = snprintf(pre, sizeof(pre), "member.%u.", m);
+            printf("%s{", m ? "," : "");
+            int first = 1;
+            for (size_t i = 0; i < l.n; i++) {
+                if (strncmp(l.names[i], pre, (size_t)pl) != 0)
+                    continue;
+                printf("%s", first ? "" : ",");
+                json_str(stdout, l.names[i] + pl);
+                printf(":");
+                json_str(stdout, l.values[i]);
+                first = 0;
+            }
+            printf("}");
+        }
+        printf("]}\n");
+    } else if (!en || strcmp(en, "1") != 0) {
+        printf("cluster: off (no redis configured on this daemon)\n");
+    } else {
+        printf("%-28s %-22s %-16s %-22s %8s %8s\n", "ID", "ADDRESS", "TIERS", "HOST USED/CAP",
+               "HIT_RATE", "UPTIME_S");
+        for (unsigned m = 0; m < n; m++) {
+            char k[64];
+            const char *f[7];
+            static const char *const names[] = {"id", "addr", "tiers", "tier.host.used",
+                                                "tier.host.capacity", "hit_rate", "uptime_s"};
+            for (int i = 0; i < 7; i++) {
+                snprintf(k, sizeof(k), "member.%u.%s", m, names[i]);
+                f[i] = tqkv_kv_list_get(&l, k);
+                if (!f[i])
+                    f[i] = "-";
+            }
+            char used[48];
+            snprintf(used, sizeof(used), "%s/%s", f[3], f[4]);
+            printf("%-28s %-22s %-16s %-22s %8s %8s%s\n", f[0], f[1], f[2], used, f[5], f[6],
+                   self && !strcmp(self, f[0]) ? "  (this node)" : "");
+        }
+    }
+    tqkv_kv_list_free(&l);
     return 0;
 }
 
@@ -935,7 +998,7 @@ int main(int argc, char **argv)
     char **sub_argv = argv + optind;
     static const char *const known[] = {"status", "stats", "register", "lookup", "put", "get",
                                         "delete", "pin", "unpin", "evict", "clear", "config",
-                                        "bench", NULL};
+                                        "bench", "cluster", NULL};
     int ok = 0;
     for (int i = 0; known[i]; i++)
         ok |= !strcmp(cmd, known[i]);
@@ -964,6 +1027,8 @@ int main(int argc, char **argv)
         rc = cmd_status(&a);
     else if (!strcmp(cmd, "stats"))
         rc = cmd_stats(&a, sub_argc, sub_argv);
+    else if (!strcmp(cmd, "cluster"))
+        rc = cmd_cluster(&a, sub_argc, sub_argv);
     else if (!strcmp(cmd, "register"))
         rc = cmd_register(&a, sub_argc, sub_argv);
     else if (!strcmp(cmd, "lookup"))
