@@ -1033,7 +1033,8 @@ static void maint_segment(tqkv_ssd *ssd, tqkv__ssd_seg *victim, int evict)
         n = 0;
     }
     uint64_t budget = evict ? ssd->seg_bytes / 2 : UINT64_MAX;
-    for (size_t i = 0; i < n; i++) {
+    int incomplete = 0; /* compaction only: a record to keep could not be copied */
+    for (size_t i = 0; i < n && !incomplete; i++) {
         tqkv__ssd_live *l = &live[i];
         int keep;
         if (l->tomb)
@@ -1058,11 +1059,21 @@ static void maint_segment(tqkv_ssd *ssd, tqkv__ssd_seg *victim, int evict)
             drop_corrupt_locked(ssd, l->key, victim, l->off);
             pthread_mutex_unlock(&ssd->mu);
         }
+        /* An eviction lets go of what it cannot copy. A compaction must not: the head ran out
+         * of room (each batch is padded to the write alignment, so copies can take more than
+         * the live bytes), memory or the disk failed. It stops here and keeps the segment; the
+         * records already copied have moved (the newer copy wins) and the rest stay put. */
+        if (rc != 0 && rc != TQKV_ECORRUPT && !evict) incomplete = 1;
         rbuf_put(ssd, abuf);
     }
     if (ssd->cur) ssd->cur->sync = ssd->opt.fsync != TQKV_SSD_FSYNC_NONE;
     writer_submit(ssd);
     writer_wait_idle(ssd);
+    if (incomplete) {
+        TQKV_LOGW(MOD, "msg=\"compaction stopped, segment kept\" seg=%u", victim->id);
+        tqkv_free(live);
+        return;
+    }
 
     char path[4096];
     uint32_t victim_id = victim->id;

@@ -827,6 +827,53 @@ static void test_compact_all_live_terminates(void)
     rm_rf(dir);
 }
 
+/* Regression: a compaction whose copies did not fit in the head (each copy padded to its own
+ * aligned batch, so the copies took about twice their live bytes) dropped the records it could
+ * not copy from the index along with the compacted segment: live blocks became misses. */
+static void test_compaction_overflow_keeps_records(void)
+{
+    char *dir = make_tmpdir();
+    uint8_t *buf = malloc(BMAX);
+    tqkv_ssd_options o;
+    base_opts(&o, dir);
+    o.segment_bytes = 1u << 20;
+    o.compact_below = -1;
+    o.no_compress = 1;
+    o.batch_bytes = 4096; /* one 2096-byte record per 4 KiB write */
+    tqkv_ssd *ssd = NULL;
+    ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    /* 255 records fill the first segment (about half of it live); the next 100 leave the head
+     * 40% full, which the live-bytes estimate deems room enough for the first segment. */
+    enum { N = 355 };
+    for (uint32_t i = 0; i < N; i++) {
+        size_t len = make_block(12, i, 0, 2016, 2016, buf);
+        uint8_t key[32];
+        make_key(12, i, key);
+        ASSERT_OK(put_sync(ssd, 1, key, buf, len));
+    }
+    tqkv_ssd_stats before, after;
+    tqkv_ssd_stats_get(ssd, &before);
+    ASSERT_EQ_U64(before.records, N);
+    done_t d = {0};
+    ASSERT_OK(tqkv_ssd_compact(ssd, 0.6, on_done, &d));
+    wait_for(ssd, &d.done);
+    ASSERT_EQ_INT(d.status, 0);
+    for (int pass = 0; pass < 2; pass++) {
+        tqkv_ssd_stats_get(ssd, &after);
+        ASSERT_EQ_U64(after.records, N);
+        for (uint32_t i = 0; i < N; i++) {
+            expect_block(ssd, 12, i, 0, 2016, 2016, buf);
+            TQKV_TEST_CHECK();
+        }
+        tqkv_ssd_close(ssd);
+        ssd = NULL;
+        ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    }
+    tqkv_ssd_close(ssd);
+    free(buf);
+    rm_rf(dir);
+}
+
 static void *dest_alloc(void *arg, size_t len)
 {
     size_t *cap = arg;
@@ -1213,6 +1260,7 @@ static const tqkv_test_case fast_cases[] = {
     {"evict_at_capacity", test_evict_at_capacity},
     {"compaction", test_compaction},
     {"compact_all_live_terminates", test_compact_all_live_terminates},
+    {"compaction_overflow_keeps_records", test_compaction_overflow_keeps_records},
     {"lz4_per_record", test_lz4_per_record},
     {"direct_io", test_direct_io},
     {"bad_arguments", test_bad_arguments},
