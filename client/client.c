@@ -585,6 +585,16 @@ int tqkv_get(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n,
                 tqkv__fail(c, req_rc, "GET: %zu items answered for %zu keys", resp->n_items,
                            s->count);
         }
+        /* The sink only runs for a frame with payload: items that announce bytes the frame
+         * does not carry would otherwise read as hits without data. */
+        for (size_t k = 0; !req_rc && k < s->count; k++)
+            if (resp->items[k]->payload_len != s->gitems[k].len) {
+                req_rc = TQKV_EPROTO;
+                if (!first_err)
+                    tqkv__fail(c, req_rc, "GET: item %zu announces %llu bytes, %zu arrived", k,
+                               (unsigned long long)resp->items[k]->payload_len,
+                               s->gitems[k].len);
+            }
         if (req_rc && !first_err) {
             first_err = req_rc;
             if (!c->err[0])

@@ -23,6 +23,7 @@ typedef enum {
     SCRIPT_MISS_IN_BATCH,
     SCRIPT_TOO_BIG,
     SCRIPT_EARLY_ANSWER,
+    SCRIPT_BYTES_MISSING,
 } script_kind;
 
 typedef struct {
@@ -209,6 +210,28 @@ static void *server_main(void *arg)
             send_resp(fd, &a, pl, (uint32_t)pl_len);
             tqkv_header_free(q);
         }
+        char ch;
+        while (read(fd, &ch, 1) > 0)
+            ;
+    } else if (s->kind == SCRIPT_BYTES_MISSING) {
+        /* A GET of one key answered "hit, 500 bytes" in a frame that carries no payload. */
+        Tqkv__Header *q = read_req(fd);
+        if (!q || q->n_items != 1) {
+            s->failures++;
+            tqkv_header_free(q);
+            goto out;
+        }
+        Tqkv__Item it = TQKV__ITEM__INIT, *itp = &it;
+        it.key = q->items[0]->key;
+        it.payload_len = 500;
+        it.tier = TQKV__TIER__TIER_HOST;
+        Tqkv__Header a = TQKV__HEADER__INIT;
+        a.op = TQKV__OP__OP_GET;
+        a.request_id = q->request_id;
+        a.n_items = 1;
+        a.items = &itp;
+        send_resp(fd, &a, NULL, 0);
+        tqkv_header_free(q);
         char ch;
         while (read(fd, &ch, 1) > 0)
             ;
@@ -433,6 +456,27 @@ static void test_miss_between_hits_in_one_response(void)
     ASSERT_EQ_INT(f.srv.failures, 0);
 }
 
+/* Regression: an item announced with bytes in a frame without payload was reported as a hit
+ * with no data (status 0, data NULL, len 0); the response is malformed and must fail. */
+static void test_item_bytes_missing_from_frame(void)
+{
+    fixture f;
+    ASSERT_OK(fixture_start(&f, SCRIPT_BYTES_MISSING, 0));
+    tqkv_client *c = connect_to(&f, 4);
+    ASSERT_TRUE(c != NULL);
+    tqkv_key k;
+    memset(&k, 5, sizeof(k));
+    tqkv_get_item item;
+    memset(&item, 0, sizeof(item));
+    ASSERT_ERR(tqkv_get(c, "ns", &k, 1, NULL, &item), TQKV_EPROTO);
+    ASSERT_EQ_INT(item.status, TQKV_EPROTO);
+    ASSERT_TRUE(item.data == NULL);
+    tqkv_get_items_release(&item, 1);
+    tqkv_close(c);
+    fixture_stop(&f);
+    ASSERT_EQ_INT(f.srv.failures, 0);
+}
+
 /* Regression guard: a response that comes before its request was fully written completes the
  * call, but the half-written frame makes the stream unusable: the client must not send another
  * frame after it (the daemon would read it as the rest of the payload). */
@@ -582,6 +626,7 @@ static const tqkv_test_case cases[] = {
     {"server_error_message", test_server_error_message},
     {"unknown_request_id_breaks_connection", test_unknown_request_id_breaks_connection},
     {"miss_between_hits_in_one_response", test_miss_between_hits_in_one_response},
+    {"item_bytes_missing_from_frame", test_item_bytes_missing_from_frame},
     {"too_big_items_are_retried", test_too_big_items_are_retried},
     {"answer_before_payload_breaks_connection", test_answer_before_payload_breaks_connection},
     {"out_of_memory_everywhere", test_out_of_memory_everywhere},
