@@ -121,6 +121,29 @@ static void test_view_shows_both(void)
     ASSERT_EQ_INT(host, 2);
 }
 
+/* `tqkv cluster` (table and --json) run against B lists both members. */
+static void test_cli(void)
+{
+#ifdef TQKV_CLI_PATH
+    char cmd[512], out[8192];
+    const char *modes[] = {"--json cluster", "cluster"};
+    for (int m = 0; m < 2; m++) {
+        snprintf(cmd, sizeof(cmd), "%s --url %s %s", TQKV_CLI_PATH, node_b.unix_url, modes[m]);
+        FILE *p = popen(cmd, "r");
+        ASSERT_TRUE(p != NULL);
+        size_t n = fread(out, 1, sizeof(out) - 1, p);
+        out[n] = 0;
+        int st = pclose(p);
+        ASSERT_EQ_INT(st, 0);
+        ASSERT_TRUE(strstr(out, "node-a") && strstr(out, "node-b"));
+        if (m == 0)
+            ASSERT_TRUE(strstr(out, "\"self\":\"node-b\"") && strstr(out, "\"hit_rate\":"));
+        else
+            ASSERT_TRUE(strstr(out, "(this node)") && strstr(out, "HIT_RATE"));
+    }
+#endif
+}
+
 static void test_namespace_shared(void)
 {
     ASSERT_OK(tc_register(ca, NS, &geom));
@@ -232,6 +255,7 @@ static void test_redis_down(void)
 
 static const tqkv_test_case cases[] = {
     {"view_shows_both", test_view_shows_both},
+    {"cli", test_cli},
     {"namespace_shared", test_namespace_shared},
     {"peer_fetch", test_peer_fetch},
     {"redis_write_through", test_redis_write_through},
