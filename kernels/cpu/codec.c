@@ -285,11 +285,40 @@ int tqkv__part_ctx_init(tq__part_ctx *c, const tq__part_layout *pl, uint32_t par
 
 /* ---- Outliers --------------------------------------------------------------------------- */
 
+typedef struct {
+    float e;
+    uint32_t j;
+} tq__energy;
+
+/* Larger energy first, then lower index: the order of the rule below. */
+static int energy_cmp(const void *a, const void *b)
+{
+    const tq__energy *x = a, *y = b;
+    if (x->e != y->e)
+        return x->e > y->e ? -1 : 1;
+    return x->j < y->j ? -1 : x->j > y->j;
+}
+
 /* Marks the n_out channels of largest energy (ties: lower index) in mask[P/32]. */
 static void choose_outliers(const float *E, uint32_t P, uint32_t n_out, uint32_t *mask)
 {
     for (uint32_t i = 0; i < P / 32; i++)
         mask[i] = 0;
+    /* the first n_out of the channels sorted by (E descending, index ascending); sums of squares
+     * of finite values are never NaN, so the order is total (the rank loop is kept for NaN) */
+    tq__energy order[TQ_MAX_HEAD_DIM];
+    int nan = 0;
+    for (uint32_t j = 0; j < P; j++) {
+        order[j].e = E[j];
+        order[j].j = j;
+        nan |= E[j] != E[j];
+    }
+    if (!nan) {
+        qsort(order, P, sizeof(order[0]), energy_cmp);
+        for (uint32_t i = 0; i < n_out; i++)
+            mask[order[i].j >> 5] |= 1u << (order[i].j & 31);
+        return;
+    }
     for (uint32_t j = 0; j < P; j++) {
         uint32_t rank = 0;
         for (uint32_t i = 0; i < P; i++)

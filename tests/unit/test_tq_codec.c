@@ -329,6 +329,46 @@ static void test_every_byte_written(void)
     ASSERT_OK(tq_set_cpu_impl(TQ_IMPL_AUTO));
 }
 
+/* Outlier channels with equal energies: the lower index wins (FORMAT.md), checked against the
+ * rank rule computed here from energies summed as the format says; all-zero input picks the
+ * first n_out channels. Both implementations. */
+static void test_outlier_ties(void)
+{
+    const uint32_t d = 64, T = 9, P = 64, n_out = 32;
+    float x[9 * 64];
+    for (int pattern = 0; pattern < 2; pattern++) {
+        for (uint32_t t = 0; t < T; t++)
+            for (uint32_t j = 0; j < d; j++) /* pairs (2i, 2i+1) of equal |x|, 5 levels */
+                x[t * d + j] = pattern ? 0.0f : (float)((j / 2) % 5) * ((j & 1) ? -0.5f : 0.5f);
+        float E[64] = {0};
+        for (uint32_t t = 0; t < T; t++)
+            for (uint32_t j = 0; j < d; j++) {
+                float e = x[t * d + j] * x[t * d + j];
+                E[j] = E[j] + e;
+            }
+        uint32_t want[2] = {0, 0};
+        for (uint32_t j = 0; j < P; j++) {
+            uint32_t rank = 0;
+            for (uint32_t i = 0; i < P; i++)
+                rank += E[i] > E[j] || (E[i] == E[j] && i < j);
+            if (rank < n_out)
+                want[j / 32] |= 1u << (j % 32);
+        }
+        tq_recipe r = {.mode = TQ_MODE_MSE, .bits = 3, .out_bits = 4, .n_out = (uint16_t)n_out};
+        for (int impl = TQ_IMPL_SCALAR; impl <= TQ_IMPL_AVX2; impl++) {
+            if (tq_set_cpu_impl((tq_impl)impl))
+                continue;
+            uint8_t *sec;
+            size_t len;
+            ASSERT_OK(encode(&r, d, 1, T, 2, x, TQ_DTYPE_F32, &sec, &len));
+            ASSERT_EQ_U64(tqkv_load_le32(sec), want[0]);
+            ASSERT_EQ_U64(tqkv_load_le32(sec + 4), want[1]);
+            free(sec);
+        }
+        ASSERT_OK(tq_set_cpu_impl(TQ_IMPL_AUTO));
+    }
+}
+
 static void test_determinism_and_seed(void)
 {
     tq_recipe k, v;
@@ -728,6 +768,7 @@ static const tqkv_test_case cases[] = {
     {"presets", test_presets},
     {"roundtrip_presets", test_roundtrip_presets},
     {"every_byte_written", test_every_byte_written},
+    {"outlier_ties", test_outlier_ties},
     {"determinism_and_seed", test_determinism_and_seed},
     {"scalar_vs_avx2", test_scalar_vs_avx2},
     {"avx2_token_counts", test_avx2_token_counts},
