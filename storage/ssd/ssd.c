@@ -1507,6 +1507,24 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Reads the id out of a segment file name as seg_path writes it: "seg-" and the id in decimal,
+ * zero-padded to six digits (more once ids pass 999999), then ".tqs". @return 1 and *id, or 0
+ * for any other name. */
+static int seg_name_id(const char *name, uint32_t *id)
+{
+    if (strncmp(name, "seg-", 4) != 0) return 0;
+    const char *d = name + 4;
+    size_t nd = strspn(d, "0123456789");
+    if (nd < 6 || nd > 10 || strcmp(d + nd, ".tqs") != 0) return 0;
+    unsigned long long v = strtoull(d, NULL, 10);
+    if (v > UINT32_MAX) return 0;
+    char canon[16];
+    snprintf(canon, sizeof(canon), "%06llu", v);
+    if (strlen(canon) != nd || memcmp(canon, d, nd) != 0) return 0;
+    *id = (uint32_t)v;
+    return 1;
+}
+
 static int scan_all(tqkv_ssd *ssd)
 {
     DIR *d = opendir(ssd->dir);
@@ -1516,11 +1534,8 @@ static int scan_all(tqkv_ssd *ssd)
     int rc = ids ? 0 : TQKV_ENOMEM;
     struct dirent *de;
     while (rc == 0 && (de = readdir(d)) != NULL) {
-        unsigned id;
-        char tail;
-        if (sscanf(de->d_name, "seg-%u.tq%c", &id, &tail) != 2 || tail != 's' ||
-            strlen(de->d_name) != 14)
-            continue;
+        uint32_t id;
+        if (!seg_name_id(de->d_name, &id)) continue;
         if (n == cap) {
             uint32_t *nv = tqkv_realloc(ids, cap * 2 * sizeof(*ids));
             if (!nv) {

@@ -874,6 +874,65 @@ static void test_compaction_overflow_keeps_records(void)
     rm_rf(dir);
 }
 
+/* Regression: segment names get a seventh digit at id 1000000 ("seg-%06u"), and the start-up
+ * scan only accepted names of exactly six digits: such a segment was ignored (its records lost,
+ * its file never reclaimed) and new segments restarted from a lower id. The test renames a
+ * segment to id 1000000 (its header rewritten to match) instead of writing a million. */
+static void test_seven_digit_segment_ids(void)
+{
+    char *dir = make_tmpdir();
+    uint8_t *buf = malloc(BMAX);
+    tqkv_ssd_options o;
+    base_opts(&o, dir);
+    tqkv_ssd *ssd = NULL;
+    ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    enum { N = 5 };
+    uint8_t key[32];
+    for (uint32_t i = 0; i < N; i++) {
+        size_t len = make_block(13, i, 0, BMIN, BMIN + 100, buf);
+        make_key(13, i, key);
+        ASSERT_OK(put_sync(ssd, 1, key, buf, len));
+    }
+    tqkv_ssd_close(ssd);
+    ssd = NULL;
+    char from[512], to[512];
+    snprintf(from, sizeof(from), "%s/seg-000001.tqs", dir);
+    snprintf(to, sizeof(to), "%s/seg-1000000.tqs", dir);
+    ASSERT_EQ_INT(rename(from, to), 0);
+    uint8_t hdr[TQKV__SSD_WRITE_ALIGN];
+    tqkv__ssd_seg_encode(hdr, 1000000, 0);
+    int fd = open(to, O_WRONLY);
+    ASSERT_TRUE(fd >= 0);
+    ASSERT_EQ_INT(pwrite(fd, hdr, sizeof(hdr), 0), (long long)sizeof(hdr));
+    close(fd);
+
+    ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    tqkv_ssd_stats st;
+    tqkv_ssd_stats_get(ssd, &st);
+    ASSERT_EQ_U64(st.records, N);
+    for (uint32_t i = 0; i < N; i++) {
+        expect_block(ssd, 13, i, 0, BMIN, BMIN + 100, buf);
+        TQKV_TEST_CHECK();
+    }
+    /* a new write goes to a newer segment, so it wins over the old record after a restart */
+    size_t len = make_block(13, 0, 1, BMIN, BMIN + 100, buf);
+    make_key(13, 0, key);
+    ASSERT_OK(put_sync(ssd, 1, key, buf, len));
+    tqkv_ssd_close(ssd);
+    ssd = NULL;
+    snprintf(to, sizeof(to), "%s/seg-1000001.tqs", dir);
+    ASSERT_EQ_INT(access(to, F_OK), 0);
+    ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+    expect_block(ssd, 13, 0, 1, BMIN, BMIN + 100, buf);
+    for (uint32_t i = 1; i < N; i++) {
+        expect_block(ssd, 13, i, 0, BMIN, BMIN + 100, buf);
+        TQKV_TEST_CHECK();
+    }
+    tqkv_ssd_close(ssd);
+    free(buf);
+    rm_rf(dir);
+}
+
 static void *dest_alloc(void *arg, size_t len)
 {
     size_t *cap = arg;
@@ -1261,6 +1320,7 @@ static const tqkv_test_case fast_cases[] = {
     {"compaction", test_compaction},
     {"compact_all_live_terminates", test_compact_all_live_terminates},
     {"compaction_overflow_keeps_records", test_compaction_overflow_keeps_records},
+    {"seven_digit_segment_ids", test_seven_digit_segment_ids},
     {"lz4_per_record", test_lz4_per_record},
     {"direct_io", test_direct_io},
     {"bad_arguments", test_bad_arguments},
