@@ -2,8 +2,10 @@
  * block layout is word-major, token-minor (FORMAT.md), so word i of eight consecutive tokens is
  * one 256-bit store; every lane performs exactly the scalar sequence of the reference
  * (codec.c), so the FWHT is plain vertical add/sub, the tree sums keep their 32 lane partials as
- * 32 registers, and the scales of eight tokens are one vcvtps2ph. Only the [token][head][dim]
- * rows of the input (and of decode's output) need an 8x8 transpose. Codes are counted on |t|
+ * 32 vectors, and the scales of eight tokens are one vcvtps2ph. Only the [token][head][dim]
+ * rows of the input (and of decode's output) need an 8x8 transpose; a section is walked in token
+ * order over all heads so that those rows are read (written) in memory order. Codes are counted
+ * on |t|
  * against the positive boundaries only, which the codebook's exact symmetry allows (checked when
  * a part is prepared; an asymmetric table falls back to the per-token kernels):
  *   t >= 0:  c = K/2 + #{b_i <= t}
@@ -11,7 +13,9 @@
  *   t NaN:   c = 0 (the compare-and-count of the reference gives 0 for NaN)
  * with b_i the K/2 - 1 positive boundaries and the middle one exactly +0, counting with integer
  * compares of the float bit patterns (monotonic for non-negative floats, and a NaN's pattern is
- * above every finite one). tests/unit/test_tq_codec.c checks the bytes against the scalar path.
+ * above every finite one); a binary search over them (vpermd) for 3 and 4 bits. When a group's
+ * sums of squares are finite, no t can be NaN and the sign alone decides between the two cases.
+ * tests/unit/test_tq_codec.c checks the bytes against the scalar path.
  * Only additions, subtractions, multiplications, divisions and square roots appear, never a fused
  * multiply-add (the library is compiled with -ffp-contract=off). */
 #include "tq_internal.h"
@@ -34,7 +38,7 @@ typedef struct {
     _Alignas(32) int32_t pbl3[8];
     _Alignas(32) float mag[8];  /* cent[K/2 + cnt]: |centroid| by count */
     _Alignas(32) float sq[8];   /* mag[cnt] * mag[cnt] */
-    _Alignas(32) float dec0[8]; /* decode tables, see decode_part */
+    _Alignas(32) float dec0[8]; /* decode tables, see dequant_block */
     _Alignas(32) float dec1[8];
 } grp_part;
 
