@@ -5,9 +5,8 @@
  * 32 vectors, and the scales of eight tokens are one vcvtps2ph. Only the [token][head][dim]
  * rows of the input (and of decode's output) need an 8x8 transpose; a section is walked in token
  * order over all heads so that those rows are read (written) in memory order. Codes are counted
- * on |t|
- * against the positive boundaries only, which the codebook's exact symmetry allows (checked when
- * a part is prepared; an asymmetric table falls back to the per-token kernels):
+ * on |t| against the positive boundaries only, which the codebook's exact symmetry allows
+ * (checked when a part is prepared; an asymmetric table falls back to the per-token kernels):
  *   t >= 0:  c = K/2 + #{b_i <= t}
  *   t < 0:   c = K/2 - 1 - #{b_i < |t|} = K/2 - 1 - #{b_i <= nextdown(|t|)}
  *   t NaN:   c = 0 (the compare-and-count of the reference gives 0 for NaN)
