@@ -443,12 +443,10 @@ static void zero_unwritten(const tq__layout *L, uint32_t head_dim, uint32_t n_kv
                            (size_t)(L->P - head_dim) * 2);
             continue;
         }
-        if (!(L->T & 1))
-            continue;
+        if (!(L->T & 1)) continue;
         for (uint32_t p = 0; p < L->n_parts; p++) {
             tqkv_store_le16(rec + L->part[p].scale_off + 2 * (size_t)L->T, 0);
-            if (L->part[p].prod)
-                tqkv_store_le16(rec + L->part[p].gamma_off + 2 * (size_t)L->T, 0);
+            if (L->part[p].prod) tqkv_store_le16(rec + L->part[p].gamma_off + 2 * (size_t)L->T, 0);
         }
     }
 }

@@ -299,8 +299,7 @@ static void test_every_byte_written(void)
         uint32_t d, T;
     } geo[] = {{128, 37}, {96, 16}, {64, 9}, {40, 8}, {20, 3}, {32, 17}};
     for (int impl = TQ_IMPL_SCALAR; impl <= TQ_IMPL_AVX2; impl++) {
-        if (tq_set_cpu_impl((tq_impl)impl))
-            continue; /* no AVX2 */
+        if (tq_set_cpu_impl((tq_impl)impl)) continue; /* no AVX2 */
         for (size_t gi = 0; gi < sizeof(geo) / sizeof(geo[0]); gi++)
             for (const char *const *p = tq_preset_names(); *p; p++) {
                 uint32_t d = geo[gi].d, T = geo[gi].T, H = 2;
@@ -351,13 +350,11 @@ static void test_outlier_ties(void)
             uint32_t rank = 0;
             for (uint32_t i = 0; i < P; i++)
                 rank += E[i] > E[j] || (E[i] == E[j] && i < j);
-            if (rank < n_out)
-                want[j / 32] |= 1u << (j % 32);
+            if (rank < n_out) want[j / 32] |= 1u << (j % 32);
         }
         tq_recipe r = {.mode = TQ_MODE_MSE, .bits = 3, .out_bits = 4, .n_out = (uint16_t)n_out};
         for (int impl = TQ_IMPL_SCALAR; impl <= TQ_IMPL_AVX2; impl++) {
-            if (tq_set_cpu_impl((tq_impl)impl))
-                continue;
+            if (tq_set_cpu_impl((tq_impl)impl)) continue;
             uint8_t *sec;
             size_t len;
             ASSERT_OK(encode(&r, d, 1, T, 2, x, TQ_DTYPE_F32, &sec, &len));
