@@ -60,6 +60,15 @@ int tq_cuda_block_encode(const tq_codec_params *p, const uint8_t key[TQ_KEY_BYTE
                          void *host_block, size_t host_cap, void *dst, size_t dst_cap,
                          size_t *out_len, void *stream);
 
+/* Decodes layers [layer_begin, layer_begin + n_layers) (absolute indices) of a block whose bytes
+ * lie at `dev_block` (device) and whose parsed host copy is `b` (tq_block_parse), into dst
+ * (device) laid out like tq_block_decode's output: [n_layers][2 (K,V)][n_tokens][n_kv_heads]
+ * [head_dim] of out_dtype. One tq_cuda_decode_section per section, on `stream`.
+ * @return 0, TQKV_EBADLAYERS, TQKV_ENOSPC, TQKV_EBADDTYPE or a section error. */
+int tq_cuda_block_decode(const tq_block_view *b, const void *dev_block, uint32_t layer_begin,
+                         uint32_t n_layers, tq_dtype out_dtype, void *dst, size_t dst_cap,
+                         void *stream);
+
 /* ---- Decode attention ------------------------------------------------------------------
  * One encoded chunk as the attention kernel sees it: device addresses of the layer's K and V
  * sections and the chunk's token count. All chunks of one call share the layer's recipes,

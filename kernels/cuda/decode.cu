@@ -228,3 +228,36 @@ extern "C" int tq_cuda_decode_section(const tq_recipe *r, uint32_t head_dim, uin
     TQC_CHECK_LAUNCH("decode launch");
     return 0;
 }
+
+extern "C" int tq_cuda_block_decode(const tq_block_view *b, const void *dev_block,
+                                    uint32_t layer_begin, uint32_t n_layers, tq_dtype out_dtype,
+                                    void *dst, size_t dst_cap, void *stream)
+{
+    if (!b || !dev_block || !dst)
+        return TQKV_EINVAL;
+    size_t es = tq_dtype_size(out_dtype);
+    if (!es)
+        return TQKV_EBADDTYPE;
+    if (n_layers < 1 || layer_begin < b->layer_begin ||
+        (uint64_t)layer_begin + n_layers > (uint64_t)b->layer_begin + b->n_layers)
+        return TQKV_EBADLAYERS;
+    size_t per = (size_t)b->n_tokens * b->n_kv_heads * b->head_dim * es;
+    if (dst_cap / 2 / n_layers < per)
+        return TQKV_ENOSPC;
+    for (uint32_t l = 0; l < n_layers; l++)
+        for (int t = 0; t < 2; t++) {
+            const uint8_t *sec;
+            size_t sl;
+            tq_recipe r;
+            int rc = tq_block_section(b, layer_begin + l, (tq_tensor)t, &sec, &sl, &r);
+            if (!rc)
+                rc = tq_cuda_decode_section(&r, b->head_dim, b->n_kv_heads, b->n_tokens, b->seed,
+                                            (tq_codebook_kind)b->codebook,
+                                            (const uint8_t *)dev_block + (sec - b->base), sl,
+                                            out_dtype, (uint8_t *)dst + per * (2 * l + t), per,
+                                            stream);
+            if (rc)
+                return rc;
+        }
+    return 0;
+}

@@ -30,6 +30,13 @@ int tq_cuda_block_encode(const tq_codec_params *p, const uint8_t key[TQ_KEY_BYTE
     return TQKV_ENODEVICE;
 }
 
+int tq_cuda_block_decode(const tq_block_view *b, const void *dev_block, uint32_t layer_begin,
+                         uint32_t n_layers, tq_dtype out_dtype, void *dst, size_t dst_cap,
+                         void *stream)
+{
+    return TQKV_ENODEVICE;
+}
+
 int tq_cuda_chunk_from_block(const tq_block_view *b, const void *dev_block, uint32_t layer,
                              tq_cuda_chunk *out)
 {

@@ -355,6 +355,22 @@ static void test_block_equals_cpu(void)
         TQKV_TEST_CHECK();
         tq_block_view bv;
         ASSERT_OK(tq_block_parse(gpu, gl, 0, &bv));
+        /* whole-block decode of layers 1..2 on the GPU equals tq_block_decode */
+        size_t db = 2 * 2 * per * 2;
+        uint8_t *cdec = malloc(db), *gdec = malloc(db);
+        void *ddec = NULL;
+        ASSERT_TRUE(cdec && gdec);
+        CU(cudaMalloc(&ddec, db));
+        ASSERT_OK(tq_block_decode(&bv, 1, 2, TQ_DTYPE_F16, cdec, db));
+        ASSERT_OK(tq_cuda_block_decode(&bv, dblk, 1, 2, TQ_DTYPE_F16, ddec, db, NULL));
+        CU(cudaMemcpy(gdec, ddec, db, cudaMemcpyDeviceToHost));
+        compare_bytes("block decode", gdec, cdec, db);
+        ASSERT_ERR(tq_cuda_block_decode(&bv, dblk, 2, 2, TQ_DTYPE_F16, ddec, db, NULL),
+                   TQKV_EBADLAYERS);
+        cudaFree(ddec);
+        free(cdec);
+        free(gdec);
+        TQKV_TEST_CHECK();
         cudaFree(dkv);
         cudaFree(dblk);
         free(kv);
