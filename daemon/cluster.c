@@ -747,6 +747,7 @@ typedef struct {
     size_t n_peers;
     tqkvd_peer_opts opts;
     char token[256];
+    int lookup; /* for a LOOKUP: store what is found, then look up again */
 } peer_job;
 
 static tqkvd_peer_conn *pool_take(tqkvd_cluster *c, const char *addr)
@@ -882,6 +883,12 @@ static void peer_after(uv_work_t *w, int status)
             memcpy(buf, b->data, b->len);
             e = tqkv_store_put_commit(s->store, p, b->len);
         }
+        if (j->lookup) {
+            /* The LOOKUP looks again and reports these keys (now here) with tier PEER. */
+            if (e == 0 || e == TQKV_EEXIST)
+                it->tier = TQKV_TIER_PEER;
+            continue;
+        }
         tqkv_store_ref *ref = NULL;
         if ((e == 0 || e == TQKV_EEXIST) &&
             tqkv_store_get(s->store, r->ns, it->key, &ref, NULL, NULL) == TQKV_STORE_HIT) {
@@ -900,11 +907,24 @@ static void peer_after(uv_work_t *w, int status)
             it->tier = TQKV_TIER_PEER;
         }
     }
+    int lookup = j->lookup;
     peer_job_free(j);
-    tqkvd__get_continue(r);
+    if (lookup)
+        tqkvd__lookup_again(r);
+    else
+        tqkvd__get_continue(r);
 }
 
-int tqkvd_cluster_peer_get(tqkvd_req *r)
+/* Whether item i of r is one to ask the peers for. */
+static int wanted(const tqkvd_req *r, size_t i, int lookup)
+{
+    const tqkvd_item *it = &r->items[i];
+    if (lookup)
+        return i >= r->lookup.hits && r->lookup_tiers && r->lookup_tiers[i] == TQKV_TIER_NONE;
+    return !it->ref && !it->out_len && it->status == TQKV_ENOENT;
+}
+
+static int peer_start(tqkvd_req *r, int lookup)
 {
     tqkvd_server *s = r->conn->srv;
     tqkvd_cluster *c = s->cluster;
@@ -917,7 +937,7 @@ int tqkvd_cluster_peer_get(tqkvd_req *r)
     r->peer_tried = 1;
     size_t n = 0, np = 0;
     for (size_t i = 0; i < r->n_items; i++)
-        n += !r->items[i].ref && !r->items[i].out_len && r->items[i].status == TQKV_ENOENT;
+        n += wanted(r, i, lookup);
     for (size_t i = 0; i < c->n_members; i++)
         np += !c->members[i].self && c->members[i].addr[0];
     if (!n || !np)
@@ -929,6 +949,7 @@ int tqkvd_cluster_peer_get(tqkvd_req *r)
         return 0;
     j->r = r;
     j->c = c;
+    j->lookup = lookup;
     j->idx = tqkv_calloc(n, sizeof *j->idx);
     j->keys = tqkv_malloc(n * 32);
     j->res = tqkv_calloc(n, sizeof *j->res);
@@ -940,7 +961,7 @@ int tqkvd_cluster_peer_get(tqkvd_req *r)
     }
     for (size_t i = 0; i < r->n_items && j->n < n; i++) {
         tqkvd_item *it = &r->items[i];
-        if (it->ref || it->out_len || it->status != TQKV_ENOENT)
+        if (!wanted(r, i, lookup))
             continue;
         j->idx[j->n] = i;
         memcpy(j->keys + j->n * 32, it->key, 32);
@@ -965,6 +986,16 @@ int tqkvd_cluster_peer_get(tqkvd_req *r)
         return 0;
     }
     return 1;
+}
+
+int tqkvd_cluster_peer_get(tqkvd_req *r)
+{
+    return peer_start(r, 0);
+}
+
+int tqkvd_cluster_peer_lookup(tqkvd_req *r)
+{
+    return peer_start(r, 1);
 }
 
 #else /* built without the Redis engine: no cluster */
@@ -1004,5 +1035,6 @@ int tqkvd_cluster_register(tqkvd_req *r, const tqkv_ns_desc *d, void *info)
 }
 int tqkvd_cluster_ns_lookup(tqkvd_req *r) { (void)r; return 0; }
 int tqkvd_cluster_peer_get(tqkvd_req *r) { (void)r; return 0; }
+int tqkvd_cluster_peer_lookup(tqkvd_req *r) { (void)r; return 0; }
 
 #endif

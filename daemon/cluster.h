@@ -73,6 +73,10 @@ int tqkvd_cluster_ns_lookup(struct tqkvd_req *r);
 /* A GET whose store answers are in: if keys missed and peers may hold them, asks the peers on a
  * worker and calls tqkvd__get_continue when done. @return 1 when started, 0 when not. */
 int tqkvd_cluster_peer_get(struct tqkvd_req *r);
+/* A LOOKUP whose store answer is in: if keys from the first miss on may be held by peers, fetches
+ * them on a worker, keeps them here, and calls tqkvd__lookup_again (which reports them with tier
+ * TQKV_TIER_PEER). @return 1 when started, 0 when not. */
+int tqkvd_cluster_peer_lookup(struct tqkvd_req *r);
 
 /* ---- provided by dispatch.c for this module ---- */
 /* Registers `d` locally and answers the REGISTER (takes ownership of info). */
@@ -83,6 +87,8 @@ int tqkvd__ns_adopt(struct tqkvd_server *s, const tqkv_ns_desc *d);
 void tqkvd__dispatch_again(struct tqkvd_req *r);
 /* Continues a GET once every key has an answer. */
 void tqkvd__get_continue(struct tqkvd_req *r);
+/* Runs a LOOKUP's store lookup again (after peers' blocks were stored) and answers it. */
+void tqkvd__lookup_again(struct tqkvd_req *r);
 /* Checks that `data` is a whole valid block (checksums included) of the request's namespace
  * with key `key`. Any thread. @return 0 or the format error; *n_tokens gets its tokens. */
 int tqkvd__block_check(const struct tqkvd_req *r, const void *data, size_t len,

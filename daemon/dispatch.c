@@ -861,10 +861,17 @@ static void op_get(tqkvd_req *r)
 
 static void lookup_reply(tqkvd_req *r)
 {
+    /* Keys from the first miss on may be held by another member: fetched here, then looked up
+     * again (tqkvd__lookup_again). */
+    if (r->lookup.hits < r->n_items && tqkvd_cluster_peer_lookup(r))
+        return;
     r->resp.hits = r->lookup.hits;
     r->resp.lease_id = r->lookup.lease_id;
-    for (size_t i = 0; i < r->n_items; i++)
+    for (size_t i = 0; i < r->n_items; i++) {
         r->ritems[i].tier = (Tqkv__Tier)r->lookup_tiers[i];
+        if (r->lookup_tiers[i] != TQKV_TIER_NONE && r->items[i].tier == TQKV_TIER_PEER)
+            r->ritems[i].tier = TQKV__TIER__TIER_PEER;
+    }
     respond(r);
 }
 
@@ -875,6 +882,24 @@ static void lookup_cb(void *arg, int status, tqkv_lookup_result *res)
         tqkvd_req_set_status(r, status, "lookup failed: %s", tqkv_strerror(status));
         return respond(r);
     }
+    lookup_reply(r);
+}
+
+void tqkvd__lookup_again(tqkvd_req *r)
+{
+    tqkvd_server *s = r->conn->srv;
+    /* The first lookup's lease (on its leading hits) is replaced by the new one. */
+    if (r->lookup.lease_id)
+        tqkv_store_lease_release(s->store, r->lookup.lease_id);
+    r->lookup.lease_id = 0;
+    r->lookup.hits = 0;
+    memset(r->lookup_tiers, 0, r->n_items);
+    int e = tqkv_store_lookup(s->store, r->ns, (const uint8_t(*)[TQKV_KEY_BYTES])r->lookup_keys,
+                              r->n_items, r->hdr->lease_ms, &r->lookup, lookup_cb, r);
+    if (e == TQKV_STORE_PENDING)
+        return;
+    if (e < 0)
+        return fail(r, e, "lookup failed: %s", tqkv_strerror(e));
     lookup_reply(r);
 }
 

@@ -195,6 +195,30 @@ static void test_peer_fetch(void)
     ASSERT_TRUE(db == NULL);
 }
 
+/* A LOOKUP through B of a prefix whose second chunk is only in A's host tier: B fetches it, keeps
+ * it, reports it with tier PEER (the prefix is whole); the GET that follows is a host hit. */
+static void test_peer_lookup(void)
+{
+    tqkv_key k[2] = {tc_key(10, 6), tc_key(11, 6)};
+    ASSERT_OK(put_one(cb, &k[0], 100));
+    ASSERT_OK(put_one(ca, &k[1], 101));
+    uint32_t hits = 0;
+    uint8_t tiers[2] = {0, 0};
+    uint64_t lease = 0;
+    ASSERT_OK(tqkv_lookup(cb, NS, k, 2, 5000, &hits, tiers, &lease));
+    ASSERT_EQ_INT(hits, 2);
+    ASSERT_EQ_INT(tiers[0], TQKV_TIER_HOST);
+    ASSERT_EQ_INT(tiers[1], TQKV_TIER_PEER);
+    ASSERT_TRUE(lease != 0);
+    uint8_t t = 0;
+    void *d = NULL;
+    size_t l = 0;
+    ASSERT_OK(get_one(cb, &k[1], &t, &d, &l));
+    free(d);
+    ASSERT_EQ_INT(t, TQKV_TIER_HOST);
+    ASSERT_TRUE(l > 0);
+}
+
 /* Redis write-through on A: the block is in Redis when the PUT answers; B gets it from Redis. */
 static void test_redis_write_through(void)
 {
@@ -258,6 +282,7 @@ static const tqkv_test_case cases[] = {
     {"cli", test_cli},
     {"namespace_shared", test_namespace_shared},
     {"peer_fetch", test_peer_fetch},
+    {"peer_lookup", test_peer_lookup},
     {"redis_write_through", test_redis_write_through},
     {"member_expires", test_member_expires},
     {"redis_down", test_redis_down},
