@@ -218,8 +218,10 @@ void tqkv_get_items_release(tqkv_get_item *items, size_t n);
 /* ---- LOOKUP, DELETE, PIN -------------------------------------------------------------------*/
 
 /* Prefix lookup: *hits receives the number of leading keys present (counting stops at the first
- * miss). tiers: NULL or n bytes receiving each key's tier (TQKV_TIER_NONE for a miss and for keys
- * after the first miss, which the daemon may not look at). lease_ms > 0 asks the daemon to protect
+ * miss). tiers: NULL or n bytes receiving each key's tier as the daemon reports it
+ * (TQKV_TIER_NONE for a miss). Keys after the first miss are reported too, but only on a best
+ * effort basis (the daemon need not look for them everywhere): only the first *hits entries
+ * and the first miss are authoritative. lease_ms > 0 asks the daemon to protect
  * the hits from eviction for that long; *lease_id (may be NULL) receives the lease's id.
  * @return 0 or an error. */
 int tqkv_lookup(tqkv_client *c, const char *ns, const tqkv_key *keys, size_t n, uint32_t lease_ms,
