@@ -10,18 +10,26 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 
 #define TQ_AVX2 __attribute__((target("avx2,f16c,bmi2")))
 
+static int has_avx2;
+static pthread_once_t has_avx2_once = PTHREAD_ONCE_INIT;
+
+static void detect_avx2(void)
+{
+    __builtin_cpu_init();
+    has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+               __builtin_cpu_supports("bmi2");
+}
+
+/* Encoders on several worker threads ask at once: pthread_once makes the first answer visible
+ * to all of them (a plain cached int was a data race). */
 int tqkv__cpu_has_avx2(void)
 {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
-                 __builtin_cpu_supports("bmi2");
-    }
-    return cached;
+    pthread_once(&has_avx2_once, detect_avx2);
+    return has_avx2;
 }
 
 /* Stages h = 1, 2, 4 of the FWHT inside one register: lane l gets a + b where l is the lower

@@ -9,4 +9,7 @@ if(TARGET tq)
     tqkv_add_test(test_tq_${t} SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_tq_${t}.c
                   LIBS tq LABELS unit TIMEOUT 120)
   endforeach()
+  # The same program, with the concurrent first-use case as the first codec call of its process.
+  add_test(NAME test_tq_codec_first_use COMMAND test_tq_codec first_use_concurrent)
+  set_tests_properties(test_tq_codec_first_use PROPERTIES LABELS unit SKIP_RETURN_CODE 77)
 endif()

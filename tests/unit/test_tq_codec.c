@@ -758,6 +758,56 @@ static void test_zero_and_nonfinite(void)
     free(sec);
 }
 
+/* Regression: the CPU-feature probe behind the implementation choice was a plain cached int,
+ * a data race when several daemon workers encoded their first blocks at once. Run as the first
+ * codec call of its process (ctest entry test_tq_codec_first_use), every thread encodes the same
+ * chunk from scratch and all must produce the bytes a single thread produces. */
+enum { FU_THREADS = 6, FU_T = 37, FU_H = 2, FU_D = 128 };
+static float fu_kv[FU_T * FU_H * FU_D];
+
+static void *first_use_thread(void *arg)
+{
+    tq_codec_params p;
+    if (tq_codec_params_init(&p, (const char *)arg, 1, FU_H, FU_D, TQ_DTYPE_F32))
+        return NULL;
+    size_t cap = tq_block_size(&p, FU_T, 0, 1), len = 0;
+    uint8_t *out = malloc(cap);
+    uint8_t key[TQ_KEY_BYTES] = {7};
+    tq_kv_view k = tq_kv_view_contiguous(fu_kv, TQ_DTYPE_F32, FU_H, FU_D);
+    if (!out || tq_block_encode(&p, key, FU_T, &k, &k, out, cap, &len) || len != cap) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+static void test_first_use_concurrent(void)
+{
+    static const char *const presets[] = {"tq4", "tq3.5-prod"};
+    tq_rng rng = {.s = 99};
+    for (size_t i = 0; i < sizeof(fu_kv) / sizeof(fu_kv[0]); i++)
+        fu_kv[i] = (float)tq_rng_gauss(&rng);
+    for (int pi = 0; pi < 2; pi++) {
+        pthread_t th[FU_THREADS];
+        void *res[FU_THREADS];
+        for (int i = 0; i < FU_THREADS; i++)
+            ASSERT_EQ_INT(pthread_create(&th[i], NULL, first_use_thread, (void *)presets[pi]), 0);
+        for (int i = 0; i < FU_THREADS; i++)
+            pthread_join(th[i], &res[i]);
+        void *ref = first_use_thread((void *)presets[pi]);
+        tq_codec_params p;
+        ASSERT_OK(tq_codec_params_init(&p, presets[pi], 1, FU_H, FU_D, TQ_DTYPE_F32));
+        size_t len = tq_block_size(&p, FU_T, 0, 1);
+        int bad = ref == NULL;
+        for (int i = 0; i < FU_THREADS; i++)
+            bad |= res[i] == NULL || (ref && memcmp(res[i], ref, len) != 0);
+        for (int i = 0; i < FU_THREADS; i++)
+            free(res[i]);
+        free(ref);
+        ASSERT_EQ_INT(bad, 0);
+    }
+}
+
 static const tqkv_test_case cases[] = {
     {"f16_conversions", test_f16_conversions},
     {"codebooks", test_codebooks},
@@ -774,6 +824,7 @@ static const tqkv_test_case cases[] = {
     {"reference_arithmetic", test_reference_arithmetic},
     {"paged_view", test_paged_view},
     {"zero_and_nonfinite", test_zero_and_nonfinite},
+    {"first_use_concurrent", test_first_use_concurrent},
     {NULL, NULL},
 };
 
