@@ -58,6 +58,8 @@ void tqkv_log_write(tqkv_log_level level, const char *mod, const char *fmt, ...)
                      tm.tm_sec, ts.tv_nsec / 1000000L, tqkv_log_level_name(level), mod);
     if (n < 0)
         return;
+    if ((size_t)n > sizeof(line) - 2)
+        n = (int)sizeof(line) - 2; /* the prefix alone fills the line (snprintf cut it) */
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

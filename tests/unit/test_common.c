@@ -1,4 +1,6 @@
 /* Unit tests of common/: the error table, the replaceable allocator, log levels, endian helpers. */
+#include <unistd.h>
+
 #include "tqkv_alloc.h"
 #include "tqkv_endian.h"
 #include "tqkv_errors.h"
@@ -58,6 +60,42 @@ static void test_log_levels(void)
     tqkv_log_set_level(TQKV_LOG_INFO);
 }
 
+/* Regression: a prefix (timestamp, level, module) longer than the line buffer made the message's
+ * vsnprintf get a wrapped-around size and write past the buffer. Lines are cut, never spilled. */
+static void test_log_long_lines(void)
+{
+    static const struct {
+        size_t mod_len, msg_len;
+    } cases[] = {{4, 10}, {4, 5000}, {2100, 10}, {3000, 3000}};
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        char *mod = malloc(cases[c].mod_len + 1);
+        char *msg = malloc(cases[c].msg_len + 1);
+        ASSERT_TRUE(mod && msg);
+        memset(mod, 'm', cases[c].mod_len);
+        mod[cases[c].mod_len] = '\0';
+        memset(msg, 'x', cases[c].msg_len);
+        msg[cases[c].msg_len] = '\0';
+        int fds[2];
+        ASSERT_EQ_INT(pipe(fds), 0);
+        tqkv_log_set_fd(fds[1]);
+        tqkv_log_write(TQKV_LOG_ERROR, mod, "msg=%s", msg);
+        tqkv_log_set_fd(2);
+        close(fds[1]);
+        char out[8192];
+        ssize_t n = read(fds[0], out, sizeof(out));
+        close(fds[0]);
+        free(mod);
+        free(msg);
+        ASSERT_TRUE(n > 0);
+        ASSERT_LE(n, 2048);
+        ASSERT_EQ_INT(out[n - 1], '\n');
+        ASSERT_TRUE(memchr(out, '\n', (size_t)n) == out + n - 1); /* one line */
+        ASSERT_TRUE(memcmp(out + 24, " level=error mod=m", 18) == 0);
+        if (cases[c].mod_len + cases[c].msg_len < 100)
+            ASSERT_TRUE(memcmp(out + n - 15, "msg=xxxxxxxxxx\n", 15) == 0);
+    }
+}
+
 static void test_endian(void)
 {
     unsigned char b[8];
@@ -73,6 +111,7 @@ static const tqkv_test_case cases[] = {
     {"error_table", test_error_table},
     {"failing_allocator", test_failing_allocator},
     {"log_levels", test_log_levels},
+    {"log_long_lines", test_log_long_lines},
     {"endian", test_endian},
     {NULL, NULL},
 };
