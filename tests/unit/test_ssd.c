@@ -933,6 +933,41 @@ static void test_seven_digit_segment_ids(void)
     rm_rf(dir);
 }
 
+/* The group-commit test above can only say that syncs happened (how many puts share one depends
+ * on timing). One put at a time makes it exact: under fsync=always each acknowledged put is one
+ * batch and one fdatasync before its callback; under none, no fdatasync at all. */
+static void test_fsync_policy_syncs(void)
+{
+    static const struct {
+        tqkv_ssd_fsync policy;
+        uint64_t syncs_per_put;
+    } cases[] = {{TQKV_SSD_FSYNC_ALWAYS, 1}, {TQKV_SSD_FSYNC_NONE, 0}};
+    uint8_t *buf = malloc(BMAX);
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        char *dir = make_tmpdir();
+        tqkv_ssd_options o;
+        base_opts(&o, dir);
+        o.fsync = cases[c].policy;
+        tqkv_ssd *ssd = NULL;
+        ASSERT_OK(tqkv_ssd_open(&o, &ssd));
+        enum { N = 6 };
+        for (uint32_t i = 0; i < N; i++) {
+            tqkv_ssd_stats before, after;
+            tqkv_ssd_stats_get(ssd, &before);
+            size_t len = make_block(14, i, 0, BMIN, BMIN + 100, buf);
+            uint8_t key[32];
+            make_key(14, i, key);
+            ASSERT_OK(put_sync(ssd, 1, key, buf, len));
+            tqkv_ssd_stats_get(ssd, &after);
+            ASSERT_EQ_U64(after.syncs - before.syncs, cases[c].syncs_per_put);
+            ASSERT_EQ_U64(after.writes - before.writes, 1);
+        }
+        tqkv_ssd_close(ssd);
+        rm_rf(dir);
+    }
+    free(buf);
+}
+
 static void *dest_alloc(void *arg, size_t len)
 {
     size_t *cap = arg;
@@ -1321,6 +1356,7 @@ static const tqkv_test_case fast_cases[] = {
     {"compact_all_live_terminates", test_compact_all_live_terminates},
     {"compaction_overflow_keeps_records", test_compaction_overflow_keeps_records},
     {"seven_digit_segment_ids", test_seven_digit_segment_ids},
+    {"fsync_policy_syncs", test_fsync_policy_syncs},
     {"lz4_per_record", test_lz4_per_record},
     {"direct_io", test_direct_io},
     {"bad_arguments", test_bad_arguments},
