@@ -1,8 +1,10 @@
 /* Two tqkvd daemons (two temp dirs, two ports) sharing one real redis-server started here: the
  * cluster view shows both; a namespace registered on A is usable on B and a conflicting one is
  * refused; a block put through A is a hit through B by peer fetch (when it is only in A's host
- * tier: Redis write-back) and by Redis (write-through); a member killed with SIGKILL leaves the
- * view once its record expires; with Redis gone each node keeps serving its own tiers.
+ * tier: Redis write-back; GET and LOOKUP) and by Redis (write-through); with Redis gone each node
+ * keeps serving its own tiers (and peer fetch still works), and when Redis comes back the member
+ * records return by themselves; a member killed with SIGKILL leaves the view once its record
+ * expires.
  *
  * The cases run in order on the same daemons. Waits are bounded by generous deadlines (guards
  * against hanging, never timing assertions). */
@@ -255,26 +257,58 @@ static void test_member_expires(void)
     ASSERT_TRUE(strcmp(ids, "node-a") == 0);
 }
 
-/* Redis killed: A keeps serving from its own tiers (PUT, GET, LOOKUP), CLUSTER still answers. */
+/* Redis killed: each node keeps serving from its own tiers (PUT, GET, LOOKUP), CLUSTER still
+ * answers with the last view, and a block only in A's host tier still reaches B by peer fetch. */
 static void test_redis_down(void)
 {
     tqkv_test_redis_kill(&redis_srv);
-    tqkv_key k = tc_key(4, 6);
-    ASSERT_OK(put_one(ca, &k, 44));
+    tqkv_client *cs[2] = {ca, cb};
+    for (int n = 0; n < 2; n++) {
+        tqkv_key k = tc_key(20 + (uint32_t)n, 6);
+        ASSERT_OK(put_one(cs[n], &k, 44));
+        uint8_t t = 0;
+        void *d = NULL;
+        size_t l = 0;
+        ASSERT_OK(get_one(cs[n], &k, &t, &d, &l));
+        free(d);
+        ASSERT_EQ_INT(t, TQKV_TIER_HOST);
+        ASSERT_TRUE(l > 0);
+        uint32_t hits = 0;
+        tqkv_key miss = tc_key(30 + (uint32_t)n, 6);
+        ASSERT_OK(tqkv_lookup(cs[n], NS, &miss, 1, 0, &hits, NULL, NULL));
+        ASSERT_EQ_INT(hits, 0);
+        char ids[256];
+        ASSERT_EQ_INT(view(cs[n], ids, sizeof(ids)), 2);
+    }
+    tqkv_key k = tc_key(20, 6); /* put through A above */
     uint8_t t = 0;
     void *d = NULL;
     size_t l = 0;
-    ASSERT_OK(get_one(ca, &k, &t, &d, &l));
+    ASSERT_OK(get_one(cb, &k, &t, &d, &l));
     free(d);
-    ASSERT_EQ_INT(t, TQKV_TIER_HOST);
-    ASSERT_TRUE(l > 0);
-    uint32_t hits = 0;
-    tqkv_key miss = tc_key(5, 6);
-    ASSERT_OK(tqkv_lookup(ca, NS, &miss, 1, 0, &hits, NULL, NULL));
-    ASSERT_EQ_INT(hits, 0);
-    char ids[256];
-    ASSERT_TRUE(view(ca, ids, sizeof(ids)) >= 0);
+    ASSERT_EQ_INT(t, TQKV_TIER_PEER);
     ASSERT_TRUE(tqkvd_harness_alive(&node_a));
+    ASSERT_TRUE(tqkvd_harness_alive(&node_b));
+}
+
+/* Redis back (empty: it kept nothing): the heartbeats write the records again by themselves. */
+static void test_redis_back(void)
+{
+    ASSERT_OK(tqkv_test_redis_restart(&redis_srv));
+    redisReply *rep = NULL;
+    int found = 0;
+    for (int i = 0; i < 300 && !found; i++) {
+        rep = tqkv_test_redis_cmd(redis_srv.port, NULL, "EXISTS tqkv:{tqkvdir}:node:node-a "
+                                                         "tqkv:{tqkvdir}:node:node-b");
+        found = rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 2;
+        if (rep)
+            freeReplyObject(rep);
+        if (!found)
+            sleep_ms(50);
+    }
+    ASSERT_TRUE(found);
+    char ids[256];
+    ASSERT_EQ_INT(wait_members(ca, 2, ids, sizeof(ids)), 2);
 }
 
 static const tqkv_test_case cases[] = {
@@ -284,8 +318,9 @@ static const tqkv_test_case cases[] = {
     {"peer_fetch", test_peer_fetch},
     {"peer_lookup", test_peer_lookup},
     {"redis_write_through", test_redis_write_through},
-    {"member_expires", test_member_expires},
     {"redis_down", test_redis_down},
+    {"redis_back", test_redis_back},
+    {"member_expires", test_member_expires},
     {NULL, NULL},
 };
 
