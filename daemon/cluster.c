@@ -210,7 +210,7 @@ typedef struct {
     tqkvd_member *m; /* one per id of the set */
     size_t n;
     int pending;
-    char **ids;      /* ids whose record was absent: taken out of the set */
+    int failed;      /* a record could not be read: keep the previous view */
 } refresh;
 
 static void log_changes(tqkvd_cluster *c, const tqkvd_member *nm, size_t nn)
@@ -251,7 +251,7 @@ static void refresh_finish(refresh *f)
         memset(&f->m[i], 0, sizeof f->m[i]);
         f->m[live++] = keep;
     }
-    if (!c->stopping) {
+    if (!c->stopping && !f->failed) {
         log_changes(c, f->m, live);
         free_members(c->members, c->n_members);
         c->members = f->m;
@@ -287,6 +287,8 @@ static void on_record(void *arg, int status, const void *data, size_t len)
         } else {
             free_member(m);
         }
+    } else if (status < 0) {
+        f->failed = 1; /* Redis trouble is not a member leaving */
     } else if (status == 0 && c->redis && !c->stopping) {
         /* Expired: the member is gone; take it out of the set so the set does not grow. */
         if (tqkv_redis_set_rem(c->redis, DIR_NODES, g->id, strlen(g->id), ignore_done, NULL))
@@ -333,7 +335,10 @@ static void on_members(void *arg, int status, size_t n, const char *const *membe
         g->f = f;
         g->i = i;
         f->pending++;
-        if (strchr(g->id, ' ') || tqkv_redis_kv_get(c->redis, key, on_record, g) != 0) {
+        int bad = strchr(g->id, ' ') != NULL;
+        if (bad || tqkv_redis_kv_get(c->redis, key, on_record, g) != 0) {
+            if (!bad)
+                f->failed = 1;
             f->pending--;
             tqkv_free(g->id);
             tqkv_free(g);
