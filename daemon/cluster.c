@@ -27,6 +27,8 @@
 #define DIR_NODES "{tqkvdir}:nodes"
 #define POOL_MAX 8        /* idle peer connections kept */
 #define PEER_MAX_KEYS 256 /* keys asked of peers per GET (the rest stay misses) */
+#define PEER_DOWN_MAX 16  /* peers remembered as unreachable */
+#define PEER_DOWN_NS (1000ull * 1000000ull) /* how long one is skipped after a failure */
 
 typedef struct pool_ent {
     struct pool_ent *next;
@@ -50,6 +52,12 @@ struct tqkvd_cluster {
     pthread_mutex_t lock;        /* pool and the counters workers touch */
     pool_ent *pool;
     size_t pool_n;
+    /* Peers whose last exchange failed, skipped until `until_ns`: a dead member that has not
+     * expired yet must not cost every miss a connect timeout on a worker. */
+    struct {
+        char addr[96];
+        uint64_t until_ns;
+    } down[PEER_DOWN_MAX];
 };
 
 static void free_member(tqkvd_member *m)
@@ -790,6 +798,38 @@ static void pool_put(tqkvd_cluster *c, const char *addr, tqkvd_peer_conn *conn)
     c->transport->close(conn);
 }
 
+static int peer_is_down(tqkvd_cluster *c, const char *addr)
+{
+    uint64_t now = tqkv_now_ns();
+    int down = 0;
+    pthread_mutex_lock(&c->lock);
+    for (int i = 0; i < PEER_DOWN_MAX && !down; i++)
+        down = c->down[i].until_ns > now && strcmp(c->down[i].addr, addr) == 0;
+    pthread_mutex_unlock(&c->lock);
+    return down;
+}
+
+/* Marks addr unreachable for PEER_DOWN_NS (ok = 0), or reachable again (ok = 1). */
+static void peer_mark(tqkvd_cluster *c, const char *addr, int ok)
+{
+    uint64_t now = tqkv_now_ns();
+    pthread_mutex_lock(&c->lock);
+    int slot = -1;
+    for (int i = 0; i < PEER_DOWN_MAX; i++) {
+        if (strcmp(c->down[i].addr, addr) == 0) {
+            slot = i;
+            break;
+        }
+        if (slot < 0 && c->down[i].until_ns <= now)
+            slot = i;
+    }
+    if (slot >= 0) {
+        snprintf(c->down[slot].addr, sizeof c->down[slot].addr, "%s", addr);
+        c->down[slot].until_ns = ok ? 0 : now + PEER_DOWN_NS;
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
 static void peer_work(uv_work_t *w)
 {
     peer_job *j = w->data;
@@ -809,6 +849,8 @@ static void peer_work(uv_work_t *w)
             }
         if (!m)
             break;
+        if (peer_is_down(c, j->peers[p]))
+            continue;
         tqkvd_peer_conn *conn = pool_take(c, j->peers[p]);
         int e = 0;
         for (int attempt = 0; attempt < 2; attempt++) {
@@ -825,8 +867,11 @@ static void peer_work(uv_work_t *w)
         }
         if (e) {
             errors++;
+            if (e == TQKV_ECONNECT || e == TQKV_ETIMEDOUT || e == TQKV_ECLOSED)
+                peer_mark(c, j->peers[p], 0);
             continue;
         }
+        peer_mark(c, j->peers[p], 1);
         pool_put(c, j->peers[p], conn);
         for (size_t k = 0; k < m; k++) {
             size_t i = map[k];
