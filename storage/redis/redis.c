@@ -107,6 +107,7 @@ struct node {
     req *wait_head, *wait_tail; /* waiting for room in the send window */
     uint64_t sent_bytes;        /* command bytes in flight */
     uint64_t queued_bytes;      /* command bytes in flight or waiting */
+    uint32_t side_inflight;     /* CLEAR's SCAN/UNLINK commands in flight (not on the lists) */
 };
 
 struct tqkv_redis {
@@ -462,6 +463,7 @@ static void node_connect(node *n)
     tqkv_redis *r = n->r;
     if (r->closing) return; /* never a new connection for an engine being destroyed */
     n->fail_status = 0;
+    n->side_inflight = 0; /* the old connection's commands were all answered when it was freed */
     redisAsyncContext *ac = redisAsyncConnect(n->host, n->port);
     if (!ac) {
         node_down(n, "out of memory");
@@ -816,7 +818,8 @@ static void on_tick(uv_timer_t *t)
         node *n = r->nodes[i];
         if (n->st == NODE_CONNECTING && now - n->connect_ns > limit)
             node_fail(n, TQKV_ETIMEDOUT, "connect timed out");
-        else if (n->st != NODE_DOWN && n->head && now - n->progress_ns > limit)
+        else if (n->st != NODE_DOWN && (n->head || n->side_inflight) &&
+                 now - n->progress_ns > limit)
             node_fail(n, TQKV_ETIMEDOUT, "no reply within the timeout");
         else if (n->st == NODE_DOWN && now >= n->retry_ns &&
                  (n->in_map || !r->map_loaded || !r->cluster))
@@ -1268,11 +1271,26 @@ static void clear_fail(clear_op *op, int status)
     if (op->status == 0) op->status = status;
 }
 
+/* CLEAR's commands go to hiredis outside the request lists; the no-progress timeout must see
+ * them all the same, or a CLEAR on a hung server with nothing else in flight never completes. */
+static void side_sent(node *n)
+{
+    if (!n->head && !n->side_inflight) n->progress_ns = tqkv_now_ns();
+    n->side_inflight++;
+}
+
+static void side_answered(node *n, const redisReply *rep)
+{
+    if (n->side_inflight) n->side_inflight--;
+    if (rep) n->progress_ns = tqkv_now_ns();
+}
+
 static void on_clear_unlink(redisAsyncContext *ac, void *reply, void *privdata)
 {
     clear_node *cn = privdata;
     redisReply *rep = reply;
     (void)ac;
+    side_answered(cn->n, rep);
     if (!rep)
         clear_fail(cn->op, cn->op->r->closing   ? TQKV_ECANCELED
                            : cn->n->fail_status ? cn->n->fail_status
@@ -1296,6 +1314,7 @@ static void clear_scan(clear_node *cn, const char *cursor, size_t cursor_len)
         clear_fail(op, TQKV_ETIER);
         return;
     }
+    side_sent(cn->n);
     op->refs++;
 }
 
@@ -1304,6 +1323,7 @@ static void on_clear_scan(redisAsyncContext *ac, void *reply, void *privdata)
     clear_node *cn = privdata;
     clear_op *op = cn->op;
     redisReply *rep = reply;
+    side_answered(cn->n, rep);
     if (!rep) {
         clear_fail(op, op->r->closing       ? TQKV_ECANCELED
                        : cn->n->fail_status ? cn->n->fail_status
@@ -1324,6 +1344,7 @@ static void on_clear_scan(redisAsyncContext *ac, void *reply, void *privdata)
                 clear_fail(op, TQKV_ECLOSED);
                 break;
             }
+            side_sent(cn->n);
             op->refs++;
         }
         if (strcmp(rep->element[0]->str, "0") != 0 && op->status == 0)

@@ -773,6 +773,50 @@ static void test_slow(void)
     tqkv_test_redis_stop(&s);
 }
 
+/* Regression: CLEAR's SCAN and UNLINK commands were not watched by the no-progress timeout
+ * (only requests were), so a CLEAR sent to a hung server with nothing else in flight never
+ * completed. It must fail with TQKV_ETIMEDOUT like any request. */
+static void clear_hung_body(tqkv_test_redis *s)
+{
+    tqkv_redis_config cfg;
+    char addr[64];
+    const char *nodes[1];
+    config_for(&cfg, s, addr, sizeof(addr), nodes);
+    cfg.timeout_ms = 200;
+    tqkv_redis *e = NULL;
+    ASSERT_OK(tqkv_redis_create(&loop, &cfg, &e));
+    ASSERT_OK(wait_state(e, TQKV_REDIS_UP));
+    uint8_t key[32];
+    make_key(key, 5);
+    ASSERT_EQ_INT(put_sync(e, "hung", key, 32, "v", 1), 0);
+    tqkv_test_redis_signal(s, SIGSTOP);
+    result r = {0};
+    ASSERT_EQ_INT(wait_result(tqkv_redis_clear(e, "hung", done_cb, &r), &r), TQKV_ETIMEDOUT);
+    ASSERT_TRUE(stats_of(e).timeouts >= 1);
+    tqkv_test_redis_signal(s, SIGCONT);
+    /* once the server answers again, the engine reconnects and CLEAR works */
+    int cleared = -1;
+    for (int i = 0; i < 200 && cleared < 0; i++) {
+        memset(&r, 0, sizeof(r));
+        int rc = wait_result(tqkv_redis_clear(e, "hung", done_cb, &r), &r);
+        if (rc >= 0)
+            cleared = rc;
+        else
+            tqkv_test_loop_for(&loop, 20);
+    }
+    ASSERT_EQ_INT(cleared, 1);
+    destroy(e);
+}
+
+static void test_clear_hung_server(void)
+{
+    tqkv_test_redis s;
+    START_SERVER(&s, NULL);
+    clear_hung_body(&s);
+    tqkv_test_redis_signal(&s, SIGCONT);
+    tqkv_test_redis_stop(&s);
+}
+
 /* Destroying the engine from one of its own callbacks, with requests in flight. */
 static tqkv_redis *victim;
 static int cancelled;
@@ -1042,6 +1086,7 @@ static const tqkv_test_case cases[] = {
     {"clear", test_clear},
     {"outage", test_outage},
     {"slow", test_slow},
+    {"clear_hung_server", test_clear_hung_server},
     {"destroy_in_callback", test_destroy_in_callback},
     {"destroy_on_timeout", test_destroy_on_timeout},
     {"backpressure", test_backpressure},
