@@ -162,6 +162,21 @@ redisReply *tqkv_test_redis_cmd_argv(int port, const char *password, int argc, c
     return r;
 }
 
+/* Copies the end of redis-server's log to stderr: why it did not start (port taken, ...). */
+static void dump_log_tail(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char buf[2048];
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, size > (long)sizeof(buf) - 1 ? size - (long)sizeof(buf) + 1 : 0, SEEK_SET);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    fprintf(stderr, "redis harness: redis-server exited; end of %s:\n%s\n", path, buf);
+}
+
 static int launch(tqkv_test_redis *s)
 {
     char port[16], log[160];
@@ -194,6 +209,7 @@ static int launch(tqkv_test_redis *s)
         if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
             track(s->pid, 0);
             s->pid = 0;
+            dump_log_tail(log);
             return -1; /* exited: port taken meanwhile, or bad arguments */
         }
         redisContext *c = connect_port(s->port, NULL);
