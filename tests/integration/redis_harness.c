@@ -92,9 +92,23 @@ static int random_port(void)
         srand((unsigned)(tv.tv_usec ^ (getpid() << 8)));
         seeded = 1;
     }
+    /* The cluster bus listens on port + 10000: keep both below 65536 and free. Both also stay
+     * below the kernel's ephemeral range when it leaves room: a server that a test kills and
+     * restarts on its port leaves that port free meanwhile, and any outgoing connection on the
+     * machine (other tests' clients, cluster buses) could otherwise be given it as its local
+     * port, so that the restart fails. */
+    int lo = 20000, span = 30000, eph_lo = 32768, eph_hi = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%d %d", &eph_lo, &eph_hi) != 2) eph_lo = 32768;
+        fclose(f);
+    }
+    if (eph_lo - 10000 - 10000 >= 2000) {
+        lo = 10000;
+        span = eph_lo - 10000 - lo;
+    }
     for (int i = 0; i < 200; i++) {
-        /* The cluster bus listens on port + 10000: keep both below 65536 and free. */
-        int p = 20000 + rand() % 30000;
+        int p = lo + rand() % span;
         if (port_free(p) && port_free(p + 10000)) return p;
     }
     return -1;
