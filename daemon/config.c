@@ -75,6 +75,9 @@ static const setting settings[] = {
      "on SIGTERM/SIGINT, how long in-flight requests may take before connections are closed"},
     {"ready_file", T_STRING, OFF(ready_file), "", 0, 0, NULL, 0, 0, NULL,
      "file written once listening (unix=PATH, tcp=HOST:PORT lines), for supervisors and tests"},
+    {"metrics", T_STRING, OFF(metrics), "127.0.0.1:9470", 0, 0, NULL, 0, 0, NULL,
+     "HTTP address host:port of the Prometheus /metrics and /healthz endpoint (numeric host; "
+     "port 0: ephemeral); \"\" disables"},
     {"ssd_dir", T_STRING, OFF(ssd_dir), "", 0, 0, NULL, 0, 0, NULL,
      "directory of the SSD tier (segment files, namespace registry); \"\" disables the tier"},
     {"ssd_capacity", T_SIZE, OFF(ssd_capacity), "16G", 16 << 20, INT64_MAX, NULL, 1, 0,

@@ -21,6 +21,7 @@ typedef struct {
     char *token;        /* "" none */
     char *admin_token;  /* "" none */
     char *ready_file;   /* "" none */
+    char *metrics;      /* HTTP host:port of /metrics and /healthz; "" off; port 0: ephemeral */
     int64_t host_capacity;
     int64_t max_frame;
     int64_t max_connections;

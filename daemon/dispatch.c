@@ -12,6 +12,7 @@
 
 #include "cluster.h"
 #include "codec.h"
+#include "metrics.h"
 #include "tq.h"
 #include "tqkv_alloc.h"
 #include "tqkv_endian.h"
@@ -184,6 +185,11 @@ void tqkvd_req_free(tqkvd_req *r)
 {
     tqkvd_conn *c = r->conn;
     tqkvd_server *s = c->srv;
+    /* A request with a response frame (req->head) is freed once that frame is written, or when
+     * its connection is closed (write failed, shutdown): only the former is a served request. */
+    if (r->hdr && r->head)
+        tqkvd_metrics_request_done(s, r->hdr->op, r->resp.status, !c->closing,
+                                   tqkv_now_ns() - r->start_ns);
     for (size_t i = 0; i < r->n_items; i++) {
         tqkvd_item *it = &r->items[i];
         if (it->put)

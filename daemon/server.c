@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cluster.h"
+#include "metrics.h"
 #include "tqkv_alloc.h"
 #include "tqkv_log.h"
 #include "tqkv_time.h"
@@ -192,6 +193,7 @@ static void on_shutdown_tick(uv_timer_t *t)
          * writes finish and their handles (SSD completions, Redis connections) close while the
          * loop still runs. */
         destroy_store(s);
+        tqkvd_metrics_stop(s);
         uv_close((uv_handle_t *)&s->sig_term, NULL);
         uv_close((uv_handle_t *)&s->sig_int, NULL);
         uv_close((uv_handle_t *)&s->sig_pipe, NULL);
@@ -205,6 +207,7 @@ void tqkvd_server_shutdown(tqkvd_server *s, const char *why)
         return;
     s->shutting_down = 1;
     tqkvd_cluster_stop(s); /* leave the cluster before the store and its Redis engine go */
+    tqkvd_metrics_shutting_down(s); /* /healthz: 503 */
     TQKV_LOGI(MOD, "msg=\"shutting down\" why=%s connections=%u", why, s->n_conns);
     if (s->unix_on) {
         uv_close((uv_handle_t *)&s->unix_srv, NULL);
@@ -240,6 +243,8 @@ static int write_ready_file(tqkvd_server *s)
         fprintf(f, "unix=%s\n", s->cfg.unix_socket);
     if (s->tcp_on)
         fprintf(f, "tcp=%s\n", s->tcp_bound);
+    if (tqkvd_metrics_bound(s)[0])
+        fprintf(f, "metrics=%s\n", tqkvd_metrics_bound(s));
     if (fclose(f) != 0 || rename(tmp, s->cfg.ready_file) != 0)
         return TQKV_EIO;
     return 0;
@@ -309,6 +314,8 @@ int tqkvd_server_init(tqkvd_server *s, tqkvd_config *cfg)
     if (s->tcp_on)
         TQKV_LOGI(MOD, "msg=\"listening\" tcp=%s auth=%s", s->tcp_bound,
                   s->cfg.token[0] ? "token" : "none");
+    if ((r = tqkvd_metrics_start(s)) != 0)
+        return r;
     TQKV_LOGI(MOD, "msg=\"ready\" version=%s host_capacity=%lld workers=%lld encoder=%s",
               TQKVD_VERSION, (long long)s->cfg.host_capacity, (long long)s->cfg.workers,
               tqkvd_codec_name());
@@ -338,6 +345,7 @@ void tqkvd_server_close(tqkvd_server *s)
     if (s->loop) {
         /* An init failure: the store's tiers close their handles themselves, first. */
         destroy_store(s);
+        tqkvd_metrics_stop(s); /* the HTTP thread first: it wakes the loop */
         /* Anything still open (an init failure, a second signal) is closed here. */
         uv_walk(s->loop, close_walk, NULL);
         uv_run(s->loop, UV_RUN_DEFAULT);
@@ -352,6 +360,7 @@ void tqkvd_server_close(tqkvd_server *s)
      * the store when every request is gone. */
     destroy_store(s); /* created before the loop */
     tqkvd_cluster_free(s);
+    tqkvd_metrics_free(s);
     s->store = NULL;
     tqkvd_lower_close(s);
     tqkvd_config_free(&s->cfg);

@@ -64,6 +64,7 @@ typedef struct tqkvd_server {
 
     int nsreg_fd; /* namespace registry in ssd_dir, or -1 */
     struct tqkvd_cluster *cluster; /* cluster.c; NULL when the cluster is off */
+    struct tqkvd_metrics *metrics; /* metrics.c: latency histograms, /metrics and /healthz */
 } tqkvd_server;
 
 enum { TQKVD_RD_HEAD = 0, TQKVD_RD_PAYLOAD = 1 };

@@ -2,8 +2,8 @@
 # The Debian 12 packages tqkv needs to build and test, installed when missing (as root).
 # Sourced by tests/run.sh, deploy/quickstart.sh and .ci/run so the list lives in one place.
 TQKV_DEB_PACKAGES=(build-essential cmake pkg-config libuv1-dev libhiredis-dev libprotobuf-c-dev
-    protobuf-c-compiler libxxhash-dev liblz4-dev libssl-dev libinih-dev redis-server redis-tools
-    procps)
+    protobuf-c-compiler libxxhash-dev liblz4-dev libssl-dev libinih-dev libmicrohttpd-dev
+    redis-server redis-tools procps)
 
 tqkv_install_deps() {
     local missing=() p

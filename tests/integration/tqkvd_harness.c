@@ -53,6 +53,8 @@ static int read_ready(tqkvd_harness *h, const char *path)
             h->tcp_port = (uint16_t)atoi(colon + 1);
             ok = 1;
         }
+        if (strncmp(line, "metrics=", 8) == 0 && (colon = strrchr(line, ':')) != NULL)
+            h->metrics_port = (uint16_t)atoi(colon + 1);
     }
     fclose(f);
     return ok;
@@ -85,13 +87,20 @@ int tqkvd_harness_start(tqkvd_harness *h, const char *const *args)
     argv[n++] = "127.0.0.1:0";
     argv[n++] = "--ready-file";
     argv[n++] = ready;
-    int has_capacity = 0;
-    for (int i = 0; args && args[i]; i++)
+    int has_capacity = 0, has_metrics = 0;
+    for (int i = 0; args && args[i]; i++) {
         if (strncmp(args[i], "--host-capacity", 15) == 0)
             has_capacity = 1;
+        if (strncmp(args[i], "--metrics", 9) == 0)
+            has_metrics = 1;
+    }
     if (!has_capacity) {
         argv[n++] = "--host-capacity";
         argv[n++] = "64M";
+    }
+    if (!has_metrics) { /* tests run side by side: no fixed port */
+        argv[n++] = "--metrics";
+        argv[n++] = "";
     }
     for (int i = 0; args && args[i] && n < 62; i++)
         argv[n++] = args[i];

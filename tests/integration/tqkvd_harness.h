@@ -21,11 +21,13 @@ typedef struct {
     char tcp_url[64];     /* "tcp://127.0.0.1:PORT" */
     char log_path[192];   /* the daemon's stderr */
     uint16_t tcp_port;
+    uint16_t metrics_port; /* the HTTP metrics port when args set --metrics, else 0 */
 } tqkvd_harness;
 
 /* Starts tqkvd with `args` (NULL-terminated extra flags, e.g. {"--token", "s3cret", NULL}; may
  * be NULL) after the harness's own --unix-socket, --tcp and --ready-file flags, and waits up to
- * 10 s for it to be ready. A small host capacity (64 MiB) is the default unless args set one.
+ * 10 s for it to be ready. A small host capacity (64 MiB) is the default unless args set one;
+ * the HTTP metrics listener is off (--metrics "") unless args set one (e.g. 127.0.0.1:0).
  * @return 0, or -1 (the reason is printed on stderr, the daemon's log included). */
 int tqkvd_harness_start(tqkvd_harness *h, const char *const *args);
 
