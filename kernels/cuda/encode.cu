@@ -331,38 +331,80 @@ __device__ __forceinline__ void tqc_encode_part(const tqc_part &pp, uint32_t nor
     }
 }
 
-/* Energies, outlier choice and mask of one head of one job: block (head, 1, job), P threads. */
-__global__ void tqc_mask_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J,
-                                uint32_t n_out)
+/* Energies, outlier choice and mask of one head of one job: block (head, 1, job),
+ * TQC_MASK_THREADS threads. The reference fixes each channel's energy as one sequential chain
+ * over the tokens, so the chain itself stays one thread per channel; what is parallel is the
+ * reading: all threads load the next tile of tokens (coalesced, TQC_MASK_PER values each, held
+ * in registers) while the channel threads run their chains over the current tile from shared
+ * memory, so the loads' latency hides behind the adds instead of stalling every token. */
+#define TQC_MASK_THREADS 256
+#define TQC_MASK_TILE 8192 /* floats of one tile: TQC_MASK_TILE / P tokens (32 KiB) */
+#define TQC_MASK_PER (TQC_MASK_TILE / TQC_MASK_THREADS)
+
+__device__ __forceinline__ void tqc_mask_load(const tqc_job &jb, uint32_t dtype, uint32_t T,
+                                              uint32_t head_dim, uint32_t lp, uint32_t h,
+                                              uint32_t t0, uint32_t tid,
+                                              float (&pre)[TQC_MASK_PER])
 {
+#pragma unroll
+    for (int q = 0; q < TQC_MASK_PER; q++) {
+        uint32_t idx = (uint32_t)q * TQC_MASK_THREADS + tid;
+        uint32_t t = t0 + (idx >> lp), c = idx & ((1u << lp) - 1);
+        pre[q] = t < T && c < head_dim
+                     ? tqc_load_elem(jb.data, dtype, tqc_view_index(jb, t, h) + c)
+                     : 0.0f;
+    }
+}
+
+__global__ void __launch_bounds__(TQC_MASK_THREADS)
+    tqc_mask_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J,
+                    uint32_t n_out)
+{
+    __shared__ float tile[TQC_MASK_TILE];
     __shared__ float E[TQ_MAX_HEAD_DIM];
     __shared__ uint32_t mask[TQ_MAX_HEAD_DIM / 32];
     const tqc_job &jb = J.job[blockIdx.z];
-    const uint32_t h = blockIdx.x, j = threadIdx.x, P = R.P;
+    const uint32_t h = blockIdx.x, tid = threadIdx.x, P = R.P, T = R.T, hd = R.head_dim;
+    const uint32_t lp = (uint32_t)__ffs((int)P) - 1; /* P is a power of two */
+    const uint32_t TT = TQC_MASK_TILE >> lp;         /* tokens per tile */
+    float pre[TQC_MASK_PER];
     float e = 0.0f;
-    if (j < R.head_dim) {
-        /* the sum is one sequential chain (the reference's order); unrolling keeps many loads
-         * in flight ahead of it */
-#pragma unroll 32
-        for (uint32_t t = 0; t < R.T; t++) {
-            float x = tqc_load_elem(jb.data, J.dtype, tqc_view_index(jb, t, h) + j);
-            e = __fadd_rn(e, __fmul_rn(x, x));
+    tqc_mask_load(jb, J.dtype, T, hd, lp, h, 0, tid, pre);
+    for (uint32_t t0 = 0; t0 < T; t0 += TT) {
+        __syncthreads(); /* the previous tile is consumed */
+#pragma unroll
+        for (int q = 0; q < TQC_MASK_PER; q++)
+            tile[q * TQC_MASK_THREADS + tid] = pre[q];
+        __syncthreads();
+        if (t0 + TT < T)
+            tqc_mask_load(jb, J.dtype, T, hd, lp, h, t0 + TT, tid, pre);
+        uint32_t nt = T - t0 < TT ? T - t0 : TT;
+        if (tid < hd) {
+            /* token 0 first, each product rounded, then added: the reference's chain */
+#pragma unroll 8
+            for (uint32_t tt = 0; tt < nt; tt++) {
+                float x = tile[(tt << lp) + tid];
+                e = __fadd_rn(e, __fmul_rn(x, x));
+            }
         }
     }
-    E[j] = e;
-    if (j < P / 32)
-        mask[j] = 0;
+    if (tid < P)
+        E[tid] = e;
+    if (tid < P / 32)
+        mask[tid] = 0;
     __syncthreads();
-    uint32_t rank = 0;
-    for (uint32_t i = 0; i < P; i++) {
-        float ei = E[i];
-        rank += ei > e || (ei == e && i < j);
+    if (tid < P) {
+        uint32_t rank = 0;
+        for (uint32_t i = 0; i < P; i++) {
+            float ei = E[i];
+            rank += ei > e || (ei == e && i < tid);
+        }
+        if (rank < n_out)
+            atomicOr(&mask[tid >> 5], 1u << (tid & 31));
     }
-    if (rank < n_out)
-        atomicOr(&mask[j >> 5], 1u << (j & 31));
     __syncthreads();
-    if (j < P / 32)
-        ((uint32_t *)(jb.dst + (size_t)h * R.record_size))[j] = mask[j];
+    if (tid < P / 32)
+        ((uint32_t *)(jb.dst + (size_t)h * R.record_size))[tid] = mask[tid];
 }
 
 /* Encode: block (token tile, head, job). NP = 1 (no split, N = P) or 2 (outliers, N = P/2). */
@@ -425,6 +467,328 @@ __global__ void __launch_bounds__(tqc_enc_tb<N * NP, NP>::value)
     }
 }
 
+/* ---- Cooperative encoder: eight lanes per vector (mse parts of dimension >= 32) -------------
+ * A group of eight lanes encodes one (token, head) vector; lane j (0..7) holds the coordinates
+ * k = 4j + e + 32r (e = 0..3, r = 0..n/32-1) as v[e + 4r]. That assignment is what the
+ * reference arithmetic needs at the least cross-lane cost:
+ *   - Tree sum: the reference's lane partial L_l (k = l mod 32, increasing k) is lane j's
+ *     sequential chain over r for l = 4j + e; its pairwise steps at 16, 8, 4 pair lanes j^4, j^2,
+ *     j^1 (shfl_xor; both lanes get the same commutative sum) and the steps at 2 and 1 pair e's
+ *     inside the lane.
+ *   - FWHT: stages h = 1, 2 pair e's inside a lane, h = 4, 8, 16 pair lanes (shfl_xor 1, 2, 4;
+ *     the upper lane computes partner + (-own), which is partner - own exactly), h >= 32 pair
+ *     r's inside a lane. Every stage runs after the previous one, as the reference orders them.
+ *   - Input: lane j reads 4 consecutive values per r (8 bytes of fp16/bf16, 16 of fp32), so the
+ *     group reads each 256-byte row as 64-byte runs.
+ *   - Output: every code plane word belongs to 1, 2, 4 or 8 lanes of one group (widths 8, 4, 2,
+ *     1), merged with shfl_xor; the words of the block's 32 tokens go through shared memory so
+ *     that each plane word is written as one 128-byte run of consecutive tokens.
+ * The block is 8 warps = 32 groups = 32 consecutive tokens of one head. */
+#define TQC_G_TOK 32
+#define TQC_G_THREADS 256
+#define TQC_G_STAGE 36 /* row stride (u32) of the output stage: the 4 groups x 8 words a store
+                        * instruction touches fall in 32 distinct banks */
+
+/* The reference tree sum of per-lane terms a[e + 4r] (term of k = 4j + e + 32r); all lanes of
+ * the warp must call it (shuffles). Every lane of a group returns its vector's sum. */
+template <int E> __device__ __forceinline__ float tqc_g_tree_sum(const float (&a)[E])
+{
+    float L[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        float s = 0.0f;
+#pragma unroll
+        for (int r = 0; r < E / 4; r++)
+            s = __fadd_rn(s, a[e + 4 * r]);
+        L[e] = s;
+    }
+#pragma unroll
+    for (int d = 4; d >= 1; d >>= 1) {
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            L[e] = __fadd_rn(L[e], __shfl_xor_sync(0xffffffffu, L[e], d));
+    }
+    return __fadd_rn(__fadd_rn(L[0], L[2]), __fadd_rn(L[1], L[3]));
+}
+
+/* The reference's unnormalised FWHT over a group's vector, stage by stage. */
+template <int E> __device__ __forceinline__ void tqc_g_fwht(float (&v)[E], uint32_t j)
+{
+#pragma unroll
+    for (int h = 1; h <= 2; h <<= 1) {
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            if (i & h)
+                continue;
+            float a = v[i], b = v[i + h];
+            v[i] = __fadd_rn(a, b);
+            v[i + h] = __fsub_rn(a, b);
+        }
+    }
+#pragma unroll
+    for (uint32_t l = 1; l <= 4; l <<= 1) {
+        const bool up = (j & l) != 0;
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            float p = __shfl_xor_sync(0xffffffffu, v[i], l);
+            v[i] = __fadd_rn(p, up ? -v[i] : v[i]);
+        }
+    }
+#pragma unroll
+    for (int h = 4; h < E; h <<= 1) {
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            if (i & h)
+                continue;
+            float a = v[i], b = v[i + h];
+            v[i] = __fadd_rn(a, b);
+            v[i + h] = __fsub_rn(a, b);
+        }
+    }
+}
+
+/* Reads lane j's coordinates of head vector (t, h) of the padded dimension P: x[e + 4r] is
+ * coordinate 4j + e + 32r (0 beyond head_dim). */
+template <int P>
+__device__ __forceinline__ void tqc_g_load(const tqc_job &jb, uint32_t dtype, uint32_t vec,
+                                           uint32_t head_dim, uint32_t t, uint32_t h, uint32_t j,
+                                           float (&x)[P / 8])
+{
+    int64_t base = tqc_view_index(jb, t, h);
+#pragma unroll
+    for (int r = 0; r < P / 32; r++) {
+        uint32_t k0 = 4 * j + 32 * r;
+        if (vec && dtype != TQ_DTYPE_F32) {
+            /* vec: head_dim is a multiple of 8, so the 4 values are all in or all out */
+            if (k0 < head_dim) {
+                uint2 u = __ldg((const uint2 *)((const unsigned short *)jb.data + base + k0));
+                uint32_t wd[2] = {u.x, u.y};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    uint16_t b16 = (uint16_t)(wd[e >> 1] >> (16 * (e & 1)));
+                    x[4 * r + e] = tqc_finite(dtype == TQ_DTYPE_F16 ? tqc_f16_to_f32(b16)
+                                                                    : tqc_bf16_to_f32(b16));
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    x[4 * r + e] = 0.0f;
+            }
+        } else if (vec) {
+            if (k0 < head_dim) {
+                float4 u = __ldg((const float4 *)((const float *)jb.data + base + k0));
+                x[4 * r] = tqc_finite(u.x);
+                x[4 * r + 1] = tqc_finite(u.y);
+                x[4 * r + 2] = tqc_finite(u.z);
+                x[4 * r + 3] = tqc_finite(u.w);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    x[4 * r + e] = 0.0f;
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                x[4 * r + e] = k0 + e < head_dim ? tqc_load_elem(jb.data, dtype, base + k0 + e)
+                                                 : 0.0f;
+        }
+    }
+}
+
+/* One w-bit sub-plane (bits [shift, shift + W) of every code) into the stage rows wb.., column
+ * g. Word (W*j)/8 + W*r of the plane takes lanes j..j+8/W-1's bits, merged by shfl_xor. */
+template <int W, int E>
+__device__ __forceinline__ void tqc_g_plane(const uint32_t (&code)[E], uint32_t shift, uint32_t j,
+                                            uint32_t g, uint32_t (*stage)[TQC_G_STAGE],
+                                            uint32_t wb)
+{
+    constexpr uint32_t mask = (1u << W) - 1, share = 8 / W;
+#pragma unroll
+    for (int r = 0; r < E / 4; r++) {
+        uint32_t v = 0;
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            v |= ((code[4 * r + e] >> shift) & mask) << ((W * (4 * j + e)) & 31);
+#pragma unroll
+        for (uint32_t s = 1; s < share; s <<= 1)
+            v |= __shfl_xor_sync(0xffffffffu, v, s);
+        if ((j & (share - 1)) == 0)
+            stage[wb + (W * j) / 8 + W * r][g] = v;
+    }
+}
+
+/* Encodes one mse part (dimension N, w = its gathered input, destroyed) of the group's vector:
+ * code words into stage rows wb.., the fp16 scale into *sc (lane 0). */
+template <int N>
+__device__ __forceinline__ void tqc_g_encode_part(const tqc_part &pp, uint32_t norm_kind,
+                                                  float (&w)[N / 8], uint32_t j, uint32_t g,
+                                                  const float *bnd_s, const float *cent_s,
+                                                  const uint32_t *dsg_s,
+                                                  uint32_t (*stage)[TQC_G_STAGE], uint32_t wb,
+                                                  uint16_t *sc)
+{
+    constexpr int E = N / 8;
+    const uint32_t m = pp.m;
+    float a[E];
+#pragma unroll
+    for (int i = 0; i < E; i++)
+        a[i] = __fmul_rn(w[i], w[i]);
+    float ss = tqc_g_tree_sum<E>(a); /* squares do not see D's signs */
+#pragma unroll
+    for (int r = 0; r < E / 4; r++) {
+        uint4 d = *(const uint4 *)(dsg_s + 4 * j + 32 * r);
+        w[4 * r] = __uint_as_float(__float_as_uint(w[4 * r]) ^ d.x);
+        w[4 * r + 1] = __uint_as_float(__float_as_uint(w[4 * r + 1]) ^ d.y);
+        w[4 * r + 2] = __uint_as_float(__float_as_uint(w[4 * r + 2]) ^ d.z);
+        w[4 * r + 3] = __uint_as_float(__float_as_uint(w[4 * r + 3]) ^ d.w);
+    }
+    tqc_g_fwht<E>(w, j);
+    float norm = sqrtf(ss);
+    float inv = norm > 0.0f ? __fdiv_rn(1.0f, norm) : 0.0f;
+    uint32_t code[E];
+#pragma unroll
+    for (int i = 0; i < E; i++)
+        code[i] = tqc_quant(bnd_s, m, __fmul_rn(w[i], inv));
+    float s = norm;
+    if (norm_kind == TQ_NORM_CORRECTED) {
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            float c = cent_s[code[i]];
+            a[i] = __fmul_rn(c, c);
+        }
+        float q = tqc_g_tree_sum<E>(a);
+        s = __fdiv_rn(norm, sqrtf(__fmul_rn(q, __fdiv_rn(1.0f, (float)N))));
+    } else if (norm_kind == TQ_NORM_UNBIASED) {
+#pragma unroll
+        for (int i = 0; i < E; i++)
+            a[i] = __fmul_rn(w[i], cent_s[code[i]]);
+        float dot = tqc_g_tree_sum<E>(a);
+        if (dot > 0.0f)
+            s = __fdiv_rn(__fmul_rn(ss, (float)N), dot);
+    }
+    if (j == 0)
+        *sc = tqc_f32_to_f16(s);
+    uint32_t shift = 0;
+    for (uint32_t q = 0; q < pp.n_planes; q++) {
+        switch (pp.plane_w[q]) {
+        case 8: tqc_g_plane<8, E>(code, shift, j, g, stage, wb); break;
+        case 4: tqc_g_plane<4, E>(code, shift, j, g, stage, wb); break;
+        case 2: tqc_g_plane<2, E>(code, shift, j, g, stage, wb); break;
+        default: tqc_g_plane<1, E>(code, shift, j, g, stage, wb); break;
+        }
+        shift += pp.plane_w[q];
+        wb += pp.plane_words[q];
+    }
+}
+
+/* Encode, mse recipes whose parts have n >= 32: block (32-token tile, head, job), 256 threads.
+ * NP = 1 (no split, N = P) or 2 (outliers, N = P/2; the mask kernel ran first). */
+template <int N, int NP>
+__global__ void __launch_bounds__(TQC_G_THREADS)
+    tqc_encode_g_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J)
+{
+    constexpr int P = N * NP, E = N / 8;
+    constexpr int ROWF = NP == 2 ? TQC_G_TOK * (P + 1) : 0; /* gathered rows (split only) */
+    constexpr int STG = (P / 4) * TQC_G_STAGE; /* at most P/4 words per token (m <= 8) */
+    __shared__ __align__(16) uint32_t buf[ROWF > STG ? ROWF : STG];
+    __shared__ float bnd_s[NP][255];
+    __shared__ float cent_s[NP][256];
+    __shared__ __align__(16) uint32_t dsg_s[NP][N];
+    __shared__ uint16_t ch_s[NP][NP == 2 ? N : 1];
+    __shared__ uint32_t woff[P / 4];
+    __shared__ uint16_t sc_s[NP][TQC_G_TOK];
+    uint32_t(*stage)[TQC_G_STAGE] = (uint32_t(*)[TQC_G_STAGE])buf;
+    const tqc_job &jb = J.job[blockIdx.z];
+    const uint32_t h = blockIdx.y, T = R.T, tid = threadIdx.x;
+    const uint32_t g = tid >> 3, j = tid & 7;
+    const uint32_t t0 = blockIdx.x * TQC_G_TOK, t = t0 + g;
+    uint8_t *rec = jb.dst + (size_t)h * R.record_size;
+    if (blockIdx.x == 0 && blockIdx.y == 0)
+        for (uint32_t i = tid; i < jb.pad; i += TQC_G_THREADS)
+            jb.dst[(size_t)R.n_heads * R.record_size + i] = 0;
+    /* start the row loads first: the table set-up below overlaps them */
+    float x[P / 8];
+    if (t < T) {
+        tqc_g_load<P>(jb, J.dtype, J.vec, R.head_dim, t, h, j, x);
+    } else {
+#pragma unroll
+        for (int i = 0; i < P / 8; i++)
+            x[i] = 0.0f; /* idle groups still take part in the shuffles */
+    }
+    uint32_t nw = 0; /* stage words per token, all parts */
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        const tqc_part &pp = R.part[p];
+        uint32_t nb = (1u << pp.m) - 1;
+        for (uint32_t i = tid; i < nb; i += TQC_G_THREADS)
+            bnd_s[p][i] = __ldg(pp.bnd + i);
+        for (uint32_t i = tid; i <= nb; i += TQC_G_THREADS)
+            cent_s[p][i] = __ldg(pp.cent + i);
+        for (uint32_t i = tid; i < (uint32_t)N; i += TQC_G_THREADS)
+            dsg_s[p][i] = __ldg(pp.dsign + i);
+        for (uint32_t q = 0; q < pp.n_planes; q++) {
+            uint32_t W = pp.plane_words[q];
+            if (tid >= nw && tid < nw + W)
+                woff[tid] = pp.plane_off[q] / 4 + (tid - nw) * T;
+            nw += W;
+        }
+    }
+    if (NP == 2 && tid < (uint32_t)P) {
+        /* channel lists from the mask the mask kernel wrote (increasing channel order) */
+        const uint32_t *mk = (const uint32_t *)rec;
+        uint32_t before = __popc(__ldg(mk + (tid >> 5)) & ((1u << (tid & 31)) - 1));
+        for (uint32_t i = 0; i < (tid >> 5); i++)
+            before += __popc(__ldg(mk + i));
+        if ((__ldg(mk + (tid >> 5)) >> (tid & 31)) & 1) {
+            if (before < (uint32_t)N)
+                ch_s[0][before] = (uint16_t)tid;
+        } else if (tid - before < (uint32_t)N) {
+            ch_s[NP - 1][tid - before] = (uint16_t)tid;
+        }
+    }
+    __syncthreads();
+    if (NP == 1) {
+        float(&w)[E] = *reinterpret_cast<float(*)[E]>(&x);
+        tqc_g_encode_part<N>(R.part[0], R.norm, w, j, g, bnd_s[0], cent_s[0], dsg_s[0], stage, 0,
+                             &sc_s[0][g]);
+    } else {
+        float *row = (float *)buf + g * (P + 1);
+#pragma unroll
+        for (int i = 0; i < P / 8; i++)
+            row[4 * j + (i & 3) + 32 * (i >> 2)] = x[i];
+        __syncwarp(); /* a group's row is written and read by its own warp */
+        float w0[E], w1[E];
+#pragma unroll
+        for (int i = 0; i < E; i++) {
+            uint32_t k = 4 * j + (i & 3) + 32 * (i >> 2);
+            w0[i] = row[ch_s[0][k]];
+            w1[i] = row[ch_s[NP - 1][k]];
+        }
+        __syncthreads(); /* the stage reuses the rows' memory */
+        tqc_g_encode_part<N>(R.part[0], R.norm, w0, j, g, bnd_s[0], cent_s[0], dsg_s[0], stage,
+                             0, &sc_s[0][g]);
+        uint32_t wb1 = R.part[0].plane_words[0] +
+                       (R.part[0].n_planes > 1 ? R.part[0].plane_words[1] : 0);
+        tqc_g_encode_part<N>(R.part[NP - 1], R.norm, w1, j, g, bnd_s[NP - 1], cent_s[NP - 1],
+                             dsg_s[NP - 1], stage, wb1, &sc_s[NP - 1][g]);
+    }
+    __syncthreads();
+    uint32_t *rec32 = (uint32_t *)rec;
+    for (uint32_t i = tid; i < nw * TQC_G_TOK; i += TQC_G_THREADS) {
+        uint32_t wi = i / TQC_G_TOK, tt = i % TQC_G_TOK;
+        if (t0 + tt < T)
+            rec32[woff[wi] + t0 + tt] = stage[wi][tt];
+    }
+    if (tid < NP * TQC_G_TOK) {
+        uint32_t p = tid / TQC_G_TOK, tt = tid % TQC_G_TOK;
+        uint16_t *so = (uint16_t *)(rec + R.part[p].scale_off);
+        if (t0 + tt < T)
+            so[t0 + tt] = sc_s[p][tt];
+        if ((T & 1) && t0 + tt == T)
+            so[T] = 0;
+    }
+}
+
 /* Raw (lossless 16-bit) sections: one thread per (token, head, channel). */
 __global__ void tqc_encode_raw_kernel(const __grid_constant__ tqc_rec R,
                                       const __grid_constant__ tqc_jobs J)
@@ -461,6 +825,23 @@ static void launch_encode(const tqc_rec &R, const tqc_jobs &J, cudaStream_t s)
     tqc_encode_kernel<N, NP><<<grid, TB, 0, s>>>(R, J);
 }
 
+template <int N, int NP>
+static void launch_encode_g(const tqc_rec &R, const tqc_jobs &J, cudaStream_t s)
+{
+    dim3 grid((R.T + TQC_G_TOK - 1) / TQC_G_TOK, R.n_heads, J.n_jobs);
+    tqc_encode_g_kernel<N, NP><<<grid, TQC_G_THREADS, 0, s>>>(R, J);
+}
+
+/* Whether the cooperative kernel takes R: mse parts (the prod QJL stage stays with the
+ * one-thread kernel) of dimension >= 32 (eight lanes of at least four coordinates). */
+static bool tqc_use_g(const tqc_rec &R)
+{
+    for (uint32_t p = 0; p < R.n_parts; p++)
+        if (R.part[p].prod || R.part[p].m == 0 || R.part[p].n < 32)
+            return false;
+    return true;
+}
+
 /* Launches the kernels of one batch of jobs sharing the recipe R. */
 static int tqc_encode_jobs(const tqc_rec &R, uint32_t n_out, const tqc_jobs &J, cudaStream_t s)
 {
@@ -471,13 +852,28 @@ static int tqc_encode_jobs(const tqc_rec &R, uint32_t n_out, const tqc_jobs &J, 
         return 0;
     }
     if (R.n_parts == 2) {
-        tqc_mask_kernel<<<dim3(R.n_heads, 1, J.n_jobs), R.P, 0, s>>>(R, J, n_out);
+        tqc_mask_kernel<<<dim3(R.n_heads, 1, J.n_jobs), TQC_MASK_THREADS, 0, s>>>(R, J, n_out);
         TQC_CHECK_LAUNCH("mask launch");
-        switch (R.P) {
+        if (tqc_use_g(R)) {
+            switch (R.P) {
+            case 64: launch_encode_g<32, 2>(R, J, s); break;
+            case 128: launch_encode_g<64, 2>(R, J, s); break;
+            case 256: launch_encode_g<128, 2>(R, J, s); break;
+            default: return TQKV_EINVAL;
+            }
+        } else switch (R.P) {
         case 32: launch_encode<16, 2>(R, J, s); break;
         case 64: launch_encode<32, 2>(R, J, s); break;
         case 128: launch_encode<64, 2>(R, J, s); break;
         case 256: launch_encode<128, 2>(R, J, s); break;
+        default: return TQKV_EINVAL;
+        }
+    } else if (tqc_use_g(R)) {
+        switch (R.P) {
+        case 32: launch_encode_g<32, 1>(R, J, s); break;
+        case 64: launch_encode_g<64, 1>(R, J, s); break;
+        case 128: launch_encode_g<128, 1>(R, J, s); break;
+        case 256: launch_encode_g<256, 1>(R, J, s); break;
         default: return TQKV_EINVAL;
         }
     } else {

@@ -118,6 +118,7 @@ static const geom g_geoms[] = {
     {96, 3, 5},   /* padded head dim (P = 128) */
     {32, 2, 33},  /* smallest P: outlier parts of 16 */
     {256, 1, 9},  /* largest P */
+    {128, 2, 200}, /* several 32-token encode tiles and energy tiles, the last ones partial */
 };
 
 /* Encodes one section on both sides (view `v` on the host for the CPU, its device copy for the
