@@ -49,23 +49,22 @@
 #endif
 
 #define MOD "metrics"
-#define N_OPS 16      /* proto ops 0..15 */
-#define N_CODES 128   /* error numbers 0..127 (TQKV_E* are -1..-127) */
+#define N_OPS 16    /* proto ops 0..15 */
+#define N_CODES 128 /* error numbers 0..127 (TQKV_E* are -1..-127) */
 #define ASK_TIMEOUT_MS 2000
 #define LAT_BUCKETS 19
 
 /* Bucket bounds: 1, 2.5 and 5 per decade from 10 us to 10 s, in ns (exact comparisons) and as
  * the `le` label Prometheus shows. */
 static const uint64_t lat_bound_ns[LAT_BUCKETS] = {
-    10000ull,     25000ull,     50000ull,     100000ull,     250000ull,
-    500000ull,    1000000ull,   2500000ull,   5000000ull,    10000000ull,
-    25000000ull,  50000000ull,  100000000ull, 250000000ull,  500000000ull,
+    10000ull,      25000ull,      50000ull,      100000ull,      250000ull,
+    500000ull,     1000000ull,    2500000ull,    5000000ull,     10000000ull,
+    25000000ull,   50000000ull,   100000000ull,  250000000ull,   500000000ull,
     1000000000ull, 2500000000ull, 5000000000ull, 10000000000ull,
 };
 static const char *const lat_le[LAT_BUCKETS] = {
-    "1e-05", "2.5e-05", "5e-05", "0.0001", "0.00025", "0.0005", "0.001",
-    "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25",
-    "0.5", "1", "2.5", "5", "10",
+    "1e-05", "2.5e-05", "5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
+    "0.025", "0.05",    "0.1",   "0.25",   "0.5",     "1",      "2.5",   "5",      "10",
 };
 
 typedef struct {
@@ -308,10 +307,9 @@ static void render_requests(sbuf *b, const tqkvd_server *s, const tqkvd_metrics 
         cum += h->buckets[LAT_BUCKETS];
         sb_printf(b, "tqkv_request_duration_seconds_bucket{op=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
                   op, cum);
-        sb_printf(b, "tqkv_request_duration_seconds_sum{op=\"%s\"} %" PRIu64 ".%09" PRIu64 "\n",
-                  op, h->sum_ns / UINT64_C(1000000000), h->sum_ns % UINT64_C(1000000000));
-        sb_printf(b, "tqkv_request_duration_seconds_count{op=\"%s\"} %" PRIu64 "\n", op,
-                  h->count);
+        sb_printf(b, "tqkv_request_duration_seconds_sum{op=\"%s\"} %" PRIu64 ".%09" PRIu64 "\n", op,
+                  h->sum_ns / UINT64_C(1000000000), h->sum_ns % UINT64_C(1000000000));
+        sb_printf(b, "tqkv_request_duration_seconds_count{op=\"%s\"} %" PRIu64 "\n", op, h->count);
     }
 }
 
@@ -551,8 +549,8 @@ static enum MHD_Result on_http(void *cls, struct MHD_Connection *conn, const cha
         return reply_static(conn, MHD_HTTP_NOT_FOUND, "not found: try /metrics or /healthz\n");
     if (ask_loop(m, 1, &text, &len, &why) != 0)
         return reply_static(conn, MHD_HTTP_SERVICE_UNAVAILABLE, why);
-    struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(len, text,
-                                                                               tqkv_free);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer_with_free_callback(len, text, tqkv_free);
     if (!r) {
         tqkv_free(text);
         return MHD_NO;
@@ -662,11 +660,11 @@ int tqkvd_metrics_start(tqkvd_server *s)
         return fd;
     /* One internal thread (epoll on Linux: no FD_SETSIZE limit, the daemon may hold many fds);
      * scrapes are few and short. MHD closes the listening socket when it stops. */
-    m->mhd = MHD_start_daemon(
-        MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_http, m,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)32, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)10, MHD_OPTION_END);
+    m->mhd =
+        MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_http,
+                         m, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_LISTEN_SOCKET,
+                         (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT, (unsigned int)32,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)10, MHD_OPTION_END);
     if (!m->mhd) {
         close(fd);
         m->bound[0] = 0;

@@ -7,15 +7,25 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "frame.h"
 #include "test_client_util.h"
+#include "tqkv_alloc.h"
 #include "tqkv_test.h"
 
 static tqkvd_harness daemon_h;
 static tqkv_client *cl;
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
 
 /* ---- HTTP over a plain socket ---- */
 
@@ -25,16 +35,16 @@ typedef struct {
     size_t len;
 } http_reply;
 
-/* GET path from the daemon's metrics port. @return 0, or -1 (printed). */
-static int http_get(const char *path, http_reply *out)
+/* GET path from the metrics port of daemon h. @return 0, or -1 (printed). */
+static int http_get_from(const tqkvd_harness *h, const char *path, http_reply *out)
 {
     memset(out, 0, sizeof(*out));
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(daemon_h.metrics_port),
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons(h->metrics_port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-        fprintf(stderr, "connect to the metrics port %u: %s\n", daemon_h.metrics_port,
-                strerror(errno));
+        fprintf(stderr, "connect to the metrics port %u: %s\n", h->metrics_port, strerror(errno));
         if (fd >= 0)
             close(fd);
         return -1;
@@ -74,6 +84,11 @@ static int http_get(const char *path, http_reply *out)
     memcpy(out->body, body, out->len + 1);
     free(buf);
     return 0;
+}
+
+static int http_get(const char *path, http_reply *out)
+{
+    return http_get_from(&daemon_h, path, out);
 }
 
 /* ---- exposition text ---- */
@@ -206,13 +221,20 @@ static void test_format(void)
         }
     }
     static const char *const want[] = {
-        "tqkv_tier_hits_total",          "tqkv_tier_misses_total",
-        "tqkv_tier_bytes_in_total",      "tqkv_tier_bytes_out_total",
-        "tqkv_tier_evictions_total",     "tqkv_tier_demotions_total",
-        "tqkv_tier_promotions_total",    "tqkv_tier_capacity_bytes",
-        "tqkv_tier_used_bytes",          "tqkv_requests_total",
-        "tqkv_request_errors_total",     "tqkv_request_duration_seconds",
-        "tqkv_encode_input_bytes_total", "tqkv_encode_seconds_total",
+        "tqkv_tier_hits_total",
+        "tqkv_tier_misses_total",
+        "tqkv_tier_bytes_in_total",
+        "tqkv_tier_bytes_out_total",
+        "tqkv_tier_evictions_total",
+        "tqkv_tier_demotions_total",
+        "tqkv_tier_promotions_total",
+        "tqkv_tier_capacity_bytes",
+        "tqkv_tier_used_bytes",
+        "tqkv_requests_total",
+        "tqkv_request_errors_total",
+        "tqkv_request_duration_seconds",
+        "tqkv_encode_input_bytes_total",
+        "tqkv_encode_seconds_total",
         "tqkv_connections",
     };
     int missing = 0;
@@ -237,10 +259,10 @@ static void test_format(void)
  * when the shape is wrong (printed). */
 static double check_histogram(const char *text, const char *op)
 {
-    static const char *const le[] = {"1e-05", "2.5e-05", "5e-05", "0.0001", "0.00025",
-                                     "0.0005", "0.001", "0.0025", "0.005", "0.01",
-                                     "0.025", "0.05", "0.1", "0.25", "0.5",
-                                     "1", "2.5", "5", "10", "+Inf"};
+    static const char *const le[] = {"1e-05",  "2.5e-05", "5e-05",  "0.0001", "0.00025",
+                                     "0.0005", "0.001",   "0.0025", "0.005",  "0.01",
+                                     "0.025",  "0.05",    "0.1",    "0.25",   "0.5",
+                                     "1",      "2.5",     "5",      "10",     "+Inf"};
     char s[160];
     double prev = 0;
     for (size_t i = 0; i < sizeof(le) / sizeof(le[0]); i++) {
@@ -310,8 +332,7 @@ static void test_counters_move(void)
         b = scrape();
         if (!b || sample(b, S_GET_N) - sample(a, S_GET_N) >= 3)
             break;
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
+        sleep_ms(20);
     }
     double d_put_req = b ? sample(b, S_PUT_REQ) - sample(a, S_PUT_REQ) : -1;
     double d_get_req = b ? sample(b, S_GET_REQ) - sample(a, S_GET_REQ) : -1;
@@ -382,18 +403,87 @@ static void test_off_by_flag(void)
     ASSERT_EQ_INT(port, 0);
 }
 
+/* While a graceful shutdown waits for a request in flight (a PUT frame whose payload never
+ * comes), /healthz answers 503 and /metrics still answers 200. */
+static void test_healthz_shutting_down(void)
+{
+    static const char *const args[] = {"--metrics", "127.0.0.1:0", "--shutdown-timeout-ms", "4000",
+                                       NULL};
+    tqkvd_harness h2;
+    ASSERT_OK(tqkvd_harness_start(&h2, args));
+    int fd = tqkvd_harness_connect_unix(&h2);
+    Tqkv__Header hd = TQKV__HEADER__INIT;
+    hd.op = TQKV__OP__OP_PUT;
+    hd.request_id = 1;
+    void *head = NULL;
+    size_t hl = 0;
+    int sent = fd >= 0 && tqkv_frame_build(&hd, 4096, &head, &hl) == 0 &&
+               write(fd, head, hl) == (ssize_t)hl;
+    tqkv_free(head);
+    http_reply before, during, metrics;
+    memset(&during, 0, sizeof(during));
+    memset(&metrics, 0, sizeof(metrics));
+    int rc_before = http_get_from(&h2, "/healthz", &before);
+    free(before.body);
+    /* Wait until the daemon holds the request (it counts a frame's bytes when it takes the
+     * frame's header); a bound against a hang. */
+    for (int i = 0; i < 500; i++) {
+        http_reply m;
+        if (http_get_from(&h2, "/metrics", &m) != 0)
+            break;
+        double got = m.status == 200 ? sample(m.body, "tqkv_received_bytes_total") : -1;
+        free(m.body);
+        if (got > 0)
+            break;
+        sleep_ms(10);
+    }
+    kill(h2.pid, SIGTERM);
+    int rc_during = -1;
+    for (int i = 0; i < 100; i++) { /* a bound against a hang */
+        free(during.body);
+        rc_during = http_get_from(&h2, "/healthz", &during);
+        if (rc_during != 0 || during.status != 200)
+            break;
+        sleep_ms(10);
+    }
+    int rc_metrics = http_get_from(&h2, "/metrics", &metrics);
+    free(during.body);
+    free(metrics.body);
+    if (fd >= 0)
+        close(fd);
+    /* The daemon exits by itself once shutdown_timeout_ms has passed (the harness's stop would
+     * send a second SIGTERM, which exits at once with status 1). */
+    int st = 0, stop = -1;
+    pid_t r = 0;
+    for (int i = 0; i < 1500 && (r = waitpid(h2.pid, &st, WNOHANG)) == 0; i++)
+        sleep_ms(10);
+    if (r == h2.pid) {
+        stop = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+        h2.pid = -1;
+    }
+    tqkvd_harness_stop(&h2); /* the temp directory; kills the daemon if it is still there */
+    ASSERT_TRUE(sent);
+    ASSERT_OK(rc_before);
+    ASSERT_EQ_INT(before.status, 200);
+    ASSERT_OK(rc_during);
+    ASSERT_EQ_INT(during.status, 503);
+    ASSERT_OK(rc_metrics);
+    ASSERT_EQ_INT(metrics.status, 200);
+    ASSERT_EQ_INT(stop, 0);
+}
+
 static const tqkv_test_case cases[] = {
     {"healthz", test_healthz},
     {"format", test_format},
     {"counters_move", test_counters_move},
     {"off_by_flag", test_off_by_flag},
+    {"healthz_shutting_down", test_healthz_shutting_down},
     {NULL, NULL},
 };
 
 int main(int argc, char **argv)
 {
-    static const char *const args[] = {"--metrics", "127.0.0.1:0", "--encode-device", "cpu",
-                                       NULL};
+    static const char *const args[] = {"--metrics", "127.0.0.1:0", "--encode-device", "cpu", NULL};
     if (tc_start(&daemon_h, args))
         return 1;
     if (daemon_h.metrics_port == 0) {
