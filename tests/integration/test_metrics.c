@@ -472,12 +472,33 @@ static void test_healthz_shutting_down(void)
     ASSERT_EQ_INT(stop, 0);
 }
 
+/* An address the listener cannot take is a start-up failure, not a daemon without metrics: a
+ * host name (numeric hosts only) and a port already bound. */
+static void test_bad_address_refused(void)
+{
+    static const char *const name[] = {"--metrics", "localhost:0", NULL};
+    char taken[32];
+    snprintf(taken, sizeof(taken), "127.0.0.1:%u", (unsigned)daemon_h.metrics_port);
+    const char *const busy[] = {"--metrics", taken, NULL};
+    tqkvd_harness h2;
+    fprintf(stderr, "(two start-up failures follow, as expected)\n");
+    int r1 = tqkvd_harness_start(&h2, name);
+    if (r1 == 0)
+        tqkvd_harness_stop(&h2);
+    int r2 = tqkvd_harness_start(&h2, busy);
+    if (r2 == 0)
+        tqkvd_harness_stop(&h2);
+    ASSERT_EQ_INT(r1, -1);
+    ASSERT_EQ_INT(r2, -1);
+}
+
 static const tqkv_test_case cases[] = {
     {"healthz", test_healthz},
     {"format", test_format},
     {"counters_move", test_counters_move},
     {"off_by_flag", test_off_by_flag},
     {"healthz_shutting_down", test_healthz_shutting_down},
+    {"bad_address_refused", test_bad_address_refused},
     {NULL, NULL},
 };
 
