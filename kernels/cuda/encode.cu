@@ -332,44 +332,63 @@ __device__ __forceinline__ void tqc_encode_part(const tqc_part &pp, uint32_t nor
 }
 
 /* Energies, outlier choice and mask of one head of one job: block (head, 1, job),
- * TQC_MASK_THREADS threads. The reference fixes each channel's energy as one sequential chain
- * over the tokens, so the chain itself stays one thread per channel; what is parallel is the
- * reading: all threads load the next tile of tokens (coalesced, TQC_MASK_PER values each, held
- * in registers) while the channel threads run their chains over the current tile from shared
- * memory, so the loads' latency hides behind the adds instead of stalling every token. */
+ * TQC_MASK_THREADS threads, DT the source dtype. The reference fixes each channel's energy as one
+ * sequential chain over the tokens, so the chain itself stays one thread per channel; what is
+ * parallel is the reading: all threads load the next tile of tokens as raw 32-bit words
+ * (coalesced, independent loads with no arithmetic between them, TQC_MASK_PER each, held in
+ * registers) while the channel threads run their chains over the current tile in shared memory,
+ * so the loads' latency hides behind the adds instead of stalling every token. */
 #define TQC_MASK_THREADS 256
-#define TQC_MASK_TILE 8192 /* floats of one tile: TQC_MASK_TILE / P tokens (32 KiB) */
+#define TQC_MASK_TILE 8192 /* u32 words of one tile (32 KiB) */
 #define TQC_MASK_PER (TQC_MASK_TILE / TQC_MASK_THREADS)
 
-__device__ __forceinline__ void tqc_mask_load(const tqc_job &jb, uint32_t dtype, uint32_t T,
-                                              uint32_t head_dim, uint32_t lp, uint32_t h,
+template <int DT>
+__device__ __forceinline__ void tqc_mask_load(const tqc_job &jb, uint32_t vec, uint32_t T,
+                                              uint32_t head_dim, uint32_t lw, uint32_t h,
                                               uint32_t t0, uint32_t tid,
-                                              float (&pre)[TQC_MASK_PER])
+                                              uint32_t (&pre)[TQC_MASK_PER])
 {
+    constexpr uint32_t CPW = DT == TQ_DTYPE_F32 ? 1 : 2; /* channels per word */
+    if (vec || CPW == 1) {
+        /* vec: rows start 4-byte aligned and head_dim is even (a multiple of 8) */
 #pragma unroll
-    for (int q = 0; q < TQC_MASK_PER; q++) {
-        uint32_t idx = (uint32_t)q * TQC_MASK_THREADS + tid;
-        uint32_t t = t0 + (idx >> lp), c = idx & ((1u << lp) - 1);
-        pre[q] = t < T && c < head_dim
-                     ? tqc_load_elem(jb.data, dtype, tqc_view_index(jb, t, h) + c)
-                     : 0.0f;
+        for (int q = 0; q < TQC_MASK_PER; q++) {
+            uint32_t idx = (uint32_t)q * TQC_MASK_THREADS + tid;
+            uint32_t t = t0 + (idx >> lw), c = (idx & ((1u << lw) - 1)) * CPW;
+            bool ok = t < T && c < head_dim;
+            int64_t e = ok ? tqc_view_index(jb, t, h) + c : 0;
+            pre[q] = ok ? __ldg((const uint32_t *)((const char *)jb.data + e * (4 / CPW))) : 0u;
+        }
+    } else {
+#pragma unroll
+        for (int q = 0; q < TQC_MASK_PER; q++) {
+            uint32_t idx = (uint32_t)q * TQC_MASK_THREADS + tid;
+            uint32_t t = t0 + (idx >> lw), c = (idx & ((1u << lw) - 1)) * 2;
+            int64_t e = t < T ? tqc_view_index(jb, t, h) + c : 0;
+            const unsigned short *p = (const unsigned short *)jb.data + e;
+            uint32_t lo = t < T && c < head_dim ? __ldg(p) : 0u;
+            uint32_t hi = t < T && c + 1 < head_dim ? __ldg(p + 1) : 0u;
+            pre[q] = lo | hi << 16;
+        }
     }
 }
 
+template <int DT>
 __global__ void __launch_bounds__(TQC_MASK_THREADS)
     tqc_mask_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J,
                     uint32_t n_out)
 {
-    __shared__ float tile[TQC_MASK_TILE];
+    constexpr uint32_t CPW = DT == TQ_DTYPE_F32 ? 1 : 2;
+    __shared__ uint32_t tile[TQC_MASK_TILE];
     __shared__ float E[TQ_MAX_HEAD_DIM];
     __shared__ uint32_t mask[TQ_MAX_HEAD_DIM / 32];
     const tqc_job &jb = J.job[blockIdx.z];
     const uint32_t h = blockIdx.x, tid = threadIdx.x, P = R.P, T = R.T, hd = R.head_dim;
-    const uint32_t lp = (uint32_t)__ffs((int)P) - 1; /* P is a power of two */
-    const uint32_t TT = TQC_MASK_TILE >> lp;         /* tokens per tile */
-    float pre[TQC_MASK_PER];
+    const uint32_t lw = (uint32_t)__ffs((int)(P / CPW)) - 1; /* log2 of words per row */
+    const uint32_t TT = TQC_MASK_TILE >> lw;                  /* tokens per tile */
+    uint32_t pre[TQC_MASK_PER];
     float e = 0.0f;
-    tqc_mask_load(jb, J.dtype, T, hd, lp, h, 0, tid, pre);
+    tqc_mask_load<DT>(jb, J.vec, T, hd, lw, h, 0, tid, pre);
     for (uint32_t t0 = 0; t0 < T; t0 += TT) {
         __syncthreads(); /* the previous tile is consumed */
 #pragma unroll
@@ -377,13 +396,18 @@ __global__ void __launch_bounds__(TQC_MASK_THREADS)
             tile[q * TQC_MASK_THREADS + tid] = pre[q];
         __syncthreads();
         if (t0 + TT < T)
-            tqc_mask_load(jb, J.dtype, T, hd, lp, h, t0 + TT, tid, pre);
+            tqc_mask_load<DT>(jb, J.vec, T, hd, lw, h, t0 + TT, tid, pre);
         uint32_t nt = T - t0 < TT ? T - t0 : TT;
         if (tid < hd) {
+            const uint32_t *col = tile + tid / CPW, sh = 16 * (tid % CPW);
             /* token 0 first, each product rounded, then added: the reference's chain */
 #pragma unroll 8
             for (uint32_t tt = 0; tt < nt; tt++) {
-                float x = tile[(tt << lp) + tid];
+                uint32_t wd = col[tt << lw];
+                float x = DT == TQ_DTYPE_F32 ? __uint_as_float(wd)
+                          : DT == TQ_DTYPE_F16 ? tqc_f16_to_f32((uint16_t)(wd >> sh))
+                                               : tqc_bf16_to_f32((uint16_t)(wd >> sh));
+                x = tqc_finite(x);
                 e = __fadd_rn(e, __fmul_rn(x, x));
             }
         }
@@ -617,18 +641,31 @@ __device__ __forceinline__ void tqc_g_plane(const uint32_t (&code)[E], uint32_t 
     }
 }
 
-/* Encodes one mse part (dimension N, w = its gathered input, destroyed) of the group's vector:
- * code words into stage rows wb.., the fp16 scale into *sc (lane 0). */
-template <int N>
+/* The code of v (number of boundaries <= v) for a compile-time M: the binary search unrolled,
+ * so that a lane's searches are independent chains the scheduler interleaves. */
+template <int M> __device__ __forceinline__ uint32_t tqc_g_quant(const float *bnd_s, float v)
+{
+    uint32_t code = 0;
+#pragma unroll
+    for (uint32_t step = 1u << (M - 1); step; step >>= 1)
+        if (v >= bnd_s[code + step - 1])
+            code += step;
+    return code;
+}
+
+/* Encodes one part (dimension N, M-bit codes, QJL stage when PROD; w = its gathered input,
+ * destroyed) of the group's vector: code words into stage rows wb.. (then the sign words, prod),
+ * the fp16 scale into *sc and gamma into *gm (lane 0). rho: the group's row of N + 1 floats
+ * (prod only), where the residual is shared for the sign sums. */
+template <int N, int M, bool PROD>
 __device__ __forceinline__ void tqc_g_encode_part(const tqc_part &pp, uint32_t norm_kind,
                                                   float (&w)[N / 8], uint32_t j, uint32_t g,
                                                   const float *bnd_s, const float *cent_s,
-                                                  const uint32_t *dsg_s,
+                                                  const uint32_t *dsg_s, float *rho,
                                                   uint32_t (*stage)[TQC_G_STAGE], uint32_t wb,
-                                                  uint16_t *sc)
+                                                  uint16_t *sc, uint16_t *gm)
 {
     constexpr int E = N / 8;
-    const uint32_t m = pp.m;
     float a[E];
 #pragma unroll
     for (int i = 0; i < E; i++)
@@ -648,9 +685,9 @@ __device__ __forceinline__ void tqc_g_encode_part(const tqc_part &pp, uint32_t n
     uint32_t code[E];
 #pragma unroll
     for (int i = 0; i < E; i++)
-        code[i] = tqc_quant(bnd_s, m, __fmul_rn(w[i], inv));
-    float s = norm;
-    if (norm_kind == TQ_NORM_CORRECTED) {
+        code[i] = M > 0 ? tqc_g_quant<M ? M : 1>(bnd_s, __fmul_rn(w[i], inv)) : 0u;
+    float s = norm; /* plain, and always when m = 0 */
+    if (M > 0 && norm_kind == TQ_NORM_CORRECTED) {
 #pragma unroll
         for (int i = 0; i < E; i++) {
             float c = cent_s[code[i]];
@@ -658,7 +695,7 @@ __device__ __forceinline__ void tqc_g_encode_part(const tqc_part &pp, uint32_t n
         }
         float q = tqc_g_tree_sum<E>(a);
         s = __fdiv_rn(norm, sqrtf(__fmul_rn(q, __fdiv_rn(1.0f, (float)N))));
-    } else if (norm_kind == TQ_NORM_UNBIASED) {
+    } else if (M > 0 && norm_kind == TQ_NORM_UNBIASED) {
 #pragma unroll
         for (int i = 0; i < E; i++)
             a[i] = __fmul_rn(w[i], cent_s[code[i]]);
@@ -666,38 +703,125 @@ __device__ __forceinline__ void tqc_g_encode_part(const tqc_part &pp, uint32_t n
         if (dot > 0.0f)
             s = __fdiv_rn(__fmul_rn(ss, (float)N), dot);
     }
+    uint16_t s16 = tqc_f32_to_f16(s);
     if (j == 0)
-        *sc = tqc_f32_to_f16(s);
-    uint32_t shift = 0;
-    for (uint32_t q = 0; q < pp.n_planes; q++) {
-        switch (pp.plane_w[q]) {
-        case 8: tqc_g_plane<8, E>(code, shift, j, g, stage, wb); break;
-        case 4: tqc_g_plane<4, E>(code, shift, j, g, stage, wb); break;
-        case 2: tqc_g_plane<2, E>(code, shift, j, g, stage, wb); break;
-        default: tqc_g_plane<1, E>(code, shift, j, g, stage, wb); break;
-        }
-        shift += pp.plane_w[q];
-        wb += pp.plane_words[q];
+        *sc = s16;
+    /* sub-planes (FORMAT.md): 1 -> [1], 2 -> [2], 3 -> [2, 1], 4 -> [4], 8 -> [8] */
+    if (M == 3) {
+        tqc_g_plane<2, E>(code, 0, j, g, stage, wb);
+        tqc_g_plane<1, E>(code, 2, j, g, stage, wb + N * 2 / 32);
+    } else if (M > 0) {
+        tqc_g_plane<M ? M : 1, E>(code, 0, j, g, stage, wb);
     }
+    if (!PROD)
+        return;
+    /* QJL stage: residual rho = w - s16 * cent[code], gamma, and the signs of S . rho, each sign
+     * sum sequential over the input index as the reference orders it. Lane j takes the outputs
+     * k = 4j + e + 32r, so that the sign bits pack like a 1-bit plane; S is read through its
+     * transpose (row jj = S[.][jj]), 128 contiguous bytes per group and step, shared by the
+     * warp's four groups. */
+    float sf = tqc_f16_to_f32(s16);
+    if (M > 0) {
+#pragma unroll
+        for (int i = 0; i < E; i++)
+            w[i] = __fsub_rn(w[i], __fmul_rn(sf, cent_s[code[i]]));
+    }
+#pragma unroll
+    for (int i = 0; i < E; i++)
+        a[i] = __fmul_rn(w[i], w[i]);
+    float gam = sqrtf(__fmul_rn(tqc_g_tree_sum<E>(a), __fdiv_rn(1.0f, (float)N)));
+    if (j == 0)
+        *gm = tqc_f32_to_f16(gam);
+#pragma unroll
+    for (int i = 0; i < E; i++)
+        rho[4 * j + (i & 3) + 32 * (i >> 2)] = w[i];
+    __syncwarp();
+    float acc[E];
+#pragma unroll
+    for (int i = 0; i < E; i++)
+        acc[i] = 0.0f;
+    const float *St = pp.St + 4 * j;
+#pragma unroll 2
+    for (int jj = 0; jj < N; jj++) {
+        float rj = rho[jj];
+        const float4 *sr = (const float4 *)(St + (size_t)jj * N);
+#pragma unroll
+        for (int r = 0; r < E / 4; r++) {
+            float4 sv = __ldg(sr + 8 * r);
+            acc[4 * r] = __fadd_rn(acc[4 * r], __fmul_rn(sv.x, rj));
+            acc[4 * r + 1] = __fadd_rn(acc[4 * r + 1], __fmul_rn(sv.y, rj));
+            acc[4 * r + 2] = __fadd_rn(acc[4 * r + 2], __fmul_rn(sv.z, rj));
+            acc[4 * r + 3] = __fadd_rn(acc[4 * r + 3], __fmul_rn(sv.w, rj));
+        }
+    }
+    __syncwarp(); /* the row is free again (the next part reuses it) */
+#pragma unroll
+    for (int i = 0; i < E; i++)
+        code[i] = acc[i] >= 0.0f ? 1u : 0u;
+    tqc_g_plane<1, E>(code, 0, j, g, stage, wb + N * M / 32);
 }
 
-/* Encode, mse recipes whose parts have n >= 32: block (32-token tile, head, job), 256 threads.
- * NP = 1 (no split, N = P) or 2 (outliers, N = P/2; the mask kernel ran first). */
-template <int N, int NP>
+/* One part of the group's vector, M taken from the recipe (uniform across the block). */
+template <int N, bool PROD>
+__device__ __forceinline__ void tqc_g_part(const tqc_part &pp, uint32_t norm_kind,
+                                           float (&w)[N / 8], uint32_t j, uint32_t g,
+                                           const float *bnd_s, const float *cent_s,
+                                           const uint32_t *dsg_s, float *rho,
+                                           uint32_t (*stage)[TQC_G_STAGE], uint32_t wb,
+                                           uint16_t *sc, uint16_t *gm)
+{
+#define TQC_G_CASE(m)                                                                              \
+    case m:                                                                                        \
+        tqc_g_encode_part<N, m, PROD>(pp, norm_kind, w, j, g, bnd_s, cent_s, dsg_s, rho, stage,   \
+                                      wb, sc, gm);                                                 \
+        break;
+    if (PROD) {
+        switch (pp.m) {
+            TQC_G_CASE(0)
+            TQC_G_CASE(1)
+            TQC_G_CASE(2)
+            TQC_G_CASE(3)
+        default:
+            tqc_g_encode_part<N, 4, PROD>(pp, norm_kind, w, j, g, bnd_s, cent_s, dsg_s, rho,
+                                          stage, wb, sc, gm);
+            break;
+        }
+    } else {
+        switch (pp.m) {
+            TQC_G_CASE(1)
+            TQC_G_CASE(2)
+            TQC_G_CASE(3)
+            TQC_G_CASE(4)
+        default:
+            tqc_g_encode_part<N, 8, PROD>(pp, norm_kind, w, j, g, bnd_s, cent_s, dsg_s, rho,
+                                          stage, wb, sc, gm);
+            break;
+        }
+    }
+#undef TQC_G_CASE
+}
+
+/* Encode, recipes whose parts have n >= 32: block (32-token tile, head, job), 256 threads.
+ * NP = 1 (no split, N = P) or 2 (outliers, N = P/2; the mask kernel ran first); PROD: the
+ * recipe's mode is prod (both parts). */
+template <int N, int NP, bool PROD>
 __global__ void __launch_bounds__(TQC_G_THREADS)
     tqc_encode_g_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J)
 {
     constexpr int P = N * NP, E = N / 8;
     constexpr int ROWF = NP == 2 ? TQC_G_TOK * (P + 1) : 0; /* gathered rows (split only) */
-    constexpr int STG = (P / 4) * TQC_G_STAGE; /* at most P/4 words per token (m <= 8) */
-    __shared__ __align__(16) uint32_t buf[ROWF > STG ? ROWF : STG];
+    constexpr int STG = (P / 4) * TQC_G_STAGE; /* at most P/4 words per token (m + 1 <= 8) */
+    constexpr int RHO = PROD ? TQC_G_TOK * (N + 1) : 0; /* residual rows, after the stage */
+    __shared__ __align__(16) uint32_t buf[ROWF > STG + RHO ? ROWF : STG + RHO];
     __shared__ float bnd_s[NP][255];
     __shared__ float cent_s[NP][256];
     __shared__ __align__(16) uint32_t dsg_s[NP][N];
     __shared__ uint16_t ch_s[NP][NP == 2 ? N : 1];
     __shared__ uint32_t woff[P / 4];
     __shared__ uint16_t sc_s[NP][TQC_G_TOK];
+    __shared__ uint16_t gm_s[PROD ? NP : 1][TQC_G_TOK];
     uint32_t(*stage)[TQC_G_STAGE] = (uint32_t(*)[TQC_G_STAGE])buf;
+    float *rho = (float *)buf + STG + (threadIdx.x >> 3) * (N + 1);
     const tqc_job &jb = J.job[blockIdx.z];
     const uint32_t h = blockIdx.y, T = R.T, tid = threadIdx.x;
     const uint32_t g = tid >> 3, j = tid & 7;
@@ -719,10 +843,10 @@ __global__ void __launch_bounds__(TQC_G_THREADS)
 #pragma unroll
     for (int p = 0; p < NP; p++) {
         const tqc_part &pp = R.part[p];
-        uint32_t nb = (1u << pp.m) - 1;
+        uint32_t nb = pp.m ? (1u << pp.m) - 1 : 0;
         for (uint32_t i = tid; i < nb; i += TQC_G_THREADS)
             bnd_s[p][i] = __ldg(pp.bnd + i);
-        for (uint32_t i = tid; i <= nb; i += TQC_G_THREADS)
+        for (uint32_t i = tid; pp.m && i <= nb; i += TQC_G_THREADS)
             cent_s[p][i] = __ldg(pp.cent + i);
         for (uint32_t i = tid; i < (uint32_t)N; i += TQC_G_THREADS)
             dsg_s[p][i] = __ldg(pp.dsign + i);
@@ -730,6 +854,12 @@ __global__ void __launch_bounds__(TQC_G_THREADS)
             uint32_t W = pp.plane_words[q];
             if (tid >= nw && tid < nw + W)
                 woff[tid] = pp.plane_off[q] / 4 + (tid - nw) * T;
+            nw += W;
+        }
+        if (PROD) {
+            uint32_t W = pp.sign_words;
+            if (tid >= nw && tid < nw + W)
+                woff[tid] = pp.signs_off / 4 + (tid - nw) * T;
             nw += W;
         }
     }
@@ -749,8 +879,8 @@ __global__ void __launch_bounds__(TQC_G_THREADS)
     __syncthreads();
     if (NP == 1) {
         float(&w)[E] = *reinterpret_cast<float(*)[E]>(&x);
-        tqc_g_encode_part<N>(R.part[0], R.norm, w, j, g, bnd_s[0], cent_s[0], dsg_s[0], stage, 0,
-                             &sc_s[0][g]);
+        tqc_g_part<N, PROD>(R.part[0], R.norm, w, j, g, bnd_s[0], cent_s[0], dsg_s[0], rho,
+                            stage, 0, &sc_s[0][g], &gm_s[0][g]);
     } else {
         float *row = (float *)buf + g * (P + 1);
 #pragma unroll
@@ -765,12 +895,14 @@ __global__ void __launch_bounds__(TQC_G_THREADS)
             w1[i] = row[ch_s[NP - 1][k]];
         }
         __syncthreads(); /* the stage reuses the rows' memory */
-        tqc_g_encode_part<N>(R.part[0], R.norm, w0, j, g, bnd_s[0], cent_s[0], dsg_s[0], stage,
-                             0, &sc_s[0][g]);
-        uint32_t wb1 = R.part[0].plane_words[0] +
-                       (R.part[0].n_planes > 1 ? R.part[0].plane_words[1] : 0);
-        tqc_g_encode_part<N>(R.part[NP - 1], R.norm, w1, j, g, bnd_s[NP - 1], cent_s[NP - 1],
-                             dsg_s[NP - 1], stage, wb1, &sc_s[NP - 1][g]);
+        tqc_g_part<N, PROD>(R.part[0], R.norm, w0, j, g, bnd_s[0], cent_s[0], dsg_s[0], rho,
+                            stage, 0, &sc_s[0][g], &gm_s[0][g]);
+        const tqc_part &p0 = R.part[0];
+        uint32_t wb1 = (p0.n_planes > 0 ? p0.plane_words[0] : 0) +
+                       (p0.n_planes > 1 ? p0.plane_words[1] : 0) + (PROD ? p0.sign_words : 0);
+        tqc_g_part<N, PROD>(R.part[NP - 1], R.norm, w1, j, g, bnd_s[NP - 1], cent_s[NP - 1],
+                            dsg_s[NP - 1], rho, stage, wb1, &sc_s[NP - 1][g],
+                            &gm_s[PROD ? NP - 1 : 0][g]);
     }
     __syncthreads();
     uint32_t *rec32 = (uint32_t *)rec;
@@ -786,6 +918,13 @@ __global__ void __launch_bounds__(TQC_G_THREADS)
             so[t0 + tt] = sc_s[p][tt];
         if ((T & 1) && t0 + tt == T)
             so[T] = 0;
+        if (PROD) {
+            uint16_t *go = (uint16_t *)(rec + R.part[p].gamma_off);
+            if (t0 + tt < T)
+                go[t0 + tt] = gm_s[PROD ? p : 0][tt];
+            if ((T & 1) && t0 + tt == T)
+                go[T] = 0;
+        }
     }
 }
 
@@ -829,16 +968,24 @@ template <int N, int NP>
 static void launch_encode_g(const tqc_rec &R, const tqc_jobs &J, cudaStream_t s)
 {
     dim3 grid((R.T + TQC_G_TOK - 1) / TQC_G_TOK, R.n_heads, J.n_jobs);
-    tqc_encode_g_kernel<N, NP><<<grid, TQC_G_THREADS, 0, s>>>(R, J);
+    if (R.part[0].prod)
+        tqc_encode_g_kernel<N, NP, true><<<grid, TQC_G_THREADS, 0, s>>>(R, J);
+    else
+        tqc_encode_g_kernel<N, NP, false><<<grid, TQC_G_THREADS, 0, s>>>(R, J);
 }
 
-/* Whether the cooperative kernel takes R: mse parts (the prod QJL stage stays with the
- * one-thread kernel) of dimension >= 32 (eight lanes of at least four coordinates). */
+/* Whether the cooperative kernel takes R: parts of dimension >= 32 (eight lanes of at least
+ * four coordinates), mse codes of 1, 2, 3, 4 or 8 bits, prod codes of 0 to 4 (its
+ * instantiations). Smaller parts (P = 32 split in two) stay with the one-thread kernel. */
 static bool tqc_use_g(const tqc_rec &R)
 {
-    for (uint32_t p = 0; p < R.n_parts; p++)
-        if (R.part[p].prod || R.part[p].m == 0 || R.part[p].n < 32)
+    for (uint32_t p = 0; p < R.n_parts; p++) {
+        const tqc_part &pp = R.part[p];
+        if (pp.n < 32 || pp.prod != R.part[0].prod)
             return false;
+        if (pp.prod ? pp.m > 4 : (pp.m == 0 || (pp.m > 4 && pp.m != 8)))
+            return false;
+    }
     return true;
 }
 
@@ -852,7 +999,13 @@ static int tqc_encode_jobs(const tqc_rec &R, uint32_t n_out, const tqc_jobs &J, 
         return 0;
     }
     if (R.n_parts == 2) {
-        tqc_mask_kernel<<<dim3(R.n_heads, 1, J.n_jobs), TQC_MASK_THREADS, 0, s>>>(R, J, n_out);
+        dim3 mg(R.n_heads, 1, J.n_jobs);
+        if (J.dtype == TQ_DTYPE_F16)
+            tqc_mask_kernel<TQ_DTYPE_F16><<<mg, TQC_MASK_THREADS, 0, s>>>(R, J, n_out);
+        else if (J.dtype == TQ_DTYPE_BF16)
+            tqc_mask_kernel<TQ_DTYPE_BF16><<<mg, TQC_MASK_THREADS, 0, s>>>(R, J, n_out);
+        else
+            tqc_mask_kernel<TQ_DTYPE_F32><<<mg, TQC_MASK_THREADS, 0, s>>>(R, J, n_out);
         TQC_CHECK_LAUNCH("mask launch");
         if (tqc_use_g(R)) {
             switch (R.P) {
