@@ -1,14 +1,16 @@
 /* TurboQuant encode on the GPU: KV in device memory (fp16, bf16 or fp32; contiguous or paged) ->
  * the section layout of kernels/FORMAT.md, bit for bit what the CPU reference writes.
  *
- * Design: one thread encodes one (token, head) vector, holding the part vector in registers
- * (template N = part dimension), so that the reference's sequential and fixed-tree sums are
- * reproduced in the same order without cross-lane traffic. Consecutive threads take consecutive
- * tokens of one head, so the word-major, token-minor code planes are written as contiguous
- * 128-byte runs per warp. Outlier recipes run a first kernel that sums channel energies per head
- * (sequentially over tokens, like the reference), chooses the outlier channels and writes the
- * mask into the head record; the encode kernel then reads the mask back. Several sections that
- * share a recipe (the layers of a block) are encoded by one launch (grid.z = job). */
+ * Design: eight lanes encode one (token, head) vector (tqc_encode_g_kernel, parts of dimension
+ * >= 32): lane j holds coordinates 4j + e + 32r, which makes the reference's fixed-tree sums and
+ * FWHT stages a few shfl_xor steps, lets a group read its row as 64-byte runs, and lets a block of
+ * 32 tokens write each code-plane word as one 128-byte run through shared memory. The one-thread
+ * kernel (tqc_encode_kernel: a whole vector in one thread's registers, template N = part
+ * dimension) remains for parts of 16 (P = 32 split in two). Outlier recipes run a first kernel
+ * that sums channel energies per head (sequentially over tokens, like the reference), chooses
+ * the outlier channels and writes the mask into the head record; the encode kernel then reads
+ * the mask back. Several sections that share a recipe (the layers of a block) are encoded by one
+ * launch (grid.z = job). */
 #include <string.h>
 
 #include "tqc.cuh"
