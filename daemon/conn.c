@@ -622,14 +622,56 @@ static void rx_start(tqkvd_conn *c)
 static void on_resp_written(uv_write_t *w, int status);
 static void tx_pump(tqkvd_conn *c);
 
+/* Lingering close. Closing a socket that still has unread input makes the kernel send a reset,
+ * and a reset makes the peer's kernel drop our error reply before the peer reads it (e.g. the
+ * rest of an oversized frame). So after a closing error reply we shut our write side (the peer
+ * reads the reply, then end-of-stream), discard whatever it still sends, and close when it
+ * closes or a read fails. Such a connection still counts against max_connections. */
+static void linger_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static char sink[64 * 1024]; /* loop thread only; the bytes are thrown away */
+    buf->base = sink;
+    buf->len = sizeof sink;
+}
+
+static void linger_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    if (nread < 0)
+        tqkvd_conn_close(st->data, "closed after error reply");
+}
+
+static void on_linger_shutdown(uv_shutdown_t *req, int status)
+{
+    tqkv_free(req);
+}
+
+static void conn_linger(tqkvd_conn *c)
+{
+    uv_shutdown_t *req = tqkv_malloc(sizeof(*req));
+    if (c->closing || c->rx_busy || c->tx_busy || !req ||
+        uv_shutdown(req, &c->h.stream, on_linger_shutdown) != 0) {
+        tqkv_free(req);
+        tqkvd_conn_close(c, "error reply sent");
+        return;
+    }
+    uv_read_stop(&c->h.stream);
+    c->reading = 0;
+    if (uv_read_start(&c->h.stream, linger_alloc, linger_read) != 0)
+        tqkvd_conn_close(c, "error reply sent");
+}
+
 static void on_err_written(uv_write_t *w, int status)
 {
     err_write *e = (err_write *)w;
     tqkvd_conn *c = e->conn;
     c->writes_pending--;
     tqkv_free(e->head);
-    if (e->close_after)
-        tqkvd_conn_close(c, "error reply sent");
+    if (e->close_after) {
+        if (status == 0)
+            conn_linger(c);
+        else
+            tqkvd_conn_close(c, "error reply not sent");
+    }
     tqkv_free(e);
     if (c->writes_pending == 0)
         tx_pump(c);
