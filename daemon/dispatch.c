@@ -891,15 +891,11 @@ static void lookup_cb(void *arg, int status, tqkv_lookup_result *res)
     lookup_reply(r);
 }
 
-void tqkvd__lookup_again(tqkvd_req *r)
+/* Looks the request's keys up in the store; answers now, or from lookup_cb when a lower tier
+ * answers later. */
+static void lookup_run(tqkvd_req *r)
 {
     tqkvd_server *s = r->conn->srv;
-    /* The first lookup's lease (on its leading hits) is replaced by the new one. */
-    if (r->lookup.lease_id)
-        tqkv_store_lease_release(s->store, r->lookup.lease_id);
-    r->lookup.lease_id = 0;
-    r->lookup.hits = 0;
-    memset(r->lookup_tiers, 0, r->n_items);
     int e = tqkv_store_lookup(s->store, r->ns, (const uint8_t(*)[TQKV_KEY_BYTES])r->lookup_keys,
                               r->n_items, r->hdr->lease_ms, &r->lookup, lookup_cb, r);
     if (e == TQKV_STORE_PENDING)
@@ -909,9 +905,20 @@ void tqkvd__lookup_again(tqkvd_req *r)
     lookup_reply(r);
 }
 
-static void op_lookup(tqkvd_req *r)
+void tqkvd__lookup_again(tqkvd_req *r)
 {
     tqkvd_server *s = r->conn->srv;
+    /* The first lookup's lease (on its leading hits) is replaced by the new one. */
+    if (r->lookup.lease_id)
+        tqkv_store_lease_release(s->store, r->lookup.lease_id);
+    r->lookup.lease_id = 0;
+    r->lookup.hits = 0;
+    memset(r->lookup_tiers, 0, r->n_items);
+    lookup_run(r);
+}
+
+static void op_lookup(tqkvd_req *r)
+{
     if (need_ns_and_keys(r))
         return;
     size_t n = r->n_items;
@@ -924,13 +931,7 @@ static void op_lookup(tqkvd_req *r)
             memcpy(r->lookup_keys + i * TQKV_KEY_LEN, r->items[i].key, TQKV_KEY_LEN);
     }
     r->lookup.tiers = r->lookup_tiers;
-    int e = tqkv_store_lookup(s->store, r->ns, (const uint8_t(*)[TQKV_KEY_BYTES])r->lookup_keys,
-                              n, r->hdr->lease_ms, &r->lookup, lookup_cb, r);
-    if (e == TQKV_STORE_PENDING)
-        return;
-    if (e < 0)
-        return fail(r, e, "lookup failed: %s", tqkv_strerror(e));
-    lookup_reply(r);
+    lookup_run(r);
 }
 
 /* ---- DELETE, PIN, UNPIN ---- */
