@@ -94,6 +94,7 @@ typedef struct {
     uint64_t seed;        /* codec seed of the blocks */
     uint8_t codebook;     /* tq_codebook_kind of the blocks */
     uint8_t q_dtype;      /* TQ_DTYPE_F16 or TQ_DTYPE_BF16 (queries and output) */
+    uint8_t no_tensor_cores; /* 1: always the general CUDA-core kernel (tests, comparisons) */
     float softmax_scale;  /* e.g. 1/sqrt(head_dim) */
     uint32_t max_splits;  /* split-KV parts per sequence: 0 = automatic */
 } tq_cuda_attn_params;

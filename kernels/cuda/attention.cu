@@ -17,28 +17,11 @@
  * global memory. */
 #include <math.h>
 
-#include "tqc.cuh"
+#include "attention.cuh"
 
 #define TQC_ATT_THREADS 128
 #define TQC_ATT_TT 128 /* tokens per tile: one thread per token in the score phase */
-#define TQC_LOG2E 1.4426950408889634f
 #define TQC_VPRE 20 /* V words per token held in registers while the scores are computed */
-
-/* Geometry of one tensor's parts as the attention kernel needs it (offsets within a record). */
-typedef struct {
-    uint32_t n_parts, mask_words, record_size_unused;
-    tqc_part part[2];
-} tqc_att_tensor;
-
-typedef struct {
-    uint32_t P, head_dim, n_kv, n_q, group, n_groups, n_splits, cps;
-    float c_qk[2]; /* per part: softmax_scale * log2e / n */
-    float c_qs[2]; /* per part: softmax_scale * log2e * sqrt(pi/2) / (n sqrt(n)) */
-    uint32_t q_dtype;
-    tqc_att_tensor K, V;
-    uint32_t kv_slots;  /* u32 words per token of V planes (both parts) */
-    uint32_t slot_off[2][2]; /* first staging slot of V part p, plane q */
-} tqc_att;
 
 /* Layout of the record of one chunk: the offsets in tqc_part hold for T = 1; for a chunk of T
  * tokens every offset scales with T, except the mask at the start. We recompute them here. */
@@ -695,35 +678,79 @@ __global__ void __launch_bounds__(TQC_ATT_THREADS)
     }
 }
 
-/* Merge: block (query head, sequence), head_dim threads (looping when larger). */
-__global__ void tqc_attention_merge(const __grid_constant__ tqc_att A, const float *ws_o,
-                                    const float *ws_ml, void *out)
+/* Block-wide reduction of one float (max or sum) over the merge kernel's 128 threads. */
+template <bool MAX> __device__ __forceinline__ float tqc_merge_reduce(float v, float *red)
 {
-    const uint32_t hq = blockIdx.x, seq = blockIdx.y;
-    const size_t base = ((size_t)seq * A.n_q + hq) * A.n_splits;
-    float M = -INFINITY;
-    for (uint32_t s = 0; s < A.n_splits; s++)
-        if (ws_ml[(base + s) * 2 + 1] > 0.0f)
-            M = fmaxf(M, ws_ml[(base + s) * 2]);
-    float Ls = 0.0f;
-    for (uint32_t s = 0; s < A.n_splits; s++) {
-        float l = ws_ml[(base + s) * 2 + 1];
-        if (l > 0.0f)
-            Ls += l * exp2f(ws_ml[(base + s) * 2] - M);
+#pragma unroll
+    for (int o = 16; o; o >>= 1) {
+        float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = MAX ? fmaxf(v, w) : v + w;
     }
-    for (uint32_t j = threadIdx.x; j < A.head_dim; j += blockDim.x) {
+    __syncthreads(); /* red is free */
+    if ((threadIdx.x & 31) == 0)
+        red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = red[0];
+#pragma unroll
+    for (int w = 1; w < 4; w++)
+        v = MAX ? fmaxf(v, red[w]) : v + red[w];
+    return v;
+}
+
+#define TQC_MERGE_BATCH 1024
+
+/* Merge: block (query head, sequence) of 128 threads. The splits' maxima and sums are reduced by
+ * all threads, their weights 2^(m_s - M) staged in shared memory, then each thread sums its
+ * output coordinates over the splits with several loads in flight (a split's row is contiguous,
+ * so a warp's loads are too). */
+__global__ void __launch_bounds__(128)
+    tqc_attention_merge(const __grid_constant__ tqc_att A, const float *ws_o, const float *ws_ml,
+                        void *out)
+{
+    __shared__ float wt[TQC_MERGE_BATCH];
+    __shared__ float red[4];
+    const uint32_t hq = blockIdx.x, seq = blockIdx.y, S = A.n_splits;
+    const size_t base = ((size_t)seq * A.n_q + hq) * S;
+    const float *ml2 = ws_ml + base * 2; /* (m, l) per split; only 4-byte aligned */
+    float M = -INFINITY;
+    for (uint32_t s = threadIdx.x; s < S; s += blockDim.x) {
+        if (ml2[2 * s + 1] > 0.0f)
+            M = fmaxf(M, ml2[2 * s]);
+    }
+    M = tqc_merge_reduce<true>(M, red);
+    float L = 0.0f;
+    for (uint32_t s = threadIdx.x; s < S; s += blockDim.x) {
+        const float l = ml2[2 * s + 1];
+        if (l > 0.0f)
+            L += l * exp2f(ml2[2 * s] - M);
+    }
+    L = tqc_merge_reduce<false>(L, red);
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    for (uint32_t j0 = 0; j0 < A.head_dim; j0 += blockDim.x) {
+        const uint32_t j = j0 + threadIdx.x;
         float o = 0.0f;
-        for (uint32_t s = 0; s < A.n_splits; s++) {
-            float l = ws_ml[(base + s) * 2 + 1];
-            if (l > 0.0f)
-                o += ws_o[(base + s) * A.head_dim + j] * exp2f(ws_ml[(base + s) * 2] - M);
+        for (uint32_t s0 = 0; s0 < S; s0 += TQC_MERGE_BATCH) {
+            const uint32_t n = min((uint32_t)TQC_MERGE_BATCH, S - s0);
+            __syncthreads(); /* the previous batch's weights are consumed */
+            for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+                const float l = ml2[2 * (s0 + i) + 1];
+                wt[i] = l > 0.0f ? exp2f(ml2[2 * (s0 + i)] - M) * inv : 0.0f;
+            }
+            __syncthreads();
+            if (j < A.head_dim) {
+                const float *src = ws_o + (base + s0) * A.head_dim + j;
+#pragma unroll 8
+                for (uint32_t i = 0; i < n; i++)
+                    o += src[(size_t)i * A.head_dim] * wt[i];
+            }
         }
-        o = Ls > 0.0f ? o / Ls : 0.0f;
-        size_t oi = ((size_t)seq * A.n_q + hq) * A.head_dim + j;
-        if (A.q_dtype == TQ_DTYPE_BF16)
-            ((uint16_t *)out)[oi] = tqc_f32_to_bf16(o);
-        else
-            ((uint16_t *)out)[oi] = tqc_f32_to_f16(o);
+        if (j < A.head_dim) {
+            size_t oi = ((size_t)seq * A.n_q + hq) * A.head_dim + j;
+            if (A.q_dtype == TQ_DTYPE_BF16)
+                ((uint16_t *)out)[oi] = tqc_f32_to_bf16(o);
+            else
+                ((uint16_t *)out)[oi] = tqc_f32_to_f16(o);
+        }
     }
 }
 
@@ -732,6 +759,16 @@ __global__ void tqc_attention_merge(const __grid_constant__ tqc_att A, const flo
 static uint32_t att_gt(uint32_t group)
 {
     return group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+}
+
+/* Multiprocessors of the current device (132 on an H200 when it cannot be asked). */
+static uint32_t att_sm_count(void)
+{
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
+        return 132;
+    return (uint32_t)n;
 }
 
 static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max_chunks,
@@ -784,11 +821,14 @@ static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max
         }
     }
     A->kv_slots = slots ? slots : 1;
-    /* split-KV: enough blocks to fill the GPU about twice */
-    uint32_t ctas = n_seqs * A->n_kv * A->n_groups;
-    /* about 8 resident blocks per multiprocessor (132 on an H200): the kernel is latency-bound
-     * below that */
-    uint32_t want = (132 * 8 + ctas - 1) / ctas;
+    A->softmax_scale = p->softmax_scale;
+    A->mma = tqkv__att_mma_eligible(*A) && !p->no_tensor_cores;
+    /* split-KV: enough blocks to keep every multiprocessor busy. The general kernel is
+     * latency-bound below about 8 resident blocks per multiprocessor; the tensor-core kernel
+     * (one block per KV head and all its query heads) runs 4. */
+    uint32_t ctas = A->mma ? n_seqs * A->n_kv : n_seqs * A->n_kv * A->n_groups;
+    uint32_t per_sm = A->mma ? tqkv__att_mma_blocks_per_sm(*A) : 8;
+    uint32_t want = (att_sm_count() * per_sm + ctas - 1) / ctas;
     if (p->max_splits && want > p->max_splits)
         want = p->max_splits;
     if (want > max_chunks)
@@ -807,7 +847,8 @@ extern "C" size_t tq_cuda_attention_workspace_size(const tq_cuda_attn_params *p,
     if (att_setup(p, n_seqs, max_chunks, &A))
         return 0;
     size_t rows = (size_t)n_seqs * A.n_q * A.n_splits;
-    return rows * (A.head_dim + 2) * sizeof(float);
+    return rows * (A.head_dim + 2) * sizeof(float) +
+           (A.mma ? tqkv__att_mma_extra(A, n_seqs) : 0);
 }
 
 extern "C" int tq_cuda_chunk_from_block(const tq_block_view *b, const void *dev_block,
@@ -862,10 +903,20 @@ extern "C" int tq_cuda_attention(const tq_cuda_attn_params *p, uint32_t n_seqs,
     if (rc)
         return rc;
     size_t rows = (size_t)n_seqs * A.n_q * A.n_splits;
-    if (workspace_size < rows * (A.head_dim + 2) * sizeof(float))
+    size_t split_bytes = rows * (A.head_dim + 2) * sizeof(float);
+    if (workspace_size < split_bytes + (A.mma ? tqkv__att_mma_extra(A, n_seqs) : 0))
         return TQKV_ENOSPC;
     float *wo = (float *)workspace, *wml = wo + rows * A.head_dim;
     cudaStream_t s = (cudaStream_t)stream;
+    if (A.mma) {
+        rc = tqkv__att_mma_launch(A, n_seqs, chunk_indptr, chunks, q, wo, wml,
+                                  (char *)workspace + split_bytes, s);
+        if (rc)
+            return rc;
+        tqc_attention_merge<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, wo, wml, out);
+        TQC_CHECK_LAUNCH("attention merge launch");
+        return 0;
+    }
     uint32_t GT = att_gt(A.group);
     bool two = A.P > TQC_ATT_THREADS;
     switch (GT * 2 + (two ? 1 : 0)) {

@@ -4,7 +4,7 @@
  * timing (cudaEvent, mean of `iters` launches after warm-up) covers tq_cuda_attention: the
  * split kernel and the merge. Effective bandwidth = encoded K and V bytes read / time. The fp16
  * SDPA baseline is cuda_sdpa_bench.py, run in the same session. One JSON object per line.
- *   cuda_attention_bench [iters=50] [presets...] */
+ *   [TQ_ATTENTION_GENERAL=1] cuda_attention_bench [iters=50] [presets...] */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -56,6 +56,8 @@ int main(int argc, char **argv)
 {
     const uint32_t H = 8, NQ = 32, D = 128, CT = 256;
     int iters = argc > 1 ? atoi(argv[1]) : 50;
+    /* TQ_ATTENTION_GENERAL=1: the general CUDA-core kernel even where tensor cores would run */
+    const uint8_t general = getenv("TQ_ATTENTION_GENERAL") != NULL;
     static const char *const def[] = {"tq4", "tq3.5", "tq3", "tq4-prod", "tq3.5-prod", "tq3-prod"};
     const char *const *presets = argc > 2 ? (const char *const *)argv + 2 : def;
     int np = argc > 2 ? argc - 2 : 6;
@@ -134,6 +136,7 @@ int main(int argc, char **argv)
             ap.codebook = p.codebook;
             ap.q_dtype = TQ_DTYPE_F16;
             ap.softmax_scale = 1.0f / sqrtf((float)D);
+            ap.no_tensor_cores = general;
             size_t wsz = tq_cuda_attention_workspace_size(&ap, B, cps);
             void *d_ch = NULL, *d_ind = NULL, *d_ws = NULL;
             CK(cudaMalloc(&d_ch, nch * sizeof(*hch)));
@@ -159,8 +162,9 @@ int main(int argc, char **argv)
             double fp16_bytes = 2.0 * B * ctx * H * D * 2;
             printf("{\"bench\":\"cuda_attention\",\"preset\":\"%s\",\"batch\":%u,\"context\":%u,"
                    "\"q_heads\":%u,\"kv_heads\":%u,\"head_dim\":%u,\"chunk\":%u,\"us\":%.2f,"
-                   "\"kv_bytes\":%.0f,\"fp16_kv_bytes\":%.0f,\"eff_gbps\":%.1f}\n",
-                   presets[pi], B, ctx, NQ, H, D, CT, t * 1e6, bytes, fp16_bytes, bytes / t / 1e9);
+                   "\"kv_bytes\":%.0f,\"fp16_kv_bytes\":%.0f,\"eff_gbps\":%.1f,\"general_forced\":%s}\n",
+                   presets[pi], B, ctx, NQ, H, D, CT, t * 1e6, bytes, fp16_bytes, bytes / t / 1e9,
+                   general ? "true" : "false");
             fflush(stdout);
             cudaFree(d_sec);
             cudaFree(d_ch);

@@ -388,18 +388,27 @@ typedef struct {
     uint32_t n_seqs;
     uint32_t lens[4];
     uint32_t max_splits;
+    uint8_t general; /* 1: force the general kernel where the tensor-core one would run */
 } att_case;
 
 static const att_case g_att[] = {
-    {"tq4", 128, 2, 1, 64, 1, {1}, 0},                     /* a single token */
-    {"tq3", 128, 2, 4, 64, 2, {37, 200}, 0},               /* odd lengths, GQA 4 */
-    {"tq3.5", 128, 2, 8, 64, 3, {130, 7, 64}, 0},          /* outliers, GQA 8 */
-    {"tq2.5", 64, 1, 4, 32, 2, {100, 33}, 1},              /* outliers, one split */
-    {"tq4-prod", 128, 2, 4, 256, 2, {3000, 513}, 0},       /* long, split-KV merge */
-    {"tq3-prod", 128, 1, 8, 128, 1, {1000}, 3},            /* prod keys, GQA 8 */
-    {"tq3.5-prod", 128, 2, 1, 96, 2, {500, 97}, 0},        /* prod + outliers, odd chunk */
-    {"tq4", 256, 1, 2, 64, 2, {150, 70}, 0},               /* largest head dim */
-    {"tq3", 96, 2, 4, 64, 4, {65, 1, 128, 300}, 0},        /* padded head dim, 4 sequences */
+    {"tq4", 128, 2, 1, 64, 1, {1}, 0, 0},                     /* a single token */
+    {"tq3", 128, 2, 4, 64, 2, {37, 200}, 0, 0},               /* odd lengths, GQA 4 */
+    {"tq3.5", 128, 2, 8, 64, 3, {130, 7, 64}, 0, 0},          /* outliers, GQA 8 */
+    {"tq2.5", 64, 1, 4, 32, 2, {100, 33}, 1, 0},              /* outliers, one split */
+    {"tq4-prod", 128, 2, 4, 256, 2, {3000, 513}, 0, 0},       /* long, split-KV merge */
+    {"tq3-prod", 128, 1, 8, 128, 1, {1000}, 3, 0},            /* prod keys, GQA 8 */
+    {"tq3.5-prod", 128, 2, 1, 96, 2, {500, 97}, 0, 0},        /* prod + outliers, odd chunk */
+    {"tq4", 256, 1, 2, 64, 2, {150, 70}, 0, 0},               /* largest head dim */
+    {"tq3", 96, 2, 4, 64, 4, {65, 1, 128, 300}, 0, 0},        /* padded head dim, 4 sequences */
+    /* d = 128 with one part per tensor runs the tensor-core kernel; these also cover it with
+     * whole 32-token tiles (chunks of 256), 16 query heads per KV head, and the general kernel
+     * on the same geometry */
+    {"tq4", 128, 2, 16, 256, 2, {2000, 300}, 0, 0},        /* tensor cores, GQA 16 */
+    {"tq3", 128, 1, 4, 256, 3, {4096, 31, 700}, 0, 0},     /* tensor cores, long + short */
+    {"tq3-prod", 128, 2, 2, 256, 1, {1024}, 2, 0},          /* tensor cores, 2-bit + signs */
+    {"tq4", 128, 2, 4, 256, 2, {2000, 300}, 0, 1},         /* the general kernel, same shape */
+    {"tq4-prod", 128, 1, 4, 256, 1, {777}, 0, 1},          /* the general kernel, prod keys */
 };
 
 static void run_att_case(const att_case *c, tq_dtype qdt)
@@ -468,6 +477,7 @@ static void run_att_case(const att_case *c, tq_dtype qdt)
     ap.q_dtype = (uint8_t)qdt;
     ap.softmax_scale = scale;
     ap.max_splits = c->max_splits;
+    ap.no_tensor_cores = c->general;
     size_t wsz = tq_cuda_attention_workspace_size(&ap, c->n_seqs, max_chunks);
     ASSERT_TRUE(wsz > 0);
     int32_t dind[5];
@@ -488,8 +498,16 @@ static void run_att_case(const att_case *c, tq_dtype qdt)
     CU(cudaMemcpy(o16, d_o, nqv * 2, cudaMemcpyDeviceToHost));
     /* normalised error per (sequence, head): ||gpu - cpu|| / ||cpu||. The GPU output is rounded
      * to the query dtype (relative 2^-11 for fp16, 2^-8 for bf16); fp32 accumulation adds far
-     * less. */
-    double worst = 0.0, bound = qdt == TQ_DTYPE_BF16 ? 8e-3 : 1.5e-3;
+     * less. The tensor-core kernel (padded head dim 128, one part per tensor) also rounds its
+     * operands to fp16 as every tensor-core attention does: the rotated query (and sketch), the
+     * centroids and the probabilities, each to a relative 2^-11 at most; that is its larger
+     * fp16 bound. */
+    uint32_t P = 16;
+    while (P < D)
+        P *= 2;
+    const int tensor_cores = !c->general && P == 128 && p.k.n_out == 0 && p.v.n_out == 0 &&
+                             c->group <= 16;
+    double worst = 0.0, bound = qdt == TQ_DTYPE_BF16 ? 8e-3 : tensor_cores ? 4e-3 : 1.5e-3;
     for (size_t r = 0; r < (size_t)c->n_seqs * NQ; r++) {
         double num = 0.0, den = 0.0;
         for (uint32_t j = 0; j < D; j++) {
@@ -502,9 +520,9 @@ static void run_att_case(const att_case *c, tq_dtype qdt)
         double err = den > 0.0 ? sqrt(num / den) : sqrt(num);
         worst = err > worst ? err : worst;
     }
-    fprintf(stderr, "attention %s d=%u kv=%u group=%u seqs=%u dtype=%d: worst normalised error "
-                    "%.3g (bound %.3g)\n", c->preset, D, H, c->group, c->n_seqs, qdt, worst,
-            bound);
+    fprintf(stderr, "attention %s d=%u kv=%u group=%u seqs=%u dtype=%d%s: worst normalised "
+                    "error %.3g (bound %.3g)\n", c->preset, D, H, c->group, c->n_seqs, qdt,
+            c->general ? " general kernel" : "", worst, bound);
     ASSERT_LE(worst, bound);
     cudaFree(d_ind);
     cudaFree(d_ch);

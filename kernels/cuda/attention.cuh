@@ -1,0 +1,44 @@
+/* Internals shared by the two decode-attention kernels: the general one (attention.cu: any head
+ * dimension, outlier splits, one thread per token on CUDA cores) and the tensor-core one
+ * (attention_mma.cu: head_dim_padded 128, one part per tensor, the presets most engines run).
+ * tq_cuda_attention (attention.cu) validates the parameters once, picks the kernel, and both
+ * write the same split workspace that the log-sum-exp merge reads. */
+#ifndef TQC_ATTENTION_CUH
+#define TQC_ATTENTION_CUH
+
+#include "tqc.cuh"
+
+#define TQC_LOG2E 1.4426950408889634f
+
+/* Geometry of one tensor's parts as the attention kernels need it (offsets within a record). */
+typedef struct {
+    uint32_t n_parts, mask_words, record_size_unused;
+    tqc_part part[2];
+} tqc_att_tensor;
+
+typedef struct {
+    uint32_t P, head_dim, n_kv, n_q, group, n_groups, n_splits, cps;
+    float c_qk[2]; /* per part: softmax_scale * log2e / n */
+    float c_qs[2]; /* per part: softmax_scale * log2e * sqrt(pi/2) / (n sqrt(n)) */
+    uint32_t q_dtype;
+    tqc_att_tensor K, V;
+    uint32_t kv_slots;       /* u32 words per token of V planes (both parts) */
+    uint32_t slot_off[2][2]; /* first staging slot of V part p, plane q */
+    uint32_t mma;            /* 1: the tensor-core kernel runs (tqkv__att_mma_eligible) */
+    float softmax_scale;
+} tqc_att;
+
+/* Whether the tensor-core kernel handles A: head_dim_padded 128, one part per tensor, the
+ * recipes of tq4, tq3, tq4-prod and tq3-prod, at most 16 query heads per KV head. */
+bool tqkv__att_mma_eligible(const tqc_att &A);
+/* Blocks per split the tensor-core kernel wants resident per multiprocessor. */
+uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A);
+/* Bytes of workspace it needs beyond the split outputs (the prepared queries). */
+size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs);
+/* Launches the query preparation and the split kernel; the caller launches the merge.
+ * ws_o/ws_ml: split outputs as the merge reads them; ws_q: tqkv__att_mma_extra bytes. */
+int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indptr,
+                         const tq_cuda_chunk *chunks, const void *q, float *ws_o, float *ws_ml,
+                         void *ws_q, cudaStream_t s);
+
+#endif

@@ -1,0 +1,778 @@
+/* Decode attention on tensor cores, for the geometry most engines run: head_dim_padded 128, one
+ * part per tensor (no outlier split), key codes of 2..4 MSE bits with or without QJL signs,
+ * value codes of 3 or 4 bits, up to 16 query heads per KV head.
+ *
+ * Grid (split, KV head, sequence), four warps. Each warp walks its own 32-token tiles of the
+ * block's chunks with its own online softmax (no barrier in the loop) and the block merges its
+ * four warps at the end. Per tile, all with mma.sync m16n8k16 (fp16 operands, fp32 sums):
+ *   - scores S[heads x tokens] = Q'[heads x 128] . K^T: the A operand is the rotated query
+ *     (prepared once per sequence by a small kernel, with its QJL sketch), the B operand is
+ *     decoded straight from the code words into fragments: a byte of codes (two coordinates of
+ *     one token) indexes a table of half2 centroid pairs in shared memory, replicated once per
+ *     lane so that the 32 lookups of a warp never share a bank. The coordinates each lane feeds
+ *     are a permutation of 0..127 chosen so that its code words are whole loads; the query
+ *     fragments follow the same permutation, which leaves every dot product unchanged. QJL
+ *     signs become +-1 fragments by two bit operations and a second accumulator.
+ *   - values O^T[128 x heads] += V^T[128 x tokens] . P'^T: P' = p * scale_v is the score
+ *     accumulator itself, rounded to fp16 (its layout is the B operand's); the A operand takes
+ *     two tokens per register, so a lane interleaves the codes of two tokens into table indices.
+ *     Token order inside a tile is permuted the same way on both sides, so that each lane's code
+ *     words of four or eight consecutive tokens are one 16-byte load.
+ * No dequantized key or value is written anywhere; values stay rotated and the block rotates its
+ * merged sum back (D . H z / n) once, into the same split workspace the general kernel writes. */
+#include <math.h>
+
+#include "attention.cuh"
+
+namespace {
+
+constexpr int kWarps = 4, kThreads = 32 * kWarps, kTile = 32;
+
+struct mma_args {
+    uint32_t n_kv, n_q, group, head_dim, n_splits, cps;
+    float cK, cQ; /* softmax_scale * log2e / sqrt(n); times sqrt(pi/2) / sqrt(n) for the sketch */
+    const float *kcent, *vcent;
+    const uint32_t *vdsign;
+    uint32_t share_lut;     /* keys and values use the same table (same codebook and width) */
+    uint32_t reserved_smem; /* shared memory the system reserves per block (window offset) */
+    uint32_t smem_bytes;    /* dynamic shared memory of the launch */
+};
+
+/* Planes of an m-bit MSE part at n = 128: [4] = 16 words, [2,1] = 8 + 4, [2] = 8 (per token). */
+template <int M> struct planes {
+    static constexpr uint32_t w0 = M == 4 ? 16 : 8, w1 = M == 3 ? 4 : 0;
+};
+/* Entries of a lookup table: 4-bit codes index by a byte (two codes), 2- and 3-bit codes by a
+ * 6-bit index (two low pairs, two high bits). */
+template <int M> struct lut_size {
+    static constexpr uint32_t entries = M == 4 ? 256 : 64, bytes = entries * 128;
+};
+
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi)
+{
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *(uint32_t *)&h;
+}
+
+/* Shared-memory address of byte B of w in a table: entry * 128 + lane * 4 + base, where lb holds
+ * base | lane * 4 and the table's base is aligned so that the OR is an addition (entries of a
+ * 256-entry table at a multiple of 32 KiB, of a 64-entry one at a multiple of 8 KiB). */
+template <int B> __device__ __forceinline__ uint32_t lut_addr(uint32_t w, uint32_t lb)
+{
+    uint32_t x = B == 0 ? (w << 7) : (w >> (8 * B - 7));
+    return (x & 0x7F80u) | lb;
+}
+__device__ __forceinline__ uint32_t lds(uint32_t addr)
+{
+    uint32_t v;
+    asm("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
+    return v;
+}
+/* Transposes an 8x8 matrix of 16-bit values held one row pair per lane (mma fragment layout). */
+__device__ __forceinline__ uint32_t movmatrix_t(uint32_t x)
+{
+    uint32_t y;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
+    return y;
+}
+
+/* Four consecutive tokens' copy of one code word (plane p, word row w already applied). */
+__device__ __forceinline__ uint4 ld_words(const uint32_t *p, uint32_t T, uint32_t tok, bool fast)
+{
+    if (fast)
+        return __ldg((const uint4 *)(p + tok));
+    uint4 r;
+    r.x = tok < T ? __ldg(p + tok) : 0u;
+    r.y = tok + 1 < T ? __ldg(p + tok + 1) : 0u;
+    r.z = tok + 2 < T ? __ldg(p + tok + 2) : 0u;
+    r.w = tok + 3 < T ? __ldg(p + tok + 3) : 0u;
+    return r;
+}
+/* Nibbles 0..3 of the low 16 bits of x (or of the high 16 bits with HI) into bytes 0..3. */
+template <bool HI> __device__ __forceinline__ uint32_t spread_nibbles(uint32_t x)
+{
+    uint32_t s = __byte_perm(x, 0, HI ? 0x4342 : 0x4140);
+    return (s | (s << 4)) & 0x0F0F0F0Fu;
+}
+
+/* ---- Coordinate permutations (which rotated channel each fragment element holds) ---------- */
+
+/* Key side, lane quad position t4, decoded register r (0..15) of a token, half e: the channel. */
+template <int KM> __device__ __forceinline__ uint32_t key_channel(uint32_t t4, uint32_t r, uint32_t e)
+{
+    if (KM == 4)
+        return 8 * (t4 + 4 * (r >> 2)) + 2 * (r & 3) + e;
+    return 32 * t4 + 16 * (r >> 3) + 4 * (r & 3) + 2 * ((r >> 2) & 1) + e;
+}
+__device__ __forceinline__ uint32_t sign_channel(uint32_t t4, uint32_t r, uint32_t e)
+{
+    return 32 * t4 + r + 16 * e;
+}
+/* Value side, lane group g, m-tile mt (0..7), row half h (row g or g + 8): the channel. */
+template <int VM> __device__ __forceinline__ uint32_t value_channel(uint32_t g, uint32_t mt, uint32_t h)
+{
+    if (VM == 4)
+        return 64 * h + 8 * g + mt;
+    return 16 * g + 4 * (2 * (mt & 1) + h) + (mt >> 1);
+}
+
+/* ---- Query preparation: q' = H (D . q) / sqrt(n) and the sketch S q', fp16 ----------------- */
+
+__global__ void __launch_bounds__(128)
+    att_mma_prep(const __grid_constant__ tqc_att A, const void *q, __half *wq)
+{
+    __shared__ float v[128];
+    const uint32_t k = threadIdx.x, hq = blockIdx.x, seq = blockIdx.y;
+    const tqc_part &pp = A.K.part[0];
+    float x = 0.0f;
+    if (k < A.head_dim) {
+        uint16_t b = ((const uint16_t *)q)[((size_t)seq * A.n_q + hq) * A.head_dim + k];
+        x = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(b) : tqc_f16_to_f32(b);
+    }
+    v[k] = __uint_as_float(__float_as_uint(x) ^ __ldg(pp.dsign + k));
+    __syncthreads();
+    for (uint32_t h = 1; h < 128; h <<= 1) {
+        float a = v[k], b = v[k ^ h];
+        __syncthreads();
+        v[k] = (k & h) ? b - a : a + b;
+        __syncthreads();
+    }
+    const float r = v[k] * 0.08838834764831845f; /* 1 / sqrt(128) */
+    __half *out = wq + ((size_t)seq * A.n_q + hq) * 256;
+    out[k] = __float2half_rn(r);
+    if (pp.prod) {
+        __syncthreads();
+        v[k] = r;
+        __syncthreads();
+        float s = 0.0f;
+#pragma unroll 16
+        for (uint32_t j = 0; j < 128; j++)
+            s += __ldg(pp.St + (size_t)j * 128 + k) * v[j]; /* S[k][j] */
+        out[128 + k] = __float2half_rn(s);
+    }
+}
+
+/* One tile's code words and fp16 scales, as loaded (two of them alternate: one in flight while
+ * the other is computed). Keys and scales: tokens t0 + 4g .. +3; values: t0 + 8 t4 .. +7. */
+struct tile_buf {
+    uint4 k[4], s, v[4];
+    uint2 ksc, kgm, vsc; /* fp16 scales (gammas) of tokens t0 + 4g .. +3 */
+};
+
+/* Where a warp's tile is. */
+struct tile_pos {
+    const uint8_t *krec, *vrec;
+    uint32_t T, t0, H2;
+    bool fast; /* whole tile, 16-byte aligned: vector loads */
+};
+
+/* Moves p to the warp's next tile, entering chunk c + 1 .. c1 - 1 when the current one is done.
+ * @return false when the block's chunks are exhausted. */
+template <int KM, bool KQ, int VM>
+__device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
+                                          const tq_cuda_chunk *chunks, uint32_t h, uint32_t first)
+{
+    p.t0 += kWarps * kTile;
+    while (p.t0 >= p.T) {
+        if (++c >= c1)
+            return false;
+        const tq_cuda_chunk ck = chunks[c];
+        const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
+        const uint32_t krs = H2 * (KQ ? 2 : 1) +
+                             (planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0)) * 4 * T;
+        const uint32_t vrs = H2 + (planes<VM>::w0 + planes<VM>::w1) * 4 * T;
+        p.krec = (const uint8_t *)ck.k_section + (size_t)h * krs;
+        p.vrec = (const uint8_t *)ck.v_section + (size_t)h * vrs;
+        p.T = T;
+        p.H2 = H2;
+        p.fast = T % kTile == 0 && (((uintptr_t)p.krec | (uintptr_t)p.vrec) & 15) == 0;
+        p.t0 = first;
+    }
+    return true;
+}
+
+/* Four consecutive tokens' fp16 values (scales, gammas), raw. */
+__device__ __forceinline__ uint2 ld_half4(const uint8_t *base, uint32_t T, uint32_t tok, bool fast)
+{
+    const uint16_t *hp = (const uint16_t *)base;
+    if (fast)
+        return __ldg((const uint2 *)(hp + tok));
+    uint32_t w[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        uint32_t lo = tok + 2 * i < T ? __ldg(hp + tok + 2 * i) : 0u;
+        uint32_t hi = tok + 2 * i + 1 < T ? __ldg(hp + tok + 2 * i + 1) : 0u;
+        w[i] = lo | hi << 16;
+    }
+    return make_uint2(w[0], w[1]);
+}
+
+__device__ __forceinline__ void half4_to_f32(const uint2 &v, float (&o)[4])
+{
+    o[0] = tqc_f16_to_f32((uint16_t)(v.x & 0xffff));
+    o[1] = tqc_f16_to_f32((uint16_t)(v.x >> 16));
+    o[2] = tqc_f16_to_f32((uint16_t)(v.y & 0xffff));
+    o[3] = tqc_f16_to_f32((uint16_t)(v.y >> 16));
+}
+
+template <int KM, bool KQ, int VM>
+__device__ __forceinline__ void load_tile(tile_buf &b, const tile_pos &p, uint32_t g, uint32_t t4)
+{
+    const uint32_t T = p.T, tk = p.t0 + 4 * g, tv = p.t0 + 8 * t4;
+    const bool fast = p.fast;
+    const uint32_t *kp0 = (const uint32_t *)(p.krec + p.H2 * (KQ ? 2 : 1));
+    const uint32_t *kp1 = kp0 + planes<KM>::w0 * T;
+    const uint32_t *ksg = kp1 + planes<KM>::w1 * T;
+    const uint32_t *vp0 = (const uint32_t *)(p.vrec + p.H2);
+    const uint32_t *vp1 = vp0 + planes<VM>::w0 * T;
+    if (KM == 4) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            b.k[i] = ld_words(kp0 + (size_t)(t4 + 4 * i) * T, T, tk, fast);
+    } else {
+        b.k[0] = ld_words(kp0 + (size_t)(2 * t4) * T, T, tk, fast);
+        b.k[1] = ld_words(kp0 + (size_t)(2 * t4 + 1) * T, T, tk, fast);
+        b.k[2] = KM == 3 ? ld_words(kp1 + (size_t)t4 * T, T, tk, fast) : make_uint4(0, 0, 0, 0);
+        b.k[3] = make_uint4(0, 0, 0, 0);
+    }
+    b.s = KQ ? ld_words(ksg + (size_t)t4 * T, T, tk, fast) : make_uint4(0, 0, 0, 0);
+    const uint32_t *v0 = vp0 + (size_t)g * T;
+    const uint32_t *v1 = VM == 4 ? vp0 + (size_t)(g + 8) * T : vp1 + (size_t)(g >> 1) * T;
+    b.v[0] = ld_words(v0, T, tv, fast);
+    b.v[1] = ld_words(v0, T, tv + 4, fast);
+    b.v[2] = ld_words(v1, T, tv, fast);
+    b.v[3] = ld_words(v1, T, tv + 4, fast);
+    b.ksc = ld_half4(p.krec, T, tk, fast);
+    b.kgm = KQ ? ld_half4(p.krec + p.H2, T, tk, fast) : make_uint2(0, 0);
+    b.vsc = ld_half4(p.vrec, T, tk, fast);
+}
+
+/* Decodes the 16 fragment registers (32 coordinates, key_channel order) of one token's key
+ * words w (KM = 4: four words of 8 codes; 3 and 2: two words of the [2] plane and, for 3, the
+ * token's [1] word). */
+template <int KM>
+__device__ __forceinline__ void decode_key(const uint32_t (&w)[4], uint32_t lb, uint32_t (&b)[16])
+{
+    if (KM == 4) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            b[4 * i + 0] = lds(lut_addr<0>(w[i], lb));
+            b[4 * i + 1] = lds(lut_addr<1>(w[i], lb));
+            b[4 * i + 2] = lds(lut_addr<2>(w[i], lb));
+            b[4 * i + 3] = lds(lut_addr<3>(w[i], lb));
+        }
+    } else {
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            const uint32_t w2 = w[hh];
+            uint32_t ia = w2 & 0x0F0F0F0Fu, ib = (w2 >> 4) & 0x0F0F0F0Fu;
+            if (KM == 3) {
+                const uint32_t hs = hh ? spread_nibbles<true>(w[2]) : spread_nibbles<false>(w[2]);
+                ia |= (hs << 4) & 0x30303030u;
+                ib |= (hs << 2) & 0x30303030u;
+            }
+            b[8 * hh + 0] = lds(lut_addr<0>(ia, lb));
+            b[8 * hh + 1] = lds(lut_addr<1>(ia, lb));
+            b[8 * hh + 2] = lds(lut_addr<2>(ia, lb));
+            b[8 * hh + 3] = lds(lut_addr<3>(ia, lb));
+            b[8 * hh + 4] = lds(lut_addr<0>(ib, lb));
+            b[8 * hh + 5] = lds(lut_addr<1>(ib, lb));
+            b[8 * hh + 6] = lds(lut_addr<2>(ib, lb));
+            b[8 * hh + 7] = lds(lut_addr<3>(ib, lb));
+        }
+    }
+}
+
+__device__ __forceinline__ uint32_t pick(const uint4 &x, int i)
+{
+    return i == 0 ? x.x : i == 1 ? x.y : i == 2 ? x.z : x.w;
+}
+
+/* Per-lane query fragments (B operand of the score product, column = query head). */
+template <bool KQ, bool G16> struct qfrag {
+    uint32_t q[G16 ? 2 : 1][8][2];
+    uint32_t s[KQ ? (G16 ? 2 : 1) : 1][KQ ? 8 : 1][2];
+};
+
+/* Scores, online softmax and value sums of one tile into the warp's state.
+ * Score product per 16-token m-tile ms: rows g and g + 8 are tokens 4g + 2ms and 4g + 2ms + 1,
+ * columns are query heads (2 t4, 2 t4 + 1; + 8 for the second head tile). */
+template <int KM, bool KQ, int VM, bool G16>
+__device__ __forceinline__ void compute_tile(const tile_buf &b_, const tile_pos &p_,
+                                             const mma_args &A, uint32_t lbk, uint32_t lbv,
+                                             const qfrag<KQ, G16> &Q,
+                                             float (&o)[8][G16 ? 2 : 1][4],
+                                             float (&m_run)[G16 ? 2 : 1][2],
+                                             float (&l_run)[G16 ? 2 : 1][2], uint32_t g,
+                                             uint32_t t4)
+{
+    constexpr int HN = G16 ? 2 : 1;
+    float ksc[4], kgm[4], vsc[4];
+    half4_to_f32(b_.ksc, ksc);
+    if (KQ)
+        half4_to_f32(b_.kgm, kgm);
+    half4_to_f32(b_.vsc, vsc);
+
+    /* ---- scores */
+    float sacc[2][HN][4], qacc[KQ ? 2 : 1][HN][4];
+#pragma unroll
+    for (int ms = 0; ms < 2; ms++) {
+#pragma unroll
+        for (int hn = 0; hn < HN; hn++)
+#pragma unroll
+            for (int cc = 0; cc < 4; cc++) {
+                sacc[ms][hn][cc] = 0.0f;
+                if (KQ)
+                    qacc[ms][hn][cc] = 0.0f;
+            }
+        uint32_t bt[2][16];
+#pragma unroll
+        for (int rh = 0; rh < 2; rh++) {
+            const int nt = 2 * ms + rh;
+            const uint32_t w[4] = {pick(b_.k[0], nt), pick(b_.k[1], nt), pick(b_.k[2], nt),
+                                   pick(b_.k[3], nt)};
+            decode_key<KM>(w, lbk, bt[rh]);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int hn = 0; hn < HN; hn++)
+                mma16816(sacc[ms][hn], bt[0][2 * j], bt[1][2 * j], bt[0][2 * j + 1],
+                         bt[1][2 * j + 1], Q.q[hn][j][0], Q.q[hn][j][1]);
+        if (KQ) {
+#pragma unroll
+            for (int rh = 0; rh < 2; rh++) {
+                const uint32_t sw = pick(b_.s, 2 * ms + rh);
+#pragma unroll
+                for (int r = 0; r < 16; r++) /* bit r -> half 0, bit r + 16 -> half 1 */
+                    bt[rh][r] = (~(sw << (15 - r)) & 0x80008000u) | 0x3C003C00u;
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int hn = 0; hn < HN; hn++)
+                    mma16816(qacc[ms][hn], bt[0][2 * j], bt[1][2 * j], bt[0][2 * j + 1],
+                             bt[1][2 * j + 1], Q.s[hn][j][0], Q.s[hn][j][1]);
+        }
+    }
+
+    /* ---- online softmax per head column: a lane holds tokens 4g + i (i = 2 ms + rh) */
+    uint32_t pb[2][HN][2]; /* value-product B fragments per k-step (= score m-tile) */
+#pragma unroll
+    for (int hn = 0; hn < HN; hn++) {
+        float pv[2][4]; /* [e][i] */
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int ms = i >> 1, rh = i & 1;
+                float sc = sacc[ms][hn][2 * rh + e] * (ksc[i] * A.cK);
+                if (KQ)
+                    sc += qacc[ms][hn][2 * rh + e] * (kgm[i] * A.cQ);
+                sc = p_.t0 + 4 * g + i < p_.T ? sc : -INFINITY;
+                pv[e][i] = sc;
+                mx = fmaxf(mx, sc);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            const float mn = fmaxf(m_run[hn][e], mx); /* finite: the tile has a token */
+            const float alpha = exp2f(m_run[hn][e] - mn);
+            m_run[hn][e] = mn;
+            float ls = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float ex = exp2f(pv[e][i] - mn);
+                ls += ex;
+                pv[e][i] = ex * vsc[i];
+            }
+            l_run[hn][e] = l_run[hn][e] * alpha + ls;
+#pragma unroll
+            for (int mt = 0; mt < 8; mt++) {
+                o[mt][hn][e] *= alpha;
+                o[mt][hn][2 + e] *= alpha;
+            }
+        }
+        /* rows g (tokens 4g + 2ms) and g + 8 (4g + 2ms + 1) of each m-tile, transposed */
+#pragma unroll
+        for (int ms = 0; ms < 2; ms++) {
+            pb[ms][hn][0] = movmatrix_t(pack_half2(pv[0][2 * ms], pv[1][2 * ms]));
+            pb[ms][hn][1] = movmatrix_t(pack_half2(pv[0][2 * ms + 1], pv[1][2 * ms + 1]));
+        }
+    }
+
+    /* ---- values: k-step ks = score m-tile ks; logical token k (0..15) is physical
+     * 4 (k mod 8) + 2 ks + (k >= 8), so lane t4's columns are tokens 8 t4 + u */
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++) {
+        uint32_t a[8][4];
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            const int ua = 2 * ks + s, ub = 4 + 2 * ks + s;
+            if (VM == 4) {
+#pragma unroll
+                for (int rw = 0; rw < 2; rw++) { /* word g (row g), word g + 8 (row g + 8) */
+                    const uint4 &lo = b_.v[2 * rw], &hi4 = b_.v[2 * rw + 1];
+                    const uint32_t wa = ua < 4 ? pick(lo, ua) : pick(hi4, ua - 4);
+                    const uint32_t wb = ub < 4 ? pick(lo, ub) : pick(hi4, ub - 4);
+                    const uint32_t xe = (wa & 0x0F0F0F0Fu) | ((wb << 4) & 0xF0F0F0F0u);
+                    const uint32_t xo = ((wa >> 4) & 0x0F0F0F0Fu) | (wb & 0xF0F0F0F0u);
+                    a[0][2 * s + rw] = lds(lut_addr<0>(xe, lbv));
+                    a[1][2 * s + rw] = lds(lut_addr<0>(xo, lbv));
+                    a[2][2 * s + rw] = lds(lut_addr<1>(xe, lbv));
+                    a[3][2 * s + rw] = lds(lut_addr<1>(xo, lbv));
+                    a[4][2 * s + rw] = lds(lut_addr<2>(xe, lbv));
+                    a[5][2 * s + rw] = lds(lut_addr<2>(xo, lbv));
+                    a[6][2 * s + rw] = lds(lut_addr<3>(xe, lbv));
+                    a[7][2 * s + rw] = lds(lut_addr<3>(xo, lbv));
+                }
+            } else {
+                const uint32_t wa = ua < 4 ? pick(b_.v[0], ua) : pick(b_.v[1], ua - 4);
+                const uint32_t wb = ub < 4 ? pick(b_.v[0], ub) : pick(b_.v[1], ub - 4);
+                const uint32_t ha0 = ua < 4 ? pick(b_.v[2], ua) : pick(b_.v[3], ua - 4);
+                const uint32_t hb0 = ub < 4 ? pick(b_.v[2], ub) : pick(b_.v[3], ub - 4);
+                const uint32_t ha = (g & 1) ? spread_nibbles<true>(ha0) : spread_nibbles<false>(ha0);
+                const uint32_t hb = (g & 1) ? spread_nibbles<true>(hb0) : spread_nibbles<false>(hb0);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    /* byte k: channel 16 g + 4 k + i of tokens a, b */
+                    const uint32_t la = (wa >> (2 * i)) & 0x03030303u;
+                    const uint32_t lb2 = (i == 0 ? wb << 2 : wb >> (2 * i - 2)) & 0x0C0C0C0Cu;
+                    const uint32_t xa = (ha << (4 - i)) & 0x10101010u;
+                    const uint32_t xb = (hb << (5 - i)) & 0x20202020u;
+                    const uint32_t x = la | lb2 | xa | xb;
+                    /* m-tile 2i + (k >> 1), row half k & 1 */
+                    a[2 * i][2 * s + 0] = lds(lut_addr<0>(x, lbv));
+                    a[2 * i][2 * s + 1] = lds(lut_addr<1>(x, lbv));
+                    a[2 * i + 1][2 * s + 0] = lds(lut_addr<2>(x, lbv));
+                    a[2 * i + 1][2 * s + 1] = lds(lut_addr<3>(x, lbv));
+                }
+            }
+        }
+#pragma unroll
+        for (int mt = 0; mt < 8; mt++)
+#pragma unroll
+            for (int hn = 0; hn < HN; hn++)
+                mma16816(o[mt][hn], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb[ks][hn][0],
+                         pb[ks][hn][1]);
+    }
+}
+
+/* ---- The split kernel ---------------------------------------------------------------------- */
+
+/* Shared memory: tables at offsets that make their addresses ORable (lut_addr): a 256-entry
+ * table at the next multiple of 32 KiB of the shared window, 64-entry ones at multiples of
+ * 8 KiB below it (or from the first one up when there is no 256-entry table); after the loop the
+ * same bytes hold the merge of the four warps. */
+template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
+    static constexpr bool big = KM == 4 || VM == 4;
+    /* merge scratch: per warp O[128][16] + (m, l)[16]; then the rotated sums [16][128] */
+    static constexpr uint32_t merge_bytes = kWarps * (128 * 16 + 32) * 4 + 16 * 128 * 4;
+    /* the window offset of dynamic shared memory is at most `reserved` (1 KiB on sm_90) */
+    static uint32_t smem(uint32_t reserved)
+    {
+        const uint32_t lut = big ? 0x10000u - reserved : 0x6000u;
+        return lut > merge_bytes ? lut : merge_bytes;
+    }
+};
+
+template <int KM, bool KQ, int VM, bool G16>
+__global__ void __launch_bounds__(kThreads, 3)
+    att_mma_kernel(const __grid_constant__ mma_args A, const int32_t *chunk_indptr,
+                   const tq_cuda_chunk *chunks, const __half *wq, float *ws_o, float *ws_ml)
+{
+    using K_ = att_kernel<KM, KQ, VM, G16>;
+    constexpr int HN = G16 ? 2 : 1;
+    extern __shared__ __align__(16) char sm[];
+    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const uint32_t g = lane >> 2, t4 = lane & 3;
+    const uint32_t sp = blockIdx.x, h = blockIdx.y, seq = blockIdx.z;
+
+    /* table placement (window addresses) */
+    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm);
+    uint32_t a4 = 0, ak, av;
+    if (K_::big) {
+        a4 = (s0 + 0x7FFFu) & ~0x7FFFu;
+        ak = KM == 4 ? a4 : a4 - 0x2000u;
+        av = VM == 4 ? a4 : (A.share_lut ? ak : a4 - 0x4000u);
+    } else {
+        ak = (s0 + 0x1FFFu) & ~0x1FFFu;
+        av = A.share_lut ? ak : ak + 0x2000u;
+    }
+    if ((K_::big ? a4 + 0x8000u : av + 0x2000u) > s0 + A.smem_bytes)
+        __trap(); /* the launch's shared memory does not hold the plan: a bug, never data */
+    /* lookup tables: entry e at e * 128, one copy per lane (word e * 32 + lane) */
+    {
+        uint32_t *lk = (uint32_t *)(sm + (ak - s0)), *lv = (uint32_t *)(sm + (av - s0));
+        for (uint32_t i = tid; i < lut_size<KM>::entries * 32; i += kThreads) {
+            uint32_t e = i >> 5, lo, hi;
+            if (KM == 4) {
+                lo = e & 15;
+                hi = e >> 4;
+            } else {
+                lo = (e & 3) | (KM == 3 ? ((e >> 4) & 1) << 2 : 0);
+                hi = ((e >> 2) & 3) | (KM == 3 ? ((e >> 5) & 1) << 2 : 0);
+            }
+            lk[i] = pack_half2(__ldg(A.kcent + lo), __ldg(A.kcent + hi));
+        }
+        for (uint32_t i = tid; !A.share_lut && i < lut_size<VM>::entries * 32; i += kThreads) {
+            uint32_t e = i >> 5, lo, hi;
+            if (VM == 4) {
+                lo = e & 15;
+                hi = e >> 4;
+            } else {
+                lo = (e & 3) | (((e >> 4) & 1) << 2);
+                hi = ((e >> 2) & 3) | (((e >> 5) & 1) << 2);
+            }
+            lv[i] = pack_half2(__ldg(A.vcent + lo), __ldg(A.vcent + hi));
+        }
+    }
+    const uint32_t lbk = ak | lane * 4, lbv = av | lane * 4;
+
+    /* query fragments (B operand, column = head g of the head tile): k-step j takes the
+     * channels of decoded registers 2j (rows 2 t4, 2 t4 + 1) and 2j + 1 (rows + 8) */
+    qfrag<KQ, G16> Q;
+#pragma unroll
+    for (int hn = 0; hn < HN; hn++) {
+        const uint32_t r = 8 * hn + g;
+        const bool v = r < A.group;
+        const __half *qp = wq + ((size_t)seq * A.n_q + h * A.group + (v ? r : 0)) * 256;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int hi = 0; hi < 2; hi++) {
+                const uint32_t rr = 2 * j + hi;
+                const uint32_t c0 = key_channel<KM>(t4, rr, 0), c1 = key_channel<KM>(t4, rr, 1);
+                __half2 x = v ? __halves2half2(qp[c0], qp[c1]) : __float2half2_rn(0.0f);
+                Q.q[hn][j][hi] = *(uint32_t *)&x;
+                if (KQ) {
+                    const uint32_t d0 = 128 + sign_channel(t4, rr, 0);
+                    const uint32_t d1 = 128 + sign_channel(t4, rr, 1);
+                    __half2 y = v ? __halves2half2(qp[d0], qp[d1]) : __float2half2_rn(0.0f);
+                    Q.s[KQ ? hn : 0][KQ ? j : 0][hi] = *(uint32_t *)&y;
+                }
+            }
+    }
+    __syncthreads(); /* tables ready */
+
+    float o[8][HN][4];
+    float m_run[HN][2], l_run[HN][2];
+#pragma unroll
+    for (int hn = 0; hn < HN; hn++) {
+#pragma unroll
+        for (int mt = 0; mt < 8; mt++)
+#pragma unroll
+            for (int cc = 0; cc < 4; cc++)
+                o[mt][hn][cc] = 0.0f;
+        m_run[hn][0] = m_run[hn][1] = -INFINITY;
+        l_run[hn][0] = l_run[hn][1] = 0.0f;
+    }
+
+    const int32_t c_begin = chunk_indptr[seq], c_end = chunk_indptr[seq + 1];
+    int32_t c = c_begin + (int32_t)(sp * A.cps) - 1;
+    const int32_t c1 = min(c_end, c + 1 + (int32_t)A.cps);
+    const uint32_t first = warp * kTile;
+    tile_pos pa, pb;
+    pa.T = 0;
+    pa.t0 = 0;
+    tile_buf ba, bb;
+    bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, h, first);
+    if (va)
+        load_tile<KM, KQ, VM>(ba, pa, g, t4);
+    while (va) {
+        pb = pa;
+        const bool vb = next_tile<KM, KQ, VM>(pb, c, c1, chunks, h, first);
+        if (vb)
+            load_tile<KM, KQ, VM>(bb, pb, g, t4);
+        compute_tile<KM, KQ, VM, G16>(ba, pa, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
+        if (!vb)
+            break;
+        pa = pb;
+        va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, h, first);
+        if (va)
+            load_tile<KM, KQ, VM>(ba, pa, g, t4);
+        compute_tile<KM, KQ, VM, G16>(bb, pb, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
+    }
+
+    /* ---- merge the four warps, rotate back, write the split's row */
+#pragma unroll
+    for (int hn = 0; hn < HN; hn++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float l = l_run[hn][e];
+            l += __shfl_xor_sync(0xffffffffu, l, 4);
+            l += __shfl_xor_sync(0xffffffffu, l, 8);
+            l += __shfl_xor_sync(0xffffffffu, l, 16);
+            l_run[hn][e] = l;
+        }
+    __syncthreads(); /* every warp is done with the tables */
+    float *Os = (float *)sm;            /* [warp][128][16] */
+    float *ml = Os + kWarps * 128 * 16; /* [warp][16][2] */
+    float *rot = ml + kWarps * 32;      /* [16][128] */
+#pragma unroll
+    for (int mt = 0; mt < 8; mt++)
+#pragma unroll
+        for (int hn = 0; hn < HN; hn++)
+#pragma unroll
+            for (int cc = 0; cc < 4; cc++) {
+                const uint32_t ch = value_channel<VM>(g, mt, cc >> 1);
+                const uint32_t hd = 8 * hn + 2 * t4 + (cc & 1);
+                Os[(warp * 128 + ch) * 16 + hd] = o[mt][hn][cc];
+            }
+    if (g == 0)
+#pragma unroll
+        for (int hn = 0; hn < 2; hn++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const uint32_t hd = 8 * hn + 2 * t4 + e;
+                ml[(warp * 16 + hd) * 2] = hn < HN ? m_run[hn < HN ? hn : 0][e] : -INFINITY;
+                ml[(warp * 16 + hd) * 2 + 1] = hn < HN ? l_run[hn < HN ? hn : 0][e] : 0.0f;
+            }
+    __syncthreads();
+    const uint32_t G = A.group;
+    for (uint32_t i = tid; i < G * 128; i += kThreads) {
+        const uint32_t r = i / 128, ch = i % 128;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kWarps; w++)
+            M = fmaxf(M, ml[(w * 16 + r) * 2]);
+        float acc = 0.0f;
+        if (M != -INFINITY)
+#pragma unroll
+            for (int w = 0; w < kWarps; w++)
+                acc += Os[(w * 128 + ch) * 16 + r] * exp2f(ml[(w * 16 + r) * 2] - M);
+        rot[r * 128 + ch] = acc;
+    }
+    __syncthreads();
+    for (uint32_t hh = 1; hh < 128; hh <<= 1) {
+        for (uint32_t i = tid; i < G * 64; i += kThreads) {
+            const uint32_t r = i / 64, q = i % 64;
+            const uint32_t j = (q / hh) * 2 * hh + (q % hh);
+            float *x = rot + r * 128;
+            const float u = x[j], v = x[j + hh];
+            x[j] = u + v;
+            x[j + hh] = u - v;
+        }
+        __syncthreads();
+    }
+    for (uint32_t i = tid; i < G * 128; i += kThreads) {
+        const uint32_t r = i / 128, j = i % 128;
+        const size_t row = (((size_t)seq * A.n_q + h * G + r) * A.n_splits + sp);
+        if (j < A.head_dim)
+            ws_o[row * A.head_dim + j] =
+                __uint_as_float(__float_as_uint(rot[r * 128 + j] * (1.0f / 128.0f)) ^
+                                __ldg(A.vdsign + j));
+        if (j == 0) {
+            float M = -INFINITY, L = 0.0f;
+            for (int w = 0; w < kWarps; w++)
+                M = fmaxf(M, ml[(w * 16 + r) * 2]);
+            if (M != -INFINITY)
+                for (int w = 0; w < kWarps; w++)
+                    L += ml[(w * 16 + r) * 2 + 1] * exp2f(ml[(w * 16 + r) * 2] - M);
+            ws_ml[row * 2] = M;
+            ws_ml[row * 2 + 1] = L;
+        }
+    }
+}
+
+template <int KM, bool KQ, int VM, bool G16>
+int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_cuda_chunk *chunks,
+           const __half *wq, float *wo, float *wml, cudaStream_t s)
+{
+    using K_ = att_kernel<KM, KQ, VM, G16>;
+    const uint32_t smem = K_::smem(M.reserved_smem);
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(att_mma_kernel<KM, KQ, VM, G16>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int)smem);
+        if (e != cudaSuccess)
+            return tqkv__cuda_err(e, "attention smem attribute");
+    }
+    mma_args A2 = M;
+    A2.smem_bytes = smem;
+    dim3 grid(M.n_splits, M.n_kv, n_seqs);
+    att_mma_kernel<KM, KQ, VM, G16><<<grid, kThreads, smem, s>>>(A2, indptr, chunks, wq, wo, wml);
+    TQC_CHECK_LAUNCH("attention (tensor cores) launch");
+    return 0;
+}
+
+template <int KM, bool KQ, int VM>
+int launch_g(const mma_args &M, bool g16, uint32_t n_seqs, const int32_t *indptr,
+             const tq_cuda_chunk *chunks, const __half *wq, float *wo, float *wml, cudaStream_t s)
+{
+    return g16 ? launch<KM, KQ, VM, true>(M, n_seqs, indptr, chunks, wq, wo, wml, s)
+               : launch<KM, KQ, VM, false>(M, n_seqs, indptr, chunks, wq, wo, wml, s);
+}
+
+} // namespace
+
+bool tqkv__att_mma_eligible(const tqc_att &A)
+{
+    if (A.P != 128 || A.K.n_parts != 1 || A.V.n_parts != 1 || A.group > 16)
+        return false;
+    const tqc_part &k = A.K.part[0], &v = A.V.part[0];
+    if (k.n != 128 || v.n != 128 || v.prod)
+        return false;
+    /* tq4, tq3, tq4-prod, tq3-prod: (key MSE bits, QJL, value bits) */
+    const uint32_t key = k.m * 100 + (k.prod ? 10 : 0) + v.m;
+    return key == 404 || key == 303 || key == 314 || key == 213;
+}
+
+uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &)
+{
+    return 3;
+}
+
+size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs)
+{
+    return (size_t)n_seqs * A.n_q * 256 * sizeof(__half);
+}
+
+int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indptr,
+                         const tq_cuda_chunk *chunks, const void *q, float *ws_o, float *ws_ml,
+                         void *ws_q, cudaStream_t s)
+{
+    __half *wq = (__half *)ws_q;
+    att_mma_prep<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, q, wq);
+    TQC_CHECK_LAUNCH("attention query preparation launch");
+    mma_args M;
+    M.n_kv = A.n_kv;
+    M.n_q = A.n_q;
+    M.group = A.group;
+    M.head_dim = A.head_dim;
+    M.n_splits = A.n_splits;
+    M.cps = A.cps;
+    const float c = A.softmax_scale * TQC_LOG2E;
+    M.cK = c * 0.08838834764831845f;                       /* / sqrt(128) */
+    M.cQ = c * (float)(1.2533141373155002512 / 128.0);     /* sqrt(pi/2) / n */
+    M.kcent = A.K.part[0].cent;
+    M.vcent = A.V.part[0].cent;
+    M.vdsign = A.V.part[0].dsign;
+    M.share_lut = A.K.part[0].m == A.V.part[0].m && M.kcent == M.vcent;
+    int dev = 0, res = 1024;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&res, cudaDevAttrReservedSharedMemoryPerBlock, dev) != cudaSuccess)
+        res = 1024;
+    M.reserved_smem = (uint32_t)res;
+    M.smem_bytes = 0;
+    const uint32_t km = A.K.part[0].m, vm = A.V.part[0].m;
+    const bool kq = A.K.part[0].prod != 0, g16 = A.group > 8;
+    const int key = km * 100 + (kq ? 10 : 0) + vm;
+    switch (key) { /* the presets' combinations (tqkv__att_mma_eligible admits no other) */
+    case 404: return launch_g<4, false, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    case 303: return launch_g<3, false, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    case 314: return launch_g<3, true, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    case 213: return launch_g<2, true, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    default: return TQKV_ENOTSUP;
+    }
+}
