@@ -11,6 +11,7 @@
  * the outlier channels and writes the mask into the head record; the encode kernel then reads
  * the mask back. Several sections that share a recipe (the layers of a block) are encoded by one
  * launch (grid.z = job). */
+#include <math.h>
 #include <string.h>
 
 #include "tqc.cuh"
@@ -930,6 +931,377 @@ __global__ void __launch_bounds__(TQC_G_THREADS)
     }
 }
 
+/* ---- Streaming encoder: one thread per vector (mse, one part of 32 to 128, 16-bit input) ------
+ * The common recipes (tq4, tq3: no outlier split, mse codes of 1 to 4 bits) are bound by the
+ * instruction issue rate, not by memory: 2^21 vectors in 0.27 ms leave about 130 warp
+ * instructions per vector. This kernel keeps a whole vector in one thread's registers, so that
+ * the reference's tree sums and FWHT stages cost exactly their float operations (no shuffles),
+ * the signs D are compile-time-indexed kernel parameters (LOP3 with a constant-bank operand on
+ * packed fp16/bf16 pairs), and the codebook search is a table lookup instead of a binary search:
+ *   - cell g = round(t * c + off) (one FFMA against a magic constant: g is the result's low
+ *     mantissa bits); the host picks c so that every cell holds at most one boundary and no
+ *     boundary lies on a cell edge, so the code is base[g] + (t >= bnd[g]): one 8-byte shared
+ *     load and one compare give exactly #{j : t >= bnd_j}, the reference's count;
+ *   - corrected and unbiased norms take cent^2 or cent of the code from a second small table.
+ * The lookup needs |t| <= sqrt(n) (true up to rounding when ss is finite and not tiny: the norm
+ * bounds every rotated coordinate); a vector whose ss is not finite (NaN/Inf input, overflow)
+ * or below 2^-100 (underflowing squares) goes through tqc_f_slow, the one-thread reference path.
+ * Each warp is persistent over (job, head, 32-token tile) items and copies the next tile's rows
+ * into shared memory with cp.async (coalesced, no registers) while it encodes the current one;
+ * rows are stored with their 16-byte chunks swizzled (chunk c of row r at c ^ r) so that the
+ * per-thread 16-byte row reads are free of bank conflicts. Code words are stored straight from
+ * registers: word i of 32 consecutive tokens is one 128-byte run. */
+#define TQC_F_WARPS 4
+#define TQC_F_THREADS (32 * TQC_F_WARPS)
+#define TQC_F_CELLS 128
+#define TQC_F_MAGIC 12582912.0f /* 1.5 * 2^23: fma(t, c, MAGIC + off) holds round(t*c + off) */
+#define TQC_F_MAGIC_BITS 0x4B400000u
+
+/* What the streaming kernel needs beyond R: the cell table and D, built on the host. */
+typedef struct {
+    float c, moff;                /* cell of t: bits(fma(t, c, moff)) - TQC_F_MAGIC_BITS */
+    uint32_t cells;               /* used entries of lut */
+    uint32_t pad_;
+    uint2 lut[TQC_F_CELLS];       /* {bits of the cell's boundary (+inf: none), codes below} */
+    float2 t2[TQC_F_CELLS];       /* norm term of the cell's two codes: cent^2 (corrected) or
+                                   * cent (unbiased) of base and base + 1 */
+    uint32_t dx[TQ_MAX_HEAD_DIM / 2]; /* D as sign masks of packed 16-bit pairs (bits 15, 31) */
+} tqc_fast;
+
+__device__ __forceinline__ void tqc_cp16(uint32_t dst, const void *src, uint32_t n)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+                 : "memory");
+}
+__device__ __forceinline__ void tqc_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void tqc_cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+
+struct tqc_f_item {
+    const tqc_job *jb;
+    uint32_t h, t0;
+};
+__device__ __forceinline__ tqc_f_item tqc_f_decode(const tqc_rec &R, const tqc_jobs &J,
+                                                   uint32_t it, uint32_t n_tiles)
+{
+    uint32_t per_job = R.n_heads * n_tiles, job = it / per_job, rem = it - job * per_job;
+    uint32_t h = rem / n_tiles;
+    return {&J.job[job], h, (rem - h * n_tiles) * 32};
+}
+
+/* Copies the 32 rows of an item (2N bytes each, zeros beyond head_dim and T) into buf. Lane
+ * `lane` copies chunk lane % CH of rows lane / CH + 32/CH * q; row addresses come from the lane
+ * of the row's token by shuffle, so a paged view is looked up once per row. */
+template <int N>
+__device__ __forceinline__ void tqc_f_prefetch(const tqc_rec &R, const tqc_f_item &it,
+                                               uint32_t buf, uint32_t lane)
+{
+    constexpr int CH = N / 8, RPP = 32 / CH;
+    const tqc_job &jb = *it.jb;
+    uint32_t t = it.t0 + lane;
+    const char *p = t < R.T ? (const char *)jb.data + 2 * tqc_view_index(jb, t, it.h)
+                            : (const char *)jb.data;
+    uint64_t pv = (uint64_t)p;
+    const uint32_t c = lane % CH, ok_c = c * 8 < R.head_dim;
+#pragma unroll
+    for (int q = 0; q < CH; q++) {
+        uint32_t r = (uint32_t)q * RPP + lane / CH;
+        uint64_t src = __shfl_sync(0xffffffffu, pv, r);
+        bool ok = ok_c && it.t0 + r < R.T;
+        tqc_cp16(buf + r * (2 * N) + ((c ^ (r & (CH - 1))) << 4),
+                 (const char *)src + (ok ? c * 16 : 0), ok ? 16u : 0u);
+    }
+}
+
+/* The reference path for one vector whose ss is not finite or tiny: the raw row again (non-finite
+ * values to +0), then the one-thread encoder. Rare; kept out of line. */
+template <int N>
+__device__ __noinline__ void tqc_f_slow(const tqc_part &pp, uint32_t norm_kind, const uint8_t *row,
+                                        uint32_t sw, uint32_t dtype, uint8_t *rec, uint32_t T,
+                                        uint32_t t)
+{
+    float x[N];
+#pragma unroll
+    for (int c = 0; c < N / 8; c++) {
+        uint4 u = *(const uint4 *)(row + ((c ^ sw) << 4));
+        uint32_t wd[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            uint16_t b16 = (uint16_t)(wd[e >> 1] >> (16 * (e & 1)));
+            x[8 * c + e] =
+                tqc_finite(dtype == TQ_DTYPE_F16 ? tqc_f16_to_f32(b16) : tqc_bf16_to_f32(b16));
+        }
+    }
+    tqc_encode_part<N>(pp, norm_kind, x, rec, T, t, pp.bnd);
+}
+
+/* The reference tree sum TS of term(k), k = 0..N-1, as tqc_tree_sum, every step unrolled (nvcc
+ * keeps tqc_tree_sum's halving loop as a loop over a local array). POS: every term is +0 or
+ * positive, so the first add of each lane partial (0 + a = a) is left out. */
+template <int N, bool POS, typename F> __device__ __forceinline__ float tqc_f_tree(const F &term)
+{
+    float a[16];
+#pragma unroll
+    for (int l = 0; l < 16; l++) {
+        float lo = POS ? term(l) : __fadd_rn(0.0f, term(l));
+#pragma unroll
+        for (int k = l + 32; k < N; k += 32)
+            lo = __fadd_rn(lo, term(k));
+        float hi = POS ? term(l + 16) : __fadd_rn(0.0f, term(l + 16));
+#pragma unroll
+        for (int k = l + 48; k < N; k += 32)
+            hi = __fadd_rn(hi, term(k));
+        a[l] = __fadd_rn(lo, hi);
+    }
+#pragma unroll
+    for (int l = 0; l < 8; l++)
+        a[l] = __fadd_rn(a[l], a[l + 8]);
+#pragma unroll
+    for (int l = 0; l < 4; l++)
+        a[l] = __fadd_rn(a[l], a[l + 4]);
+    a[0] = __fadd_rn(a[0], a[2]);
+    a[1] = __fadd_rn(a[1], a[3]);
+    return __fadd_rn(a[0], a[1]);
+}
+
+/* Code of t from the cell table, and the norm term of that code (t2 table). */
+template <int N, int NORM> struct tqc_f_quant_term {
+    const float (&w)[N];
+    uint32_t (&cpk)[N / 8];
+    float inv, c, moff;
+    uint32_t lut_base; /* shared address of lut[0] minus 8 * TQC_F_MAGIC_BITS (mod 2^32) */
+    __device__ __forceinline__ float operator()(int k) const
+    {
+        float t = __fmul_rn(w[k], inv);
+        float f = __fmaf_rn(t, c, moff);
+        uint32_t a = lut_base + 8u * __float_as_uint(f), bb, base, m;
+        asm("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(bb), "=r"(base) : "r"(a));
+        /* m = t >= bnd ? ~0 : 0; the code is base - m */
+        asm("set.ge.u32.f32 %0, %1, %2;" : "=r"(m) : "f"(t), "f"(__uint_as_float(bb)));
+        cpk[k >> 3] += base << (4 * (k & 7));
+        cpk[k >> 3] -= m << (4 * (k & 7));
+        if (NORM == TQ_NORM_PLAIN)
+            return 0.0f;
+        uint32_t lo, hi;
+        asm("ld.shared.v2.u32 {%0, %1}, [%2 + %3];"
+            : "=r"(lo), "=r"(hi)
+            : "r"(a), "n"(TQC_F_CELLS * 8));
+        float v = __uint_as_float((lo & ~m) | (hi & m));
+        return NORM == TQ_NORM_CORRECTED ? v : __fmul_rn(w[k], v);
+    }
+};
+
+/* Encode: persistent warps over (job, head, 32-token tile) items; NORM the recipe's norm, DT the
+ * source dtype (fp16 or bf16). */
+template <int N, int NORM, int DT>
+__global__ void __launch_bounds__(TQC_F_THREADS, 3)
+    tqc_encode_f_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J,
+                        const __grid_constant__ tqc_fast F, uint32_t n_tiles, uint32_t n_items)
+{
+    constexpr int CH = N / 8, TILE = 32 * 2 * N;
+    extern __shared__ __align__(16) uint8_t tqc_f_dsm[];
+    __shared__ uint2 lut_s[2 * TQC_F_CELLS]; /* F.lut, then F.t2 */
+    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (uint32_t i = tid; i < F.cells; i += TQC_F_THREADS) {
+        lut_s[i] = F.lut[i];
+        if (NORM != TQ_NORM_PLAIN)
+            lut_s[TQC_F_CELLS + i] =
+                make_uint2(__float_as_uint(F.t2[i].x), __float_as_uint(F.t2[i].y));
+    }
+    __syncthreads();
+    const tqc_part &pp = R.part[0];
+    const uint32_t T = R.T;
+    const uint32_t stg = (uint32_t)__cvta_generic_to_shared(tqc_f_dsm) + warp * 2 * TILE;
+    const uint8_t *stg_g = tqc_f_dsm + warp * 2 * TILE;
+    uint32_t lut_base = (uint32_t)__cvta_generic_to_shared(lut_s) - 8u * TQC_F_MAGIC_BITS;
+    asm volatile("" : "+r"(lut_base)); /* one value: each lookup address is then a single LEA */
+    const uint32_t stride = gridDim.x * TQC_F_WARPS;
+    uint32_t it = blockIdx.x * TQC_F_WARPS + warp;
+    if (it < n_items)
+        tqc_f_prefetch<N>(R, tqc_f_decode(R, J, it, n_tiles), stg, lane);
+    tqc_cp_commit();
+    for (uint32_t b = 0; it < n_items; it += stride, b ^= 1) {
+        if (it + stride < n_items)
+            tqc_f_prefetch<N>(R, tqc_f_decode(R, J, it + stride, n_tiles), stg + (b ^ 1) * TILE,
+                              lane);
+        tqc_cp_commit();
+        tqc_cp_wait1(); /* this lane's copies of the current tile are done */
+        __syncwarp();   /* ... and every other lane's */
+        const tqc_f_item cur = tqc_f_decode(R, J, it, n_tiles);
+        const tqc_job &jb = *cur.jb;
+        const uint32_t t = cur.t0 + lane, sw = lane & (CH - 1);
+        uint8_t *rec = jb.dst + (size_t)cur.h * R.record_size;
+        if (cur.h == 0 && cur.t0 == 0)
+            for (uint32_t i = lane; i < jb.pad; i += 32)
+                jb.dst[(size_t)R.n_heads * R.record_size + i] = 0;
+        const uint8_t *row = stg_g + b * TILE + lane * (2 * N);
+        float w[N];
+#pragma unroll
+        for (int c = 0; c < CH; c++) {
+            uint4 u = *(const uint4 *)(row + ((c ^ sw) << 4));
+            uint32_t wd[4] = {u.x ^ F.dx[4 * c], u.y ^ F.dx[4 * c + 1], u.z ^ F.dx[4 * c + 2],
+                              u.w ^ F.dx[4 * c + 3]};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                if (DT == TQ_DTYPE_F16) {
+                    w[8 * c + 2 * e] = tqc_f16_to_f32((uint16_t)(wd[e] & 0xffff));
+                    w[8 * c + 2 * e + 1] = tqc_f16_to_f32((uint16_t)(wd[e] >> 16));
+                } else {
+                    w[8 * c + 2 * e] = __uint_as_float(wd[e] << 16);
+                    w[8 * c + 2 * e + 1] = __uint_as_float(wd[e] & 0xffff0000u);
+                }
+            }
+        }
+        tqc_sq_term<N> sq{w};
+        float ss = tqc_f_tree<N, true>(sq); /* squares do not see D's signs */
+        tqc_fwht(w);
+        float norm = sqrtf(ss);
+        float inv = norm > 0.0f ? __fdiv_rn(1.0f, norm) : 0.0f;
+        /* |t| <= sqrt(n) holds up to rounding unless ss is non-finite or underflowing */
+        const bool fast = ss < INFINITY && (ss == 0.0f || ss >= 7.88860905e-31f /* 2^-100 */);
+        if (fast && t < T) {
+            uint32_t cpk[N / 8];
+#pragma unroll
+            for (int i = 0; i < N / 8; i++)
+                cpk[i] = 0;
+            tqc_f_quant_term<N, NORM> term{w, cpk, inv, F.c, F.moff, lut_base};
+            float s = norm;
+            if (NORM == TQ_NORM_CORRECTED) {
+                float q = tqc_f_tree<N, true>(term);
+                s = __fdiv_rn(norm, sqrtf(__fmul_rn(q, 1.0f / (float)N))); /* 1/N is exact */
+            } else if (NORM == TQ_NORM_UNBIASED) {
+                float dot = tqc_f_tree<N, false>(term);
+                if (dot > 0.0f)
+                    s = __fdiv_rn(__fmul_rn(ss, (float)N), dot);
+            } else {
+#pragma unroll
+                for (int k = 0; k < N; k++)
+                    (void)term(k);
+            }
+            tqc_write_planes<N>(pp, cpk, rec, T, t);
+            ((uint16_t *)(rec + pp.scale_off))[t] = tqc_f32_to_f16(s);
+        } else if (t < T) {
+            tqc_f_slow<N>(pp, NORM, row, sw, DT, rec, T, t);
+        } else if (t == T && (T & 1)) {
+            ((uint16_t *)(rec + pp.scale_off))[T] = 0; /* the padding fp16 of an odd T */
+        }
+        __syncwarp(); /* the tile's rows are consumed: the next iteration's copy may reuse them */
+    }
+}
+
+/* Energies of 32 channels of one head: block (head * P/32 + slice, 1, job), one warp, contiguous
+ * views only; the ranking and the mask follow in tqc_rank_kernel. The reference fixes each
+ * channel's energy as one sequential chain over the tokens, so the whole section costs at least
+ * T dependent adds per channel; this kernel keeps every chain fed: lane c runs the chain of
+ * channel 32*slice + c, reading token rows' 64-byte slices from a six-stage shared-memory ring
+ * that cp.async fills TQC_E_TT tokens ahead (the loads cost no registers and overlap the adds).
+ * fp16 squares are exact in fp32, so fp16 chains are one FFMA per token (the same rounding as the
+ * reference's product then add); non-finite inputs are not tested per token: a chain that ends
+ * non-finite is summed again with the reference's +0 substitution (for fp16 no finite input can
+ * make it overflow; for bf16 an overflowing sum stays Inf either way). The energies go to the
+ * head record right after the mask words (the encode kernel overwrites them later). */
+#define TQC_E_TT 128 /* tokens per stage */
+#define TQC_E_STAGES 6 /* 48 KiB of ring: five stages (640 tokens) in flight */
+
+template <int DT> __device__ __forceinline__ float tqc_e_val(uint16_t b)
+{
+    return DT == TQ_DTYPE_F16 ? tqc_f16_to_f32(b) : tqc_bf16_to_f32(b);
+}
+
+template <int DT>
+__global__ void __launch_bounds__(32)
+    tqc_energy_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J)
+{
+    __shared__ __align__(16) uint8_t ring[TQC_E_STAGES][TQC_E_TT * 64];
+    const tqc_job &jb = J.job[blockIdx.z];
+    const uint32_t spp = R.P / 32, h = blockIdx.x / spp, slice = blockIdx.x % spp;
+    const uint32_t lane = threadIdx.x, T = R.T, ns = (T + TQC_E_TT - 1) / TQC_E_TT;
+    const char *base = (const char *)jb.data + 2 * ((int64_t)h * jb.head_stride + slice * 32);
+    const uint32_t ch = lane & 3, ok_c = slice * 32 + ch * 8 < R.head_dim;
+    /* stage s: tokens s*TT.., lane copies chunk ch of tokens lane/4 + 8q */
+    auto fill = [&](uint32_t s) {
+        uint32_t dst = (uint32_t)__cvta_generic_to_shared(ring[s % TQC_E_STAGES]);
+        for (uint32_t q = 0; q < TQC_E_TT / 8; q++) {
+            uint32_t tt = q * 8 + (lane >> 2), t = s * TQC_E_TT + tt;
+            bool ok = ok_c && t < T;
+            tqc_cp16(dst + tt * 64 + ch * 16,
+                     base + (ok ? 2 * (int64_t)t * jb.token_stride + ch * 16 : 0), ok ? 16u : 0u);
+        }
+        tqc_cp_commit();
+    };
+#pragma unroll 1
+    for (uint32_t s = 0; s < TQC_E_STAGES - 1; s++)
+        if (s < ns)
+            fill(s);
+        else
+            tqc_cp_commit();
+    float e = 0.0f;
+
+#pragma unroll 1
+    for (uint32_t s = 0; s < ns; s++) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(TQC_E_STAGES - 2) : "memory");
+        __syncwarp();
+        const uint8_t *st = ring[s % TQC_E_STAGES] + 2 * lane;
+        uint32_t nt = T - s * TQC_E_TT < TQC_E_TT ? T - s * TQC_E_TT : TQC_E_TT;
+        if (nt == TQC_E_TT) {
+#pragma unroll 32
+            for (uint32_t tt = 0; tt < TQC_E_TT; tt++) {
+                float x = tqc_e_val<DT>(*(const uint16_t *)(st + tt * 64));
+                e = DT == TQ_DTYPE_F16 ? __fmaf_rn(x, x, e) : __fadd_rn(e, __fmul_rn(x, x));
+            }
+        } else {
+            for (uint32_t tt = 0; tt < nt; tt++) {
+                float x = tqc_e_val<DT>(*(const uint16_t *)(st + tt * 64));
+                e = DT == TQ_DTYPE_F16 ? __fmaf_rn(x, x, e) : __fadd_rn(e, __fmul_rn(x, x));
+            }
+        }
+        __syncwarp(); /* the stage is consumed: refill it */
+        if (s + TQC_E_STAGES - 1 < ns)
+            fill(s + TQC_E_STAGES - 1);
+        else
+            tqc_cp_commit();
+    }
+    const uint32_t c = slice * 32 + lane;
+    if (!(e < INFINITY) && c < R.head_dim) {
+        /* a NaN/Inf input (or an overflow): the reference chain, non-finite values as +0 */
+        e = 0.0f;
+        const unsigned short *p = (const unsigned short *)jb.data + (int64_t)h * jb.head_stride + c;
+        for (uint32_t t = 0; t < T; t++) {
+            uint16_t b = p[(int64_t)t * jb.token_stride];
+            float x = tqc_finite(tqc_e_val<DT>(b));
+            e = __fadd_rn(e, __fmul_rn(x, x));
+        }
+    }
+    float *E = (float *)(jb.dst + (size_t)h * R.record_size + 4 * R.mask_words);
+    E[c] = c < R.head_dim ? e : 0.0f;
+}
+
+/* Ranking of one head's energies (written by tqc_energy_kernel after the mask words) and the
+ * mask, as tqc_mask_kernel ranks them: block (head, 1, job), P threads. */
+__global__ void tqc_rank_kernel(const __grid_constant__ tqc_rec R,
+                                const __grid_constant__ tqc_jobs J, uint32_t n_out)
+{
+    __shared__ float E[TQ_MAX_HEAD_DIM];
+    __shared__ uint32_t mask[TQ_MAX_HEAD_DIM / 32];
+    const tqc_job &jb = J.job[blockIdx.z];
+    const uint32_t h = blockIdx.x, tid = threadIdx.x, P = R.P;
+    uint32_t *rec = (uint32_t *)(jb.dst + (size_t)h * R.record_size);
+    float e = ((const float *)(rec + R.mask_words))[tid];
+    E[tid] = e;
+    if (tid < P / 32)
+        mask[tid] = 0;
+    __syncthreads();
+    uint32_t rank = 0;
+    for (uint32_t i = 0; i < P; i++) {
+        float ei = E[i];
+        rank += ei > e || (ei == e && i < tid);
+    }
+    if (rank < n_out)
+        atomicOr(&mask[tid >> 5], 1u << (tid & 31));
+    __syncthreads();
+    if (tid < P / 32)
+        rec[tid] = mask[tid];
+}
+
 /* Raw (lossless 16-bit) sections: one thread per (token, head, channel). */
 __global__ void tqc_encode_raw_kernel(const __grid_constant__ tqc_rec R,
                                       const __grid_constant__ tqc_jobs J)
@@ -976,6 +1348,140 @@ static void launch_encode_g(const tqc_rec &R, const tqc_jobs &J, cudaStream_t s)
         tqc_encode_g_kernel<N, NP, false><<<grid, TQC_G_THREADS, 0, s>>>(R, J);
 }
 
+/* The streaming kernel's cell table for codebook (cb, n, m) and norm: the cell width 1/c is
+ * below the smallest gap between boundaries (so a cell holds at most one), and c is nudged until
+ * no boundary sits exactly on a cell edge; the cells cover |t| <= 1.001 sqrt(n) + 0.01. Cell g
+ * holds t with t*c + off in [g - 1/2, g + 1/2] (the device's FFMA rounds that sum once, to an
+ * integer); b*c + off is exact in double for float b and c, so the edge test is exact.
+ * @return false when the codebook does not fit (the eight-lane kernel encodes it then). */
+static bool tqc_fast_table(tq_codebook_kind cb, uint32_t n, uint32_t m, uint32_t norm,
+                           tqc_fast *F)
+{
+    const float *cent = m >= 1 && m <= 4 ? tq_codebook(cb, n, m) : NULL;
+    if (!cent)
+        return false;
+    const uint32_t K = (1u << m) - 1;
+    float bnd[15];
+    double gap = 4.0;
+    for (uint32_t j = 0; j < K; j++) {
+        bnd[j] = (cent[j] + cent[j + 1]) * 0.5f; /* as the reference (and tables.cu) */
+        if (j > 0) {
+            if (!(bnd[j] > bnd[j - 1]))
+                return false;
+            double d = (double)bnd[j] - (double)bnd[j - 1];
+            gap = d < gap ? d : gap;
+        }
+    }
+    const double tmax = sqrt((double)n) * 1.001 + 0.01;
+    for (int a = 1; a <= 64; a++) {
+        float c = (float)((1.0 + 0.004 * a) / gap);
+        double off = ceil(tmax * c) + 1.0;
+        uint32_t cells = 2 * (uint32_t)off + 1, cell[15];
+        if (cells > TQC_F_CELLS)
+            return false;
+        bool ok = true;
+        for (uint32_t j = 0; j < K && ok; j++) {
+            double pos = (double)bnd[j] * (double)c + off;
+            cell[j] = (uint32_t)floor(pos + 0.5);
+            ok = pos - floor(pos) != 0.5 && cell[j] < cells && (j == 0 || cell[j] != cell[j - 1]);
+        }
+        if (!ok)
+            continue;
+        F->c = c;
+        F->moff = TQC_F_MAGIC + (float)off;
+        F->cells = cells;
+        for (uint32_t g = 0, j = 0; g < cells; g++) {
+            while (j < K && cell[j] < g)
+                j++;
+            uint32_t bits = 0x7f800000u; /* +inf: no boundary in the cell */
+            if (j < K && cell[j] == g)
+                memcpy(&bits, &bnd[j], 4);
+            F->lut[g] = make_uint2(bits, j);
+            /* the term of code j and j + 1 (the latter only taken when the cell has a boundary) */
+            float lo = cent[j], hi = cent[j < K ? j + 1 : j];
+            if (norm == TQ_NORM_CORRECTED) {
+                lo = lo * lo; /* one rounded product, as __fmul_rn on the device */
+                hi = hi * hi;
+            }
+            F->t2[g] = make_float2(lo, hi);
+        }
+        return true;
+    }
+    return false;
+}
+
+template <int N, int NORM, int DT>
+static int launch_encode_f(const tqc_rec &R, const tqc_jobs &J, const tqc_fast &F,
+                           cudaStream_t s)
+{
+    constexpr int SMEM = TQC_F_WARPS * 2 * 32 * 2 * N;
+    static int ready[64]; /* per device: 1 + blocks per SM once the attribute is set */
+    int dev = 0, rc = tqkv__cuda_err(cudaGetDevice(&dev), "cudaGetDevice");
+    if (rc)
+        return rc;
+    if (dev < 0 || dev >= 64)
+        return TQKV_EINVAL;
+    if (!ready[dev]) {
+        int nsm = 0, nb = 0;
+        rc = tqkv__cuda_err(cudaFuncSetAttribute(tqc_encode_f_kernel<N, NORM, DT>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 SMEM),
+                            "encode_f attribute");
+        if (!rc)
+            rc = tqkv__cuda_err(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev),
+                                "SM count");
+        if (!rc)
+            rc = tqkv__cuda_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                                    &nb, tqc_encode_f_kernel<N, NORM, DT>, TQC_F_THREADS, SMEM),
+                                "encode_f occupancy");
+        if (rc)
+            return rc;
+        ready[dev] = 1 + (nsm * (nb > 0 ? nb : 1));
+    }
+    uint32_t n_tiles = (R.T + 31) / 32, n_items = J.n_jobs * R.n_heads * n_tiles;
+    uint32_t blocks = (n_items + TQC_F_WARPS - 1) / TQC_F_WARPS;
+    if (blocks > (uint32_t)(ready[dev] - 1))
+        blocks = (uint32_t)(ready[dev] - 1);
+    tqc_encode_f_kernel<N, NORM, DT><<<blocks, TQC_F_THREADS, SMEM, s>>>(R, J, F, n_tiles, n_items);
+    TQC_CHECK_LAUNCH("encode_f launch");
+    return 0;
+}
+
+/* Launches the streaming kernel when it takes R and J (one mse part of 64 or 128 with 1 to 4
+ * bits, fp16/bf16 rows readable as 16-byte chunks, a codebook the cell table fits). @return 1
+ * when it does not take them, else 0 or an error. */
+static int tqc_encode_fast(const tqc_rec &R, const tqc_jobs &J, uint64_t seed,
+                           tq_codebook_kind cb, cudaStream_t s)
+{
+    const tqc_part &pp = R.part[0];
+    if (R.raw || R.n_parts != 1 || pp.prod || pp.m < 1 || pp.m > 4 || !J.vec ||
+        (J.dtype != TQ_DTYPE_F16 && J.dtype != TQ_DTYPE_BF16) || (R.P != 64 && R.P != 128))
+        return 1;
+    static tqc_fast F0;
+    tqc_fast F = F0;
+    if (!tqc_fast_table(cb, pp.n, pp.m, R.norm, &F))
+        return 1;
+    uint32_t D[TQ_MAX_HEAD_DIM];
+    tqkv__rotation_signs(seed, pp.n, 0, D);
+    for (uint32_t i = 0; i < pp.n / 2; i++)
+        F.dx[i] = D[2 * i] >> 16 | D[2 * i + 1];
+#define TQC_F_NORMS(n, dt)                                                                         \
+    switch (R.norm) {                                                                              \
+    case TQ_NORM_PLAIN: return launch_encode_f<n, TQ_NORM_PLAIN, dt>(R, J, F, s);                  \
+    case TQ_NORM_CORRECTED: return launch_encode_f<n, TQ_NORM_CORRECTED, dt>(R, J, F, s);          \
+    default: return launch_encode_f<n, TQ_NORM_UNBIASED, dt>(R, J, F, s);                          \
+    }
+    if (R.P == 128) {
+        if (J.dtype == TQ_DTYPE_F16)
+            TQC_F_NORMS(128, TQ_DTYPE_F16)
+        TQC_F_NORMS(128, TQ_DTYPE_BF16)
+    }
+    if (J.dtype == TQ_DTYPE_F16)
+        TQC_F_NORMS(64, TQ_DTYPE_F16)
+    TQC_F_NORMS(64, TQ_DTYPE_BF16)
+#undef TQC_F_NORMS
+}
+
 /* Whether the cooperative kernel takes R: parts of dimension >= 32 (eight lanes of at least
  * four coordinates), mse codes of 1, 2, 3, 4 or 8 bits, prod codes of 0 to 4 (its
  * instantiations). Smaller parts (P = 32 split in two) stay with the one-thread kernel. */
@@ -992,8 +1498,10 @@ static bool tqc_use_g(const tqc_rec &R)
 }
 
 /* Launches the kernels of one batch of jobs sharing the recipe R. */
-static int tqc_encode_jobs(const tqc_rec &R, uint32_t n_out, const tqc_jobs &J, cudaStream_t s)
+static int tqc_encode_jobs(const tqc_rec &R, uint32_t n_out, const tqc_jobs &J, uint64_t seed,
+                           tq_codebook_kind cb, cudaStream_t s)
 {
+    int rc;
     if (R.raw) {
         dim3 grid((R.T * R.P + 255) / 256, R.n_heads, J.n_jobs);
         tqc_encode_raw_kernel<<<grid, 256, 0, s>>>(R, J);
@@ -1002,7 +1510,21 @@ static int tqc_encode_jobs(const tqc_rec &R, uint32_t n_out, const tqc_jobs &J, 
     }
     if (R.n_parts == 2) {
         dim3 mg(R.n_heads, 1, J.n_jobs);
-        if (J.dtype == TQ_DTYPE_F16)
+        bool strided = true;
+        for (uint32_t i = 0; i < J.n_jobs; i++)
+            strided = strided && !J.job[i].pages;
+        if (strided && J.vec && (J.dtype == TQ_DTYPE_F16 || J.dtype == TQ_DTYPE_BF16) &&
+            (R.P == 64 || R.P == 128 || R.P == 256) &&
+            R.record_size >= 4 * (R.mask_words + R.P)) {
+            /* energies per 32-channel slice, then the ranking (energies parked in the record) */
+            dim3 eg(R.n_heads * (R.P / 32), 1, J.n_jobs);
+            if (J.dtype == TQ_DTYPE_F16)
+                tqc_energy_kernel<TQ_DTYPE_F16><<<eg, 32, 0, s>>>(R, J);
+            else
+                tqc_energy_kernel<TQ_DTYPE_BF16><<<eg, 32, 0, s>>>(R, J);
+            TQC_CHECK_LAUNCH("energy launch");
+            tqc_rank_kernel<<<mg, R.P, 0, s>>>(R, J, n_out);
+        } else if (J.dtype == TQ_DTYPE_F16)
             tqc_mask_kernel<TQ_DTYPE_F16><<<mg, TQC_MASK_THREADS, 0, s>>>(R, J, n_out);
         else if (J.dtype == TQ_DTYPE_BF16)
             tqc_mask_kernel<TQ_DTYPE_BF16><<<mg, TQC_MASK_THREADS, 0, s>>>(R, J, n_out);
@@ -1023,6 +1545,8 @@ static int tqc_encode_jobs(const tqc_rec &R, uint32_t n_out, const tqc_jobs &J, 
         case 256: launch_encode<128, 2>(R, J, s); break;
         default: return TQKV_EINVAL;
         }
+    } else if ((rc = tqc_encode_fast(R, J, seed, cb, s)) != 1) {
+        return rc;
     } else if (tqc_use_g(R)) {
         switch (R.P) {
         case 32: launch_encode_g<32, 1>(R, J, s); break;
@@ -1100,7 +1624,7 @@ extern "C" int tq_cuda_encode_section(const tq_recipe *r, uint32_t head_dim, uin
     rc = check_view(src, head_dim, &J, (uint8_t *)dst, 0);
     if (rc)
         return rc;
-    return tqc_encode_jobs(R, r->n_out, J, (cudaStream_t)stream);
+    return tqc_encode_jobs(R, r->n_out, J, seed, cb, (cudaStream_t)stream);
 }
 
 static bool recipe_eq(const tq_recipe *a, const tq_recipe *b)
@@ -1161,7 +1685,8 @@ extern "C" int tq_cuda_block_encode(const tq_codec_params *p, const uint8_t key[
                 rc = tqkv__cuda_rec(&cur, p->head_dim, p->n_kv_heads, n_tokens, p->seed,
                                     (tq_codebook_kind)p->codebook, &R);
                 if (!rc)
-                    rc = tqc_encode_jobs(R, cur.n_out, J, s);
+                    rc = tqc_encode_jobs(R, cur.n_out, J, p->seed,
+                                         (tq_codebook_kind)p->codebook, s);
                 if (rc)
                     return rc;
                 J.n_jobs = 0;
