@@ -678,79 +678,103 @@ __global__ void __launch_bounds__(TQC_ATT_THREADS)
     }
 }
 
-/* Block-wide reduction of one float (max or sum) over the merge kernel's 128 threads. */
-template <bool MAX> __device__ __forceinline__ float tqc_merge_reduce(float v, float *red)
-{
-#pragma unroll
-    for (int o = 16; o; o >>= 1) {
-        float w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = MAX ? fmaxf(v, w) : v + w;
-    }
-    __syncthreads(); /* red is free */
-    if ((threadIdx.x & 31) == 0)
-        red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    v = red[0];
-#pragma unroll
-    for (int w = 1; w < 4; w++)
-        v = MAX ? fmaxf(v, red[w]) : v + red[w];
-    return v;
-}
-
 #define TQC_MERGE_BATCH 1024
 
-/* Merge: block (query head, sequence) of 128 threads. The splits' maxima and sums are reduced by
- * all threads, their weights 2^(m_s - M) staged in shared memory, then each thread sums its
- * output coordinates over the splits with several loads in flight (a split's row is contiguous,
- * so a warp's loads are too). */
+/* Merge: block (query head, sequence) of 128 threads. Each batch of splits' (m, l) is staged in
+ * shared memory in one pass and warp 0 turns it into weights 2^(m_s - M); then warp w sums the
+ * rows of splits w, w + 4, ... (lane j holds coordinates j, j + 32, ...: one coalesced row per
+ * step, every step independent, so all of a warp's loads are in flight together) and the four
+ * partial sums meet in shared memory. The running maximum of earlier batches rescales them. */
 __global__ void __launch_bounds__(128)
     tqc_attention_merge(const __grid_constant__ tqc_att A, const float *ws_o, const float *ws_ml,
                         void *out)
 {
-    __shared__ float wt[TQC_MERGE_BATCH];
-    __shared__ float red[4];
-    const uint32_t hq = blockIdx.x, seq = blockIdx.y, S = A.n_splits;
+    __shared__ float wt[TQC_MERGE_BATCH], wl[TQC_MERGE_BATCH];
+    __shared__ float part[4][TQ_MAX_HEAD_DIM];
+    __shared__ float stat[2];
+    const uint32_t hq = blockIdx.x, seq = blockIdx.y, S = A.n_splits, D = A.head_dim;
+    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t base = ((size_t)seq * A.n_q + hq) * S;
     const float *ml2 = ws_ml + base * 2; /* (m, l) per split; only 4-byte aligned */
-    float M = -INFINITY;
-    for (uint32_t s = threadIdx.x; s < S; s += blockDim.x) {
-        if (ml2[2 * s + 1] > 0.0f)
-            M = fmaxf(M, ml2[2 * s]);
-    }
-    M = tqc_merge_reduce<true>(M, red);
-    float L = 0.0f;
-    for (uint32_t s = threadIdx.x; s < S; s += blockDim.x) {
-        const float l = ml2[2 * s + 1];
-        if (l > 0.0f)
-            L += l * exp2f(ml2[2 * s] - M);
-    }
-    L = tqc_merge_reduce<false>(L, red);
-    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-    for (uint32_t j0 = 0; j0 < A.head_dim; j0 += blockDim.x) {
-        const uint32_t j = j0 + threadIdx.x;
-        float o = 0.0f;
-        for (uint32_t s0 = 0; s0 < S; s0 += TQC_MERGE_BATCH) {
-            const uint32_t n = min((uint32_t)TQC_MERGE_BATCH, S - s0);
-            __syncthreads(); /* the previous batch's weights are consumed */
-            for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-                const float l = ml2[2 * (s0 + i) + 1];
-                wt[i] = l > 0.0f ? exp2f(ml2[2 * (s0 + i)] - M) * inv : 0.0f;
+    float M = -INFINITY, L = 0.0f;
+    float acc[TQ_MAX_HEAD_DIM / 32];
+#pragma unroll
+    for (int k = 0; k < TQ_MAX_HEAD_DIM / 32; k++)
+        acc[k] = 0.0f;
+    for (uint32_t s0 = 0; s0 < S; s0 += TQC_MERGE_BATCH) {
+        const uint32_t n = min((uint32_t)TQC_MERGE_BATCH, S - s0);
+        __syncthreads(); /* the previous batch is consumed */
+        for (uint32_t i = tid; i < n; i += blockDim.x) {
+            const float l = ml2[2 * (s0 + i) + 1], m = ml2[2 * (s0 + i)];
+            wt[i] = l > 0.0f ? m : -INFINITY;
+            wl[i] = l > 0.0f ? l : 0.0f;
+        }
+        __syncthreads();
+        if (warp == 0) {
+            float m = -INFINITY;
+            for (uint32_t i = lane; i < n; i += 32)
+                m = fmaxf(m, wt[i]);
+#pragma unroll
+            for (int k = 16; k; k >>= 1)
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, k));
+            const float mn = fmaxf(M, m);
+            float l = 0.0f;
+            for (uint32_t i = lane; i < n; i += 32) {
+                const float w = wt[i] == -INFINITY ? 0.0f : exp2f(wt[i] - mn);
+                l += wl[i] * w;
+                wt[i] = w;
             }
-            __syncthreads();
-            if (j < A.head_dim) {
-                const float *src = ws_o + (base + s0) * A.head_dim + j;
+#pragma unroll
+            for (int k = 16; k; k >>= 1)
+                l += __shfl_xor_sync(0xffffffffu, l, k);
+            if (lane == 0) {
+                stat[0] = mn;
+                stat[1] = l;
+            }
+        }
+        __syncthreads();
+        const float mn = stat[0];
+        const float r = M == -INFINITY ? 0.0f : exp2f(M - mn); /* rescales earlier batches */
+        L = L * r + stat[1];
+        M = mn;
+#pragma unroll
+        for (int k = 0; k < TQ_MAX_HEAD_DIM / 32; k++)
+            acc[k] *= r;
+        if (D == 128) { /* the common head dim: four loads per row, eight rows in flight */
 #pragma unroll 8
-                for (uint32_t i = 0; i < n; i++)
-                    o += src[(size_t)i * A.head_dim] * wt[i];
+            for (uint32_t i = warp; i < n; i += 4) {
+                const float w = wt[i];
+                const float *row = ws_o + (base + s0 + i) * D + lane;
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                    acc[k] += row[32 * k] * w;
+            }
+        } else {
+#pragma unroll 4
+            for (uint32_t i = warp; i < n; i += 4) {
+                const float w = wt[i];
+                const float *row = ws_o + (base + s0 + i) * D;
+#pragma unroll
+                for (int k = 0; k < TQ_MAX_HEAD_DIM / 32; k++)
+                    if (lane + 32 * k < D)
+                        acc[k] += row[lane + 32 * k] * w;
             }
         }
-        if (j < A.head_dim) {
-            size_t oi = ((size_t)seq * A.n_q + hq) * A.head_dim + j;
-            if (A.q_dtype == TQ_DTYPE_BF16)
-                ((uint16_t *)out)[oi] = tqc_f32_to_bf16(o);
-            else
-                ((uint16_t *)out)[oi] = tqc_f32_to_f16(o);
-        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < TQ_MAX_HEAD_DIM / 32; k++)
+        if (lane + 32 * k < D)
+            part[warp][lane + 32 * k] = acc[k];
+    __syncthreads();
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    for (uint32_t j = tid; j < D; j += blockDim.x) {
+        const float o = (part[0][j] + part[1][j] + part[2][j] + part[3][j]) * inv;
+        const size_t oi = ((size_t)seq * A.n_q + hq) * D + j;
+        if (A.q_dtype == TQ_DTYPE_BF16)
+            ((uint16_t *)out)[oi] = tqc_f32_to_bf16(o);
+        else
+            ((uint16_t *)out)[oi] = tqc_f32_to_f16(o);
     }
 }
 

@@ -1,23 +1,25 @@
 /* Decode attention on tensor cores, for the geometry most engines run: head_dim_padded 128, one
- * part per tensor (no outlier split), key codes of 2..4 MSE bits with or without QJL signs,
- * value codes of 3 or 4 bits, up to 16 query heads per KV head.
+ * part per tensor (no outlier split), the recipes of tq4, tq3, tq4-prod and tq3-prod, up to 16
+ * query heads per KV head.
  *
  * Grid (split, KV head, sequence), four warps. Each warp walks its own 32-token tiles of the
- * block's chunks with its own online softmax (no barrier in the loop) and the block merges its
- * four warps at the end. Per tile, all with mma.sync m16n8k16 (fp16 operands, fp32 sums):
- *   - scores S[heads x tokens] = Q'[heads x 128] . K^T: the A operand is the rotated query
- *     (prepared once per sequence by a small kernel, with its QJL sketch), the B operand is
- *     decoded straight from the code words into fragments: a byte of codes (two coordinates of
- *     one token) indexes a table of half2 centroid pairs in shared memory, replicated once per
- *     lane so that the 32 lookups of a warp never share a bank. The coordinates each lane feeds
- *     are a permutation of 0..127 chosen so that its code words are whole loads; the query
- *     fragments follow the same permutation, which leaves every dot product unchanged. QJL
- *     signs become +-1 fragments by two bit operations and a second accumulator.
- *   - values O^T[128 x heads] += V^T[128 x tokens] . P'^T: P' = p * scale_v is the score
- *     accumulator itself, rounded to fp16 (its layout is the B operand's); the A operand takes
- *     two tokens per register, so a lane interleaves the codes of two tokens into table indices.
- *     Token order inside a tile is permuted the same way on both sides, so that each lane's code
- *     words of four or eight consecutive tokens are one 16-byte load.
+ * block's chunks with its own online softmax (no barrier in the loop; the next tile's bytes are
+ * requested from L2 while the current one is computed) and the block merges its four warps at
+ * the end. Per tile, all with mma.sync m16n8k16 (fp16 operands, fp32 sums):
+ *   - scores S[tokens x heads] = K . Q'^T: the A operand is decoded straight from the code words
+ *     into fragments: a byte of codes (two coordinates of one token) indexes a table of half2
+ *     centroid pairs in shared memory, replicated once per lane so that the 32 lookups of a warp
+ *     never share a bank. The coordinates each lane feeds are a permutation of 0..127 chosen so
+ *     that its code words are whole 16-byte loads; the query fragments (B operand, one column per
+ *     query head) follow the same permutation, which leaves every dot product unchanged. QJL
+ *     signs become +-1 fragments by two bit operations and a second accumulator. The rotated
+ *     query q' = H (D . q) / sqrt(128) is computed by each block (MSE keys) or, with its sketch
+ *     S q', once per sequence by att_mma_prep (prod keys).
+ *   - values O^T[128 x heads] += V^T[128 x tokens] . P'^T: P' = p * scale_v, rounded to fp16 and
+ *     transposed into the B operand with movmatrix; the A operand takes two tokens per register,
+ *     so a lane interleaves the codes of two tokens into table indices. The token order inside a
+ *     tile is permuted the same way on both sides, so that each lane's code words of four or
+ *     eight consecutive tokens are one 16-byte load.
  * No dequantized key or value is written anywhere; values stay rotated and the block rotates its
  * merged sum back (D . H z / n) once, into the same split workspace the general kernel writes. */
 #include <math.h>
@@ -33,9 +35,10 @@ struct mma_args {
     float cK, cQ; /* softmax_scale * log2e / sqrt(n); times sqrt(pi/2) / sqrt(n) for the sketch */
     const float *kcent, *vcent;
     const uint32_t *vdsign;
-    uint32_t share_lut;     /* keys and values use the same table (same codebook and width) */
-    uint32_t reserved_smem; /* shared memory the system reserves per block (window offset) */
-    uint32_t smem_bytes;    /* dynamic shared memory of the launch */
+    uint32_t share_lut; /* keys and values use the same table (same codebook and width) */
+    const void *q;      /* the queries (MSE keys: each block rotates its own) */
+    uint32_t q_dtype;
+    const uint32_t *kdsign;
 };
 
 /* Planes of an m-bit MSE part at n = 128: [4] = 16 words, [2,1] = 8 + 4, [2] = 8 (per token). */
@@ -63,19 +66,24 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi)
     return *(uint32_t *)&h;
 }
 
-/* Shared-memory address of byte B of w in a table: entry * 128 + lane * 4 + base, where lb holds
- * base | lane * 4 and the table's base is aligned so that the OR is an addition (entries of a
- * 256-entry table at a multiple of 32 KiB, of a 64-entry one at a multiple of 8 KiB). */
+/* Shared-memory address of the table entry that byte B of w indexes: entry * 128 + lb, lb =
+ * table base + lane * 4 (a byte permute and a multiply-add). */
 template <int B> __device__ __forceinline__ uint32_t lut_addr(uint32_t w, uint32_t lb)
 {
-    uint32_t x = B == 0 ? (w << 7) : (w >> (8 * B - 7));
-    return (x & 0x7F80u) | lb;
+    return __byte_perm(w, 0, 0x4440 | B) * 128u + lb;
 }
 __device__ __forceinline__ uint32_t lds(uint32_t addr)
 {
     uint32_t v;
     asm("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
     return v;
+}
+/* 2^x with the hardware approximation (x <= 0 here; -inf gives 0). */
+__device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 /* Transposes an 8x8 matrix of 16-bit values held one row pair per lane (mma fragment layout). */
 __device__ __forceinline__ uint32_t movmatrix_t(uint32_t x)
@@ -161,8 +169,8 @@ __global__ void __launch_bounds__(128)
     }
 }
 
-/* One tile's code words and fp16 scales, as loaded (two of them alternate: one in flight while
- * the other is computed). Keys and scales: tokens t0 + 4g .. +3; values: t0 + 8 t4 .. +7. */
+/* One tile's code words and fp16 scales as a lane loads them. Keys and scales: tokens
+ * t0 + 4g .. +3; values: t0 + 8 t4 .. +7. */
 struct tile_buf {
     uint4 k[4], s, v[4];
     uint2 ksc, kgm, vsc; /* fp16 scales (gammas) of tokens t0 + 4g .. +3 */
@@ -222,6 +230,28 @@ __device__ __forceinline__ void half4_to_f32(const uint2 &v, float (&o)[4])
     o[1] = tqc_f16_to_f32((uint16_t)(v.x >> 16));
     o[2] = tqc_f16_to_f32((uint16_t)(v.y & 0xffff));
     o[3] = tqc_f16_to_f32((uint16_t)(v.y >> 16));
+}
+
+/* Asks L2 for a tile's bytes ahead of its loads: both 128-byte lines a plane row of the tile (32
+ * tokens of one word) can touch, one row per lane, and the scale runs. Costs no registers. */
+template <int KM, bool KQ, int VM>
+__device__ __forceinline__ void prefetch_tile(const tile_pos &p, uint32_t lane)
+{
+    constexpr uint32_t krows = planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0);
+    constexpr uint32_t vrows = planes<VM>::w0 + planes<VM>::w1;
+    const uint32_t row = lane >> 1, end = (lane & 1) * 124;
+    const uint8_t *k = p.krec + p.H2 * (KQ ? 2 : 1) + ((size_t)row * p.T + p.t0) * 4 + end;
+    const uint8_t *v = p.vrec + p.H2 + ((size_t)row * p.T + p.t0) * 4 + end;
+    if (row < krows)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(k));
+    if (krows > 16 && row + 16 < krows)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(k + (size_t)64 * p.T));
+    if (row < vrows)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(v));
+    if (lane < (KQ ? 3u : 2u)) {
+        const uint8_t *sc = (lane == 0 ? p.vrec : lane == 1 ? p.krec : p.krec + p.H2);
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(sc + (size_t)p.t0 * 2));
+    }
 }
 
 template <int KM, bool KQ, int VM>
@@ -379,7 +409,8 @@ __device__ __forceinline__ void compute_tile(const tile_buf &b_, const tile_pos 
                 float sc = sacc[ms][hn][2 * rh + e] * (ksc[i] * A.cK);
                 if (KQ)
                     sc += qacc[ms][hn][2 * rh + e] * (kgm[i] * A.cQ);
-                sc = p_.t0 + 4 * g + i < p_.T ? sc : -INFINITY;
+                if (!p_.fast) /* a partial tile: its missing tokens weigh nothing */
+                    sc = p_.t0 + 4 * g + i < p_.T ? sc : -INFINITY;
                 pv[e][i] = sc;
                 mx = fmaxf(mx, sc);
             }
@@ -387,21 +418,24 @@ __device__ __forceinline__ void compute_tile(const tile_buf &b_, const tile_pos 
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
             const float mn = fmaxf(m_run[hn][e], mx); /* finite: the tile has a token */
-            const float alpha = exp2f(m_run[hn][e] - mn);
+            const float alpha = ex2(m_run[hn][e] - mn);
             m_run[hn][e] = mn;
             float ls = 0.0f;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                const float ex = exp2f(pv[e][i] - mn);
+                const float ex = ex2(pv[e][i] - mn);
                 ls += ex;
                 pv[e][i] = ex * vsc[i];
             }
             l_run[hn][e] = l_run[hn][e] * alpha + ls;
+            /* the running maximum settles early in a sequence: skip the rescale when no head
+             * of the warp moved (a warp-uniform branch) */
+            if (__any_sync(0xffffffffu, alpha != 1.0f))
 #pragma unroll
-            for (int mt = 0; mt < 8; mt++) {
-                o[mt][hn][e] *= alpha;
-                o[mt][hn][2 + e] *= alpha;
-            }
+                for (int mt = 0; mt < 8; mt++) {
+                    o[mt][hn][e] *= alpha;
+                    o[mt][hn][2 + e] *= alpha;
+                }
         }
         /* rows g (tokens 4g + 2ms) and g + 8 (4g + 2ms + 1) of each m-tile, transposed */
 #pragma unroll
@@ -470,24 +504,23 @@ __device__ __forceinline__ void compute_tile(const tile_buf &b_, const tile_pos 
 
 /* ---- The split kernel ---------------------------------------------------------------------- */
 
-/* Shared memory: tables at offsets that make their addresses ORable (lut_addr): a 256-entry
- * table at the next multiple of 32 KiB of the shared window, 64-entry ones at multiples of
- * 8 KiB below it (or from the first one up when there is no 256-entry table); after the loop the
- * same bytes hold the merge of the four warps. */
+/* Shared memory: the key table, then the value table (unless they are the same); after the loop
+ * the same bytes hold the merge of the four warps. */
 template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
-    static constexpr bool big = KM == 4 || VM == 4;
-    /* merge scratch: per warp O[128][16] + (m, l)[16]; then the rotated sums [16][128] */
-    static constexpr uint32_t merge_bytes = kWarps * (128 * 16 + 32) * 4 + 16 * 128 * 4;
-    /* the window offset of dynamic shared memory is at most `reserved` (1 KiB on sm_90) */
-    static uint32_t smem(uint32_t reserved)
+    static constexpr uint32_t GH = G16 ? 16 : 8; /* head columns */
+    /* merge scratch: per warp O[128][GH] + (m, l)[GH]; then the rotated sums [GH][128] */
+    static constexpr uint32_t merge_bytes = kWarps * (128 * GH + 2 * GH) * 4 + GH * 128 * 4;
+    /* the query rotation (MSE keys: done by each block) after both */
+    __host__ __device__ static uint32_t qoff(bool share)
     {
-        const uint32_t lut = big ? 0x10000u - reserved : 0x6000u;
+        const uint32_t lut = lut_size<KM>::bytes + (share ? 0 : lut_size<VM>::bytes);
         return lut > merge_bytes ? lut : merge_bytes;
     }
+    __host__ __device__ static uint32_t smem(bool share) { return qoff(share) + (KQ ? 0 : GH * 128 * 4); }
 };
 
 template <int KM, bool KQ, int VM, bool G16>
-__global__ void __launch_bounds__(kThreads, 3)
+__global__ void __launch_bounds__(kThreads, 4)
     att_mma_kernel(const __grid_constant__ mma_args A, const int32_t *chunk_indptr,
                    const tq_cuda_chunk *chunks, const __half *wq, float *ws_o, float *ws_ml)
 {
@@ -498,19 +531,8 @@ __global__ void __launch_bounds__(kThreads, 3)
     const uint32_t g = lane >> 2, t4 = lane & 3;
     const uint32_t sp = blockIdx.x, h = blockIdx.y, seq = blockIdx.z;
 
-    /* table placement (window addresses) */
     const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm);
-    uint32_t a4 = 0, ak, av;
-    if (K_::big) {
-        a4 = (s0 + 0x7FFFu) & ~0x7FFFu;
-        ak = KM == 4 ? a4 : a4 - 0x2000u;
-        av = VM == 4 ? a4 : (A.share_lut ? ak : a4 - 0x4000u);
-    } else {
-        ak = (s0 + 0x1FFFu) & ~0x1FFFu;
-        av = A.share_lut ? ak : ak + 0x2000u;
-    }
-    if ((K_::big ? a4 + 0x8000u : av + 0x2000u) > s0 + A.smem_bytes)
-        __trap(); /* the launch's shared memory does not hold the plan: a bug, never data */
+    const uint32_t ak = s0, av = A.share_lut ? s0 : s0 + lut_size<KM>::bytes;
     /* lookup tables: entry e at e * 128, one copy per lane (word e * 32 + lane) */
     {
         uint32_t *lk = (uint32_t *)(sm + (ak - s0)), *lv = (uint32_t *)(sm + (av - s0));
@@ -537,23 +559,56 @@ __global__ void __launch_bounds__(kThreads, 3)
             lv[i] = pack_half2(__ldg(A.vcent + lo), __ldg(A.vcent + hi));
         }
     }
-    const uint32_t lbk = ak | lane * 4, lbv = av | lane * 4;
+    const uint32_t lbk = ak + lane * 4, lbv = av + lane * 4;
 
     /* query fragments (B operand, column = head g of the head tile): k-step j takes the
      * channels of decoded registers 2j (rows 2 t4, 2 t4 + 1) and 2j + 1 (rows + 8) */
+    /* MSE keys: the block rotates its heads' queries itself, q' = H (D . q) / sqrt(128)
+     * (prod keys take q' and its sketch S q' from att_mma_prep) */
+    float *qr = (float *)(sm + K_::qoff(A.share_lut != 0)); /* [GH][128] */
+    if (!KQ) {
+        for (uint32_t i = tid; i < K_::GH * 128; i += kThreads) {
+            const uint32_t r = i / 128, k = i % 128;
+            float x = 0.0f;
+            if (r < A.group && k < A.head_dim) {
+                const uint16_t b = ((const uint16_t *)A.q)[((size_t)seq * A.n_q + h * A.group + r) *
+                                                               A.head_dim + k];
+                x = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(b) : tqc_f16_to_f32(b);
+            }
+            qr[i] = __uint_as_float(__float_as_uint(x) ^ __ldg(A.kdsign + k));
+        }
+        __syncthreads();
+        for (uint32_t hh = 1; hh < 128; hh <<= 1) {
+            for (uint32_t i = tid; i < K_::GH * 64; i += kThreads) {
+                const uint32_t r = i / 64, q = i % 64;
+                const uint32_t j = (q / hh) * 2 * hh + (q % hh);
+                float *x = qr + r * 128;
+                const float u = x[j], v = x[j + hh];
+                x[j] = u + v;
+                x[j + hh] = u - v;
+            }
+            __syncthreads();
+        }
+    }
     qfrag<KQ, G16> Q;
 #pragma unroll
     for (int hn = 0; hn < HN; hn++) {
         const uint32_t r = 8 * hn + g;
         const bool v = r < A.group;
         const __half *qp = wq + ((size_t)seq * A.n_q + h * A.group + (v ? r : 0)) * 256;
+        const float *qf = qr + r * 128;
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
             for (int hi = 0; hi < 2; hi++) {
                 const uint32_t rr = 2 * j + hi;
                 const uint32_t c0 = key_channel<KM>(t4, rr, 0), c1 = key_channel<KM>(t4, rr, 1);
-                __half2 x = v ? __halves2half2(qp[c0], qp[c1]) : __float2half2_rn(0.0f);
+                __half2 x;
+                if (KQ)
+                    x = v ? __halves2half2(qp[c0], qp[c1]) : __float2half2_rn(0.0f);
+                else /* rows past the group are zeros */
+                    x = __floats2half2_rn(qf[c0] * 0.08838834764831845f,
+                                          qf[c1] * 0.08838834764831845f);
                 Q.q[hn][j][hi] = *(uint32_t *)&x;
                 if (KQ) {
                     const uint32_t d0 = 128 + sign_channel(t4, rr, 0);
@@ -582,26 +637,22 @@ __global__ void __launch_bounds__(kThreads, 3)
     int32_t c = c_begin + (int32_t)(sp * A.cps) - 1;
     const int32_t c1 = min(c_end, c + 1 + (int32_t)A.cps);
     const uint32_t first = warp * kTile;
-    tile_pos pa, pb;
+    tile_pos pa;
     pa.T = 0;
     pa.t0 = 0;
-    tile_buf ba, bb;
     bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, h, first);
     if (va)
-        load_tile<KM, KQ, VM>(ba, pa, g, t4);
+        prefetch_tile<KM, KQ, VM>(pa, lane);
     while (va) {
-        pb = pa;
-        const bool vb = next_tile<KM, KQ, VM>(pb, c, c1, chunks, h, first);
-        if (vb)
-            load_tile<KM, KQ, VM>(bb, pb, g, t4);
-        compute_tile<KM, KQ, VM, G16>(ba, pa, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
-        if (!vb)
-            break;
-        pa = pb;
-        va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, h, first);
-        if (va)
-            load_tile<KM, KQ, VM>(ba, pa, g, t4);
-        compute_tile<KM, KQ, VM, G16>(bb, pb, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
+        tile_pos pn = pa;
+        const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, h, first);
+        if (vn)
+            prefetch_tile<KM, KQ, VM>(pn, lane); /* into L2 while this tile is computed */
+        tile_buf b;
+        load_tile<KM, KQ, VM>(b, pa, g, t4);
+        compute_tile<KM, KQ, VM, G16>(b, pa, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
+        pa = pn;
+        va = vn;
     }
 
     /* ---- merge the four warps, rotate back, write the split's row */
@@ -616,9 +667,10 @@ __global__ void __launch_bounds__(kThreads, 3)
             l_run[hn][e] = l;
         }
     __syncthreads(); /* every warp is done with the tables */
-    float *Os = (float *)sm;            /* [warp][128][16] */
-    float *ml = Os + kWarps * 128 * 16; /* [warp][16][2] */
-    float *rot = ml + kWarps * 32;      /* [16][128] */
+    constexpr uint32_t GH = K_::GH;
+    float *Os = (float *)sm;            /* [warp][128][GH] */
+    float *ml = Os + kWarps * 128 * GH; /* [warp][GH][2] */
+    float *rot = ml + kWarps * 2 * GH;  /* [GH][128] */
 #pragma unroll
     for (int mt = 0; mt < 8; mt++)
 #pragma unroll
@@ -627,16 +679,16 @@ __global__ void __launch_bounds__(kThreads, 3)
             for (int cc = 0; cc < 4; cc++) {
                 const uint32_t ch = value_channel<VM>(g, mt, cc >> 1);
                 const uint32_t hd = 8 * hn + 2 * t4 + (cc & 1);
-                Os[(warp * 128 + ch) * 16 + hd] = o[mt][hn][cc];
+                Os[(warp * 128 + ch) * GH + hd] = o[mt][hn][cc];
             }
     if (g == 0)
 #pragma unroll
-        for (int hn = 0; hn < 2; hn++)
+        for (int hn = 0; hn < HN; hn++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const uint32_t hd = 8 * hn + 2 * t4 + e;
-                ml[(warp * 16 + hd) * 2] = hn < HN ? m_run[hn < HN ? hn : 0][e] : -INFINITY;
-                ml[(warp * 16 + hd) * 2 + 1] = hn < HN ? l_run[hn < HN ? hn : 0][e] : 0.0f;
+                ml[(warp * GH + hd) * 2] = m_run[hn][e];
+                ml[(warp * GH + hd) * 2 + 1] = l_run[hn][e];
             }
     __syncthreads();
     const uint32_t G = A.group;
@@ -645,12 +697,12 @@ __global__ void __launch_bounds__(kThreads, 3)
         float M = -INFINITY;
 #pragma unroll
         for (int w = 0; w < kWarps; w++)
-            M = fmaxf(M, ml[(w * 16 + r) * 2]);
+            M = fmaxf(M, ml[(w * GH + r) * 2]);
         float acc = 0.0f;
         if (M != -INFINITY)
 #pragma unroll
             for (int w = 0; w < kWarps; w++)
-                acc += Os[(w * 128 + ch) * 16 + r] * exp2f(ml[(w * 16 + r) * 2] - M);
+                acc += Os[(w * 128 + ch) * GH + r] * exp2f(ml[(w * GH + r) * 2] - M);
         rot[r * 128 + ch] = acc;
     }
     __syncthreads();
@@ -675,10 +727,10 @@ __global__ void __launch_bounds__(kThreads, 3)
         if (j == 0) {
             float M = -INFINITY, L = 0.0f;
             for (int w = 0; w < kWarps; w++)
-                M = fmaxf(M, ml[(w * 16 + r) * 2]);
+                M = fmaxf(M, ml[(w * GH + r) * 2]);
             if (M != -INFINITY)
                 for (int w = 0; w < kWarps; w++)
-                    L += ml[(w * 16 + r) * 2 + 1] * exp2f(ml[(w * 16 + r) * 2] - M);
+                    L += ml[(w * GH + r) * 2 + 1] * exp2f(ml[(w * GH + r) * 2] - M);
             ws_ml[row * 2] = M;
             ws_ml[row * 2 + 1] = L;
         }
@@ -690,7 +742,7 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
            const __half *wq, float *wo, float *wml, cudaStream_t s)
 {
     using K_ = att_kernel<KM, KQ, VM, G16>;
-    const uint32_t smem = K_::smem(M.reserved_smem);
+    const uint32_t smem = K_::smem(M.share_lut != 0);
     if (smem > 48 * 1024) {
         cudaError_t e = cudaFuncSetAttribute(att_mma_kernel<KM, KQ, VM, G16>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -698,10 +750,8 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
         if (e != cudaSuccess)
             return tqkv__cuda_err(e, "attention smem attribute");
     }
-    mma_args A2 = M;
-    A2.smem_bytes = smem;
     dim3 grid(M.n_splits, M.n_kv, n_seqs);
-    att_mma_kernel<KM, KQ, VM, G16><<<grid, kThreads, smem, s>>>(A2, indptr, chunks, wq, wo, wml);
+    att_mma_kernel<KM, KQ, VM, G16><<<grid, kThreads, smem, s>>>(M, indptr, chunks, wq, wo, wml);
     TQC_CHECK_LAUNCH("attention (tensor cores) launch");
     return 0;
 }
@@ -730,7 +780,7 @@ bool tqkv__att_mma_eligible(const tqc_att &A)
 
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &)
 {
-    return 3;
+    return 4;
 }
 
 size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs)
@@ -743,9 +793,14 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indpt
                          void *ws_q, cudaStream_t s)
 {
     __half *wq = (__half *)ws_q;
-    att_mma_prep<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, q, wq);
-    TQC_CHECK_LAUNCH("attention query preparation launch");
+    if (A.K.part[0].prod) {
+        att_mma_prep<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, q, wq);
+        TQC_CHECK_LAUNCH("attention query preparation launch");
+    }
     mma_args M;
+    M.q = q;
+    M.q_dtype = A.q_dtype;
+    M.kdsign = A.K.part[0].dsign;
     M.n_kv = A.n_kv;
     M.n_q = A.n_q;
     M.group = A.group;
@@ -759,12 +814,7 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indpt
     M.vcent = A.V.part[0].cent;
     M.vdsign = A.V.part[0].dsign;
     M.share_lut = A.K.part[0].m == A.V.part[0].m && M.kcent == M.vcent;
-    int dev = 0, res = 1024;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&res, cudaDevAttrReservedSharedMemoryPerBlock, dev) != cudaSuccess)
-        res = 1024;
-    M.reserved_smem = (uint32_t)res;
-    M.smem_bytes = 0;
+
     const uint32_t km = A.K.part[0].m, vm = A.V.part[0].m;
     const bool kq = A.K.part[0].prod != 0, g16 = A.group > 8;
     const int key = km * 100 + (kq ? 10 : 0) + vm;
