@@ -2,9 +2,9 @@
  * part per tensor (no outlier split), the recipes of tq4, tq3, tq4-prod and tq3-prod, up to 16
  * query heads per KV head.
  *
- * Grid (split, KV head, sequence), four warps. Each warp walks its own 32-token tiles of the
+ * Grid (split, KV head, sequence), eight warps. Each warp walks its own 32-token tiles of the
  * block's chunks with its own online softmax (no barrier in the loop; the next tile's bytes are
- * requested from L2 while the current one is computed) and the block merges its four warps at
+ * requested from L2 while the current one is computed) and the block merges its eight warps at
  * the end. Per tile, all with mma.sync m16n8k16 (fp16 operands, fp32 sums):
  *   - scores S[tokens x heads] = K . Q'^T: the A operand is decoded straight from the code words
  *     into fragments: a byte of codes (two coordinates of one token) indexes a table of half2
@@ -28,7 +28,11 @@
 
 namespace {
 
-constexpr int kWarps = 4, kThreads = 32 * kWarps, kTile = 32;
+constexpr int kWarps = 8, kThreads = 32 * kWarps, kTile = 32;
+/* Window address of dynamic shared memory in a block without static shared memory: the 1 KiB
+ * the system reserves per block comes first (sm_80 and later). The tables start there, so their
+ * address is an immediate of the shared load (checked at run time). */
+constexpr uint32_t kSmemBase = 1024;
 
 struct mma_args {
     uint32_t n_kv, n_q, group, head_dim, n_splits, cps;
@@ -46,9 +50,10 @@ template <int M> struct planes {
     static constexpr uint32_t w0 = M == 4 ? 16 : 8, w1 = M == 3 ? 4 : 0;
 };
 /* Entries of a lookup table: 4-bit codes index by a byte (two codes), 2- and 3-bit codes by a
- * 6-bit index (two low pairs, two high bits). */
+ * 6-bit index (two low pairs, two high bits). Entry e is a 256-byte row: the key table's 32
+ * copies in its first half, the value table's (when it differs) in the second. */
 template <int M> struct lut_size {
-    static constexpr uint32_t entries = M == 4 ? 256 : 64, bytes = entries * 128;
+    static constexpr uint32_t entries = M == 4 ? 256 : 64, bytes = entries * 256;
 };
 
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -66,16 +71,16 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi)
     return *(uint32_t *)&h;
 }
 
-/* Shared-memory address of the table entry that byte B of w indexes: entry * 128 + lb, lb =
- * table base + lane * 4 (a byte permute and a multiply-add). */
+/* Offset of the table entry that byte B of w indexes: entry * 256 + lb, lb = half * 128 +
+ * lane * 4 (< 256): one byte permute puts the byte above lb's. */
 template <int B> __device__ __forceinline__ uint32_t lut_addr(uint32_t w, uint32_t lb)
 {
-    return __byte_perm(w, 0, 0x4440 | B) * 128u + lb;
+    return __byte_perm(w, lb, 0x7604 | (B << 4));
 }
-__device__ __forceinline__ uint32_t lds(uint32_t addr)
+__device__ __forceinline__ uint32_t lds(uint32_t off)
 {
     uint32_t v;
-    asm("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
+    asm("ld.shared.b32 %0, [%1+1024];" : "=r"(v) : "r"(off)); /* kSmemBase */
     return v;
 }
 /* 2^x with the hardware approximation (x <= 0 here; -inf gives 0). */
@@ -239,6 +244,8 @@ __device__ __forceinline__ void prefetch_tile(const tile_pos &p, uint32_t lane)
 {
     constexpr uint32_t krows = planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0);
     constexpr uint32_t vrows = planes<VM>::w0 + planes<VM>::w1;
+    if (!p.fast) /* a partial tile's rows could end past the section: no prefetch */
+        return;
     const uint32_t row = lane >> 1, end = (lane & 1) * 124;
     const uint8_t *k = p.krec + p.H2 * (KQ ? 2 : 1) + ((size_t)row * p.T + p.t0) * 4 + end;
     const uint8_t *v = p.vrec + p.H2 + ((size_t)row * p.T + p.t0) * 4 + end;
@@ -502,10 +509,35 @@ __device__ __forceinline__ void compute_tile(const tile_buf &b_, const tile_pos 
     }
 }
 
+/* Writes a table: entry e (a byte of two 4-bit codes, or a 6-bit index of two 2-bit codes and
+ * their high bits) holds half2(centroid of the first code, centroid of the second), 32 times.
+ * A thread computes an entry once and stores its copies 16 bytes at a time, starting at a
+ * lane-dependent quarter so that a warp's stores spread over the banks. */
+template <int M>
+__device__ __forceinline__ void fill_lut(uint32_t *lut, const float *cent, uint32_t tid,
+                                         uint32_t half)
+{
+    for (uint32_t e = tid; e < lut_size<M>::entries; e += kThreads) {
+        uint32_t lo, hi;
+        if (M == 4) {
+            lo = e & 15;
+            hi = e >> 4;
+        } else {
+            lo = (e & 3) | (M == 3 ? ((e >> 4) & 1) << 2 : 0);
+            hi = ((e >> 2) & 3) | (M == 3 ? ((e >> 5) & 1) << 2 : 0);
+        }
+        const uint32_t v = pack_half2(__ldg(cent + lo), __ldg(cent + hi));
+        const uint4 v4 = make_uint4(v, v, v, v);
+#pragma unroll
+        for (uint32_t k = 0; k < 8; k++)
+            *(uint4 *)(lut + e * 64 + half * 32 + ((k + tid) & 7) * 4) = v4;
+    }
+}
+
 /* ---- The split kernel ---------------------------------------------------------------------- */
 
-/* Shared memory: the key table, then the value table (unless they are the same); after the loop
- * the same bytes hold the merge of the four warps. */
+/* Shared memory: the tables (key and value tables interleaved by entry, lut_size); after the
+ * loop the same bytes hold the merge of the warps. */
 template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     static constexpr uint32_t GH = G16 ? 16 : 8; /* head columns */
     /* merge scratch: per warp O[128][GH] + (m, l)[GH]; then the rotated sums [GH][128] */
@@ -513,14 +545,16 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     /* the query rotation (MSE keys: done by each block) after both */
     __host__ __device__ static uint32_t qoff(bool share)
     {
-        const uint32_t lut = lut_size<KM>::bytes + (share ? 0 : lut_size<VM>::bytes);
+        const uint32_t lut = lut_size<KM>::bytes > lut_size<VM>::bytes ? lut_size<KM>::bytes
+                                                                       : lut_size<VM>::bytes;
+        (void)share;
         return lut > merge_bytes ? lut : merge_bytes;
     }
     __host__ __device__ static uint32_t smem(bool share) { return qoff(share) + (KQ ? 0 : GH * 128 * 4); }
 };
 
 template <int KM, bool KQ, int VM, bool G16>
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads, 2)
     att_mma_kernel(const __grid_constant__ mma_args A, const int32_t *chunk_indptr,
                    const tq_cuda_chunk *chunks, const __half *wq, float *ws_o, float *ws_ml)
 {
@@ -531,35 +565,13 @@ __global__ void __launch_bounds__(kThreads, 4)
     const uint32_t g = lane >> 2, t4 = lane & 3;
     const uint32_t sp = blockIdx.x, h = blockIdx.y, seq = blockIdx.z;
 
-    const uint32_t s0 = (uint32_t)__cvta_generic_to_shared(sm);
-    const uint32_t ak = s0, av = A.share_lut ? s0 : s0 + lut_size<KM>::bytes;
-    /* lookup tables: entry e at e * 128, one copy per lane (word e * 32 + lane) */
-    {
-        uint32_t *lk = (uint32_t *)(sm + (ak - s0)), *lv = (uint32_t *)(sm + (av - s0));
-        for (uint32_t i = tid; i < lut_size<KM>::entries * 32; i += kThreads) {
-            uint32_t e = i >> 5, lo, hi;
-            if (KM == 4) {
-                lo = e & 15;
-                hi = e >> 4;
-            } else {
-                lo = (e & 3) | (KM == 3 ? ((e >> 4) & 1) << 2 : 0);
-                hi = ((e >> 2) & 3) | (KM == 3 ? ((e >> 5) & 1) << 2 : 0);
-            }
-            lk[i] = pack_half2(__ldg(A.kcent + lo), __ldg(A.kcent + hi));
-        }
-        for (uint32_t i = tid; !A.share_lut && i < lut_size<VM>::entries * 32; i += kThreads) {
-            uint32_t e = i >> 5, lo, hi;
-            if (VM == 4) {
-                lo = e & 15;
-                hi = e >> 4;
-            } else {
-                lo = (e & 3) | (((e >> 4) & 1) << 2);
-                hi = ((e >> 2) & 3) | (((e >> 5) & 1) << 2);
-            }
-            lv[i] = pack_half2(__ldg(A.vcent + lo), __ldg(A.vcent + hi));
-        }
-    }
-    const uint32_t lbk = ak + lane * 4, lbv = av + lane * 4;
+    if ((uint32_t)__cvta_generic_to_shared(sm) != kSmemBase)
+        __trap(); /* the tables' addresses assume it (tqkv__att_mma_eligible checks the device) */
+    /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
+    fill_lut<KM>((uint32_t *)sm, A.kcent, tid, 0);
+    if (!A.share_lut)
+        fill_lut<VM>((uint32_t *)sm, A.vcent, tid, 1);
+    const uint32_t lbk = lane * 4, lbv = (A.share_lut ? 0 : 128) + lane * 4;
 
     /* query fragments (B operand, column = head g of the head tile): k-step j takes the
      * channels of decoded registers 2j (rows 2 t4, 2 t4 + 1) and 2j + 1 (rows + 8) */
@@ -655,7 +667,7 @@ __global__ void __launch_bounds__(kThreads, 4)
         va = vn;
     }
 
-    /* ---- merge the four warps, rotate back, write the split's row */
+    /* ---- merge the warps, rotate back, write the split's row */
 #pragma unroll
     for (int hn = 0; hn < HN; hn++)
 #pragma unroll
@@ -775,12 +787,20 @@ bool tqkv__att_mma_eligible(const tqc_att &A)
         return false;
     /* tq4, tq3, tq4-prod, tq3-prod: (key MSE bits, QJL, value bits) */
     const uint32_t key = k.m * 100 + (k.prod ? 10 : 0) + v.m;
-    return key == 404 || key == 303 || key == 314 || key == 213;
+    if (key != 404 && key != 303 && key != 314 && key != 213)
+        return false;
+    /* the tables sit at the start of the block's shared window (kSmemBase) */
+    int dev = 0, reserved = -1;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev) !=
+            cudaSuccess)
+        return false;
+    return reserved == (int)kSmemBase;
 }
 
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &)
 {
-    return 4;
+    return 2;
 }
 
 size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs)
