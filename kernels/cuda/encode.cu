@@ -1,16 +1,21 @@
 /* TurboQuant encode on the GPU: KV in device memory (fp16, bf16 or fp32; contiguous or paged) ->
  * the section layout of kernels/FORMAT.md, bit for bit what the CPU reference writes.
  *
- * Design: eight lanes encode one (token, head) vector (tqc_encode_g_kernel, parts of dimension
- * >= 32): lane j holds coordinates 4j + e + 32r, which makes the reference's fixed-tree sums and
- * FWHT stages a few shfl_xor steps, lets a group read its row as 64-byte runs, and lets a block of
- * 32 tokens write each code-plane word as one 128-byte run through shared memory. The one-thread
- * kernel (tqc_encode_kernel: a whole vector in one thread's registers, template N = part
- * dimension) remains for parts of 16 (P = 32 split in two). Outlier recipes run a first kernel
- * that sums channel energies per head (sequentially over tokens, like the reference), chooses
- * the outlier channels and writes the mask into the head record; the encode kernel then reads
- * the mask back. Several sections that share a recipe (the layers of a block) are encoded by one
- * launch (grid.z = job). */
+ * Design: the common recipes (one mse part of 64 or 128 with 1 to 4 bits, fp16/bf16 rows that can
+ * be read as 16-byte chunks: tq4, tq3, the V side of most presets) go to the streaming kernel
+ * (tqc_encode_f_kernel, below): one thread per vector with the whole vector in registers, the
+ * codebook search as one cell-table lookup, persistent warps fed by cp.async. Everything else
+ * (prod recipes, outlier splits, fp32 input, P = 256, 8-bit codes) takes the eight-lane kernel
+ * (tqc_encode_g_kernel, parts of dimension >= 32): lane j holds coordinates 4j + e + 32r, which
+ * makes the reference's fixed-tree sums and FWHT stages a few shfl_xor steps, lets a group read
+ * its row as 64-byte runs, and lets a block of 32 tokens write each code-plane word as one
+ * 128-byte run through shared memory. The one-thread kernel (tqc_encode_kernel, template N = part
+ * dimension) remains for parts of 16 (P = 32 split in two). Outlier recipes first sum channel
+ * energies (sequentially over tokens, like the reference): tqc_energy_kernel, one chain per lane
+ * and 32 channels per block, parks them in the head record, tqc_rank_kernel chooses the outlier
+ * channels and writes the mask (paged views and fp32 input use the one-block-per-head
+ * tqc_mask_kernel instead); the encode kernel then reads the mask back. Several sections that
+ * share a recipe (the layers of a block) are encoded by one launch (jobs). */
 #include <math.h>
 #include <string.h>
 
@@ -938,28 +943,30 @@ __global__ void __launch_bounds__(TQC_G_THREADS)
  * the reference's tree sums and FWHT stages cost exactly their float operations (no shuffles),
  * the signs D are compile-time-indexed kernel parameters (LOP3 with a constant-bank operand on
  * packed fp16/bf16 pairs), and the codebook search is a table lookup instead of a binary search:
- *   - cell g = round(t * c + off) (one FFMA against a magic constant: g is the result's low
- *     mantissa bits); the host picks c so that every cell holds at most one boundary and no
+ *   - cell g = round(t * c + off) for integers c and off: one FFMA with c and off scaled by
+ *     2^-149, whose result is the subnormal g * 2^-149, i.e. its bits are g (no conversion, and
+ *     the lookup address is one LEA); the host picks c so that every cell holds at most one boundary and no
  *     boundary lies on a cell edge, so the code is base[g] + (t >= bnd[g]): one 8-byte shared
  *     load and one compare give exactly #{j : t >= bnd_j}, the reference's count;
  *   - corrected and unbiased norms take cent^2 or cent of the code from a second small table.
  * The lookup needs |t| <= sqrt(n) (true up to rounding when ss is finite and not tiny: the norm
  * bounds every rotated coordinate); a vector whose ss is not finite (NaN/Inf input, overflow)
  * or below 2^-100 (underflowing squares) goes through tqc_f_slow, the one-thread reference path.
- * Each warp is persistent over (job, head, 32-token tile) items and copies the next tile's rows
- * into shared memory with cp.async (coalesced, no registers) while it encodes the current one;
+ * One block per SM, its warps persistent over the block's share of the (job, head, 32-token tile)
+ * items (blockIdx.x + k * gridDim.x, every SM gets the same number within one), each warp taking
+ * the next k from a shared counter, so that the SMs finish together; a warp copies its next
+ * tile's rows into shared memory with cp.async (coalesced, no registers) while it encodes the
+ * current one;
  * rows are stored with their 16-byte chunks swizzled (chunk c of row r at c ^ r) so that the
  * per-thread 16-byte row reads are free of bank conflicts. Code words are stored straight from
  * registers: word i of 32 consecutive tokens is one 128-byte run. */
-#define TQC_F_WARPS 4
+#define TQC_F_WARPS 12 /* one block per SM: 12 x 168 registers x 32 lanes */
 #define TQC_F_THREADS (32 * TQC_F_WARPS)
 #define TQC_F_CELLS 128
-#define TQC_F_MAGIC 12582912.0f /* 1.5 * 2^23: fma(t, c, MAGIC + off) holds round(t*c + off) */
-#define TQC_F_MAGIC_BITS 0x4B400000u
 
 /* What the streaming kernel needs beyond R: the cell table and D, built on the host. */
 typedef struct {
-    float c, moff;                /* cell of t: bits(fma(t, c, moff)) - TQC_F_MAGIC_BITS */
+    float c, moff;                /* cell of t: the bits of fma(t, c, moff) (subnormal) */
     uint32_t cells;               /* used entries of lut */
     uint32_t pad_;
     uint2 lut[TQC_F_CELLS];       /* {bits of the cell's boundary (+inf: none), codes below} */
@@ -1068,24 +1075,25 @@ template <int N, int NORM> struct tqc_f_quant_term {
     const float (&w)[N];
     uint32_t (&cpk)[N / 8];
     float inv, c, moff;
-    uint32_t lut_base; /* shared address of lut[0] minus 8 * TQC_F_MAGIC_BITS (mod 2^32) */
+    uint32_t lut_base; /* shared address of lut[0] */
     __device__ __forceinline__ float operator()(int k) const
     {
         float t = __fmul_rn(w[k], inv);
         float f = __fmaf_rn(t, c, moff);
-        uint32_t a = lut_base + 8u * __float_as_uint(f), bb, base, m;
+        uint32_t a = lut_base + 8u * __float_as_uint(f), bb, base;
         asm("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(bb), "=r"(base) : "r"(a));
-        /* m = t >= bnd ? ~0 : 0; the code is base - m */
-        asm("set.ge.u32.f32 %0, %1, %2;" : "=r"(m) : "f"(t), "f"(__uint_as_float(bb)));
+        /* the code is base, plus one when t is at or above the cell's boundary */
+        const bool up = t >= __uint_as_float(bb);
         cpk[k >> 3] += base << (4 * (k & 7));
-        cpk[k >> 3] -= m << (4 * (k & 7));
+        if (up)
+            cpk[k >> 3] += 1u << (4 * (k & 7));
         if (NORM == TQ_NORM_PLAIN)
             return 0.0f;
-        uint32_t lo, hi;
-        asm("ld.shared.v2.u32 {%0, %1}, [%2 + %3];"
-            : "=r"(lo), "=r"(hi)
+        float lo, hi;
+        asm("ld.shared.v2.f32 {%0, %1}, [%2 + %3];"
+            : "=f"(lo), "=f"(hi)
             : "r"(a), "n"(TQC_F_CELLS * 8));
-        float v = __uint_as_float((lo & ~m) | (hi & m));
+        float v = up ? hi : lo;
         return NORM == TQ_NORM_CORRECTED ? v : __fmul_rn(w[k], v);
     }
 };
@@ -1093,14 +1101,17 @@ template <int N, int NORM> struct tqc_f_quant_term {
 /* Encode: persistent warps over (job, head, 32-token tile) items; NORM the recipe's norm, DT the
  * source dtype (fp16 or bf16). */
 template <int N, int NORM, int DT>
-__global__ void __launch_bounds__(TQC_F_THREADS, 3)
+__global__ void __launch_bounds__(TQC_F_THREADS, 1)
     tqc_encode_f_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J,
                         const __grid_constant__ tqc_fast F, uint32_t n_tiles, uint32_t n_items)
 {
     constexpr int CH = N / 8, TILE = 32 * 2 * N;
     extern __shared__ __align__(16) uint8_t tqc_f_dsm[];
     __shared__ uint2 lut_s[2 * TQC_F_CELLS]; /* F.lut, then F.t2 */
+    __shared__ uint32_t next_s;              /* the block's next unclaimed item number */
     const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    if (tid == 0)
+        next_s = TQC_F_WARPS; /* numbers 0..WARPS-1 go to the warps in order */
     for (uint32_t i = tid; i < F.cells; i += TQC_F_THREADS) {
         lut_s[i] = F.lut[i];
         if (NORM != TQ_NORM_PLAIN)
@@ -1112,17 +1123,19 @@ __global__ void __launch_bounds__(TQC_F_THREADS, 3)
     const uint32_t T = R.T;
     const uint32_t stg = (uint32_t)__cvta_generic_to_shared(tqc_f_dsm) + warp * 2 * TILE;
     const uint8_t *stg_g = tqc_f_dsm + warp * 2 * TILE;
-    uint32_t lut_base = (uint32_t)__cvta_generic_to_shared(lut_s) - 8u * TQC_F_MAGIC_BITS;
-    asm volatile("" : "+r"(lut_base)); /* one value: each lookup address is then a single LEA */
-    const uint32_t stride = gridDim.x * TQC_F_WARPS;
-    uint32_t it = blockIdx.x * TQC_F_WARPS + warp;
+    const uint32_t lut_base = (uint32_t)__cvta_generic_to_shared(lut_s);
+    /* item number k of this block is item blockIdx.x + k * gridDim.x */
+    uint32_t it = blockIdx.x + warp * gridDim.x;
     if (it < n_items)
         tqc_f_prefetch<N>(R, tqc_f_decode(R, J, it, n_tiles), stg, lane);
     tqc_cp_commit();
-    for (uint32_t b = 0; it < n_items; it += stride, b ^= 1) {
-        if (it + stride < n_items)
-            tqc_f_prefetch<N>(R, tqc_f_decode(R, J, it + stride, n_tiles), stg + (b ^ 1) * TILE,
-                              lane);
+    for (uint32_t b = 0; it < n_items; b ^= 1) {
+        uint32_t k = 0;
+        if (lane == 0)
+            k = atomicAdd(&next_s, 1u);
+        const uint32_t nx = blockIdx.x + __shfl_sync(0xffffffffu, k, 0) * gridDim.x;
+        if (nx < n_items)
+            tqc_f_prefetch<N>(R, tqc_f_decode(R, J, nx, n_tiles), stg + (b ^ 1) * TILE, lane);
         tqc_cp_commit();
         tqc_cp_wait1(); /* this lane's copies of the current tile are done */
         __syncwarp();   /* ... and every other lane's */
@@ -1185,6 +1198,7 @@ __global__ void __launch_bounds__(TQC_F_THREADS, 3)
             ((uint16_t *)(rec + pp.scale_off))[T] = 0; /* the padding fp16 of an odd T */
         }
         __syncwarp(); /* the tile's rows are consumed: the next iteration's copy may reuse them */
+        it = nx;
     }
 }
 
@@ -1192,7 +1206,7 @@ __global__ void __launch_bounds__(TQC_F_THREADS, 3)
  * views only; the ranking and the mask follow in tqc_rank_kernel. The reference fixes each
  * channel's energy as one sequential chain over the tokens, so the whole section costs at least
  * T dependent adds per channel; this kernel keeps every chain fed: lane c runs the chain of
- * channel 32*slice + c, reading token rows' 64-byte slices from a six-stage shared-memory ring
+ * channel 32*slice + c, reading token rows' 64-byte slices from a 12-stage shared-memory ring
  * that cp.async fills TQC_E_TT tokens ahead (the loads cost no registers and overlap the adds).
  * fp16 squares are exact in fp32, so fp16 chains are one FFMA per token (the same rounding as the
  * reference's product then add); non-finite inputs are not tested per token: a chain that ends
@@ -1200,7 +1214,8 @@ __global__ void __launch_bounds__(TQC_F_THREADS, 3)
  * make it overflow; for bf16 an overflowing sum stays Inf either way). The energies go to the
  * head record right after the mask words (the encode kernel overwrites them later). */
 #define TQC_E_TT 128 /* tokens per stage */
-#define TQC_E_STAGES 6 /* 48 KiB of ring: five stages (640 tokens) in flight */
+#define TQC_E_STAGES 12 /* 96 KiB of ring (dynamic shared memory): 11 stages, 1408 tokens and
+                        * 88 KiB per SM, in flight */
 
 template <int DT> __device__ __forceinline__ float tqc_e_val(uint16_t b)
 {
@@ -1211,7 +1226,8 @@ template <int DT>
 __global__ void __launch_bounds__(32)
     tqc_energy_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J)
 {
-    __shared__ __align__(16) uint8_t ring[TQC_E_STAGES][TQC_E_TT * 64];
+    extern __shared__ __align__(16) uint8_t tqc_e_dsm[];
+    uint8_t(*ring)[TQC_E_TT * 64] = (uint8_t(*)[TQC_E_TT * 64])tqc_e_dsm;
     const tqc_job &jb = J.job[blockIdx.z];
     const uint32_t spp = R.P / 32, h = blockIdx.x / spp, slice = blockIdx.x % spp;
     const uint32_t lane = threadIdx.x, T = R.T, ns = (T + TQC_E_TT - 1) / TQC_E_TT;
@@ -1348,11 +1364,12 @@ static void launch_encode_g(const tqc_rec &R, const tqc_jobs &J, cudaStream_t s)
         tqc_encode_g_kernel<N, NP, false><<<grid, TQC_G_THREADS, 0, s>>>(R, J);
 }
 
-/* The streaming kernel's cell table for codebook (cb, n, m) and norm: the cell width 1/c is
- * below the smallest gap between boundaries (so a cell holds at most one), and c is nudged until
- * no boundary sits exactly on a cell edge; the cells cover |t| <= 1.001 sqrt(n) + 0.01. Cell g
- * holds t with t*c + off in [g - 1/2, g + 1/2] (the device's FFMA rounds that sum once, to an
- * integer); b*c + off is exact in double for float b and c, so the edge test is exact.
+/* The streaming kernel's cell table for codebook (cb, n, m) and norm: the cell width 1/c (c an
+ * integer) is below the smallest gap between boundaries (so a cell holds at most one), and c is
+ * raised until no boundary sits exactly on a cell edge; the cells cover |t| <= 1.001 sqrt(n) +
+ * 0.01. Cell g holds t with t*c + off in [g - 1/2, g + 1/2]: the device computes
+ * fma(t, c * 2^-149, off * 2^-149), one rounding to the subnormal grid, i.e. to an integer
+ * multiple of 2^-149; b*c + off is exact in double for float b, so the edge test is exact.
  * @return false when the codebook does not fit (the eight-lane kernel encodes it then). */
 static bool tqc_fast_table(tq_codebook_kind cb, uint32_t n, uint32_t m, uint32_t norm,
                            tqc_fast *F)
@@ -1373,8 +1390,8 @@ static bool tqc_fast_table(tq_codebook_kind cb, uint32_t n, uint32_t m, uint32_t
         }
     }
     const double tmax = sqrt((double)n) * 1.001 + 0.01;
-    for (int a = 1; a <= 64; a++) {
-        float c = (float)((1.0 + 0.004 * a) / gap);
+    for (int a = 0; a < 16; a++) {
+        float c = (float)(floor(1.0 / gap) + 1 + a);
         double off = ceil(tmax * c) + 1.0;
         uint32_t cells = 2 * (uint32_t)off + 1, cell[15];
         if (cells > TQC_F_CELLS)
@@ -1387,8 +1404,8 @@ static bool tqc_fast_table(tq_codebook_kind cb, uint32_t n, uint32_t m, uint32_t
         }
         if (!ok)
             continue;
-        F->c = c;
-        F->moff = TQC_F_MAGIC + (float)off;
+        F->c = ldexpf(c, -149); /* subnormal: c and off are integers below 2^23 */
+        F->moff = ldexpf((float)off, -149);
         F->cells = cells;
         for (uint32_t g = 0, j = 0; g < cells; g++) {
             while (j < K && cell[j] < g)
@@ -1439,7 +1456,7 @@ static int launch_encode_f(const tqc_rec &R, const tqc_jobs &J, const tqc_fast &
         ready[dev] = 1 + (nsm * (nb > 0 ? nb : 1));
     }
     uint32_t n_tiles = (R.T + 31) / 32, n_items = J.n_jobs * R.n_heads * n_tiles;
-    uint32_t blocks = (n_items + TQC_F_WARPS - 1) / TQC_F_WARPS;
+    uint32_t blocks = (n_items + TQC_F_WARPS - 1) / TQC_F_WARPS; /* at most one per SM below */
     if (blocks > (uint32_t)(ready[dev] - 1))
         blocks = (uint32_t)(ready[dev] - 1);
     tqc_encode_f_kernel<N, NORM, DT><<<blocks, TQC_F_THREADS, SMEM, s>>>(R, J, F, n_tiles, n_items);
@@ -1518,10 +1535,28 @@ static int tqc_encode_jobs(const tqc_rec &R, uint32_t n_out, const tqc_jobs &J, 
             R.record_size >= 4 * (R.mask_words + R.P)) {
             /* energies per 32-channel slice, then the ranking (energies parked in the record) */
             dim3 eg(R.n_heads * (R.P / 32), 1, J.n_jobs);
+            constexpr int ESM = TQC_E_STAGES * TQC_E_TT * 64;
+            static bool eready[2][64]; /* per dtype and device: the shared memory limit is set */
+            int dev = 0, di = J.dtype == TQ_DTYPE_F16 ? 0 : 1;
+            rc = tqkv__cuda_err(cudaGetDevice(&dev), "cudaGetDevice");
+            if (rc)
+                return rc;
+            if (dev < 0 || dev >= 64)
+                return TQKV_EINVAL;
+            if (!eready[di][dev]) {
+                rc = tqkv__cuda_err(
+                    cudaFuncSetAttribute(di ? tqc_energy_kernel<TQ_DTYPE_BF16>
+                                            : tqc_energy_kernel<TQ_DTYPE_F16>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, ESM),
+                    "energy attribute");
+                if (rc)
+                    return rc;
+                eready[di][dev] = true;
+            }
             if (J.dtype == TQ_DTYPE_F16)
-                tqc_energy_kernel<TQ_DTYPE_F16><<<eg, 32, 0, s>>>(R, J);
+                tqc_energy_kernel<TQ_DTYPE_F16><<<eg, 32, ESM, s>>>(R, J);
             else
-                tqc_energy_kernel<TQ_DTYPE_BF16><<<eg, 32, 0, s>>>(R, J);
+                tqc_energy_kernel<TQ_DTYPE_BF16><<<eg, 32, ESM, s>>>(R, J);
             TQC_CHECK_LAUNCH("energy launch");
             tqc_rank_kernel<<<mg, R.P, 0, s>>>(R, J, n_out);
         } else if (J.dtype == TQ_DTYPE_F16)

@@ -1,7 +1,9 @@
 /* GPU encode throughput against a device-to-device copy of the same input bytes in the same run.
  * Bandwidth counts bytes read plus bytes written over the time (cudaEvent), for both.
  *   - "section": tq_cuda_encode_section over 8 sections (4 K, 4 V) of 32768 tokens x 8 KV heads
- *     x d 128 fp16 (512 MiB in): the kernels' throughput, launch overhead amortised;
+ *     x d 128 fp16 (512 MiB in), called from the host per section; the same line gives the host's
+ *     time per call and the GPU time of the same calls replayed from a CUDA graph (no host work
+ *     between kernels);
  *   - "block": tq_cuda_block_encode of 16 whole blocks (32 layers x K,V x 256 tokens x 8 heads x
  *     d 128): the per-PUT path, header written on the host per block.
  * One JSON object per line on stdout.
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tq.h"
 #include "tq_cuda.h"
@@ -31,9 +34,39 @@ static uint64_t mix(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+enum { ST = 32768, NS = 8, H = 8, D = 128 };
+
+/* One repetition of section mode: NS sections (K, V alternating) of ST tokens, encoded into
+ * d_out back to back. @return 0, or 1 after printing the error. */
+static int enqueue_sections(const tq_recipe *rk, const tq_recipe *rv, size_t szk, size_t szv,
+                            const void *d_in, size_t sec_elems, void *d_out, cudaStream_t st)
+{
+    uint8_t *o = d_out;
+    for (int sct = 0; sct < NS; sct++) {
+        const tq_recipe *r = sct & 1 ? rv : rk;
+        size_t sz = sct & 1 ? szv : szk;
+        tq_kv_view v =
+            tq_kv_view_contiguous((const uint16_t *)d_in + sct * sec_elems, TQ_DTYPE_F16, H, D);
+        int rc = tq_cuda_encode_section(r, D, H, ST, 7, TQ_CODEBOOK_EXACT, &v, o, sz, st);
+        if (rc) {
+            fprintf(stderr, "encode: %s\n", tqkv_strerror(rc));
+            return 1;
+        }
+        o += sz;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    const uint16_t L = 32, H = 8, D = 128;
+    const uint16_t L = 32;
     const uint32_t T = 256;
     const int nb = 16, iters = argc > 1 ? atoi(argv[1]) : 10;
     static const char *const def[] = {"tq4", "tq3.5", "tq3", "tq2.5", "tq4-prod", "tq3-prod"};
@@ -44,8 +77,6 @@ int main(int argc, char **argv)
         return 77;
     }
     size_t per = (size_t)T * H * D, blk_in = (size_t)2 * L * per * 2, in_bytes = nb * blk_in;
-    const uint32_t ST = 32768;
-    const int NS = 8;
     size_t sec_elems = (size_t)ST * H * D; /* one section's input = 4 blocks' worth */
     size_t big = (size_t)NS * sec_elems * 2; /* bytes of the section-mode input */
     /* random fp16 KV, N(0,1)-ish values built from 12 uniform bytes (fast, no libm) */
@@ -103,33 +134,47 @@ int main(int argc, char **argv)
         size_t out_bytes = (size_t)(NS / 2) * (szk + szv);
         void *d_out = NULL;
         CK(cudaMalloc(&d_out, out_bytes));
+        double host_s = 0.0;
         for (int rep = 0; rep < iters + 2; rep++) {
-            if (rep == 2)
+            if (rep == 2) {
                 CK(cudaEventRecord(e0, st));
-            uint8_t *o = d_out;
-            for (int sct = 0; sct < NS; sct++) {
-                const tq_recipe *r = sct & 1 ? &rv : &rk;
-                size_t sz = sct & 1 ? szv : szk;
-                tq_kv_view v = tq_kv_view_contiguous((const uint16_t *)d_in + sct * sec_elems,
-                                                     TQ_DTYPE_F16, H, D);
-                int rc = tq_cuda_encode_section(r, D, H, ST, 7, TQ_CODEBOOK_EXACT, &v, o, sz, st);
-                if (rc) {
-                    fprintf(stderr, "encode: %s\n", tqkv_strerror(rc));
-                    return 1;
-                }
-                o += sz;
+                host_s = now_s();
             }
+            if (enqueue_sections(&rk, &rv, szk, szv, d_in, sec_elems, d_out, st))
+                return 1;
         }
+        host_s = now_s() - host_s;
         CK(cudaEventRecord(e1, st));
         CK(cudaEventSynchronize(e1));
         CK(cudaEventElapsedTime(&ms, e0, e1));
         double enc_s = ms / 1e3 / iters, gbps = ((double)big + out_bytes) / enc_s / 1e9;
+        /* the same calls captured once in a CUDA graph and replayed: the GPU's time without the
+         * host's per-call work (launch gaps when the host is slower than the kernels) */
+        cudaGraph_t graph;
+        cudaGraphExec_t gexec;
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        if (enqueue_sections(&rk, &rv, szk, szv, d_in, sec_elems, d_out, st))
+            return 1;
+        CK(cudaStreamEndCapture(st, &graph));
+        CK(cudaGraphInstantiate(&gexec, graph, 0));
+        for (int i = 0; i < 2; i++)
+            CK(cudaGraphLaunch(gexec, st));
+        CK(cudaEventRecord(e0, st));
+        for (int i = 0; i < iters; i++)
+            CK(cudaGraphLaunch(gexec, st));
+        CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        double g_s = ms / 1e3 / iters, g_gbps = ((double)big + out_bytes) / g_s / 1e9;
+        cudaGraphExecDestroy(gexec);
+        cudaGraphDestroy(graph);
         printf("{\"bench\":\"cuda_encode\",\"mode\":\"section\",\"preset\":\"%s\",\"sections\":%d,"
                "\"tokens\":%u,\"kv_heads\":%u,\"head_dim\":%u,\"in_bytes\":%zu,"
                "\"out_bytes\":%zu,\"ms\":%.4f,\"gbps_rw\":%.1f,\"input_gbps\":%.1f,"
-               "\"vs_d2d\":%.3f}\n",
+               "\"vs_d2d\":%.3f,\"host_us_per_call\":%.1f,\"graph_ms\":%.4f,"
+               "\"graph_vs_d2d\":%.3f}\n",
                presets[pi], NS, ST, H, D, big, out_bytes, enc_s * 1e3, gbps, big / enc_s / 1e9,
-               gbps / copy_gbps);
+               gbps / copy_gbps, host_s / iters / NS * 1e6, g_s * 1e3, g_gbps / copy_gbps);
         fflush(stdout);
         cudaFree(d_out);
     }
