@@ -261,16 +261,15 @@ __device__ __forceinline__ void prefetch_tile(const tile_pos &p, uint32_t lane)
     }
 }
 
-template <int KM, bool KQ, int VM>
-__device__ __forceinline__ void load_tile(tile_buf &b, const tile_pos &p, uint32_t g, uint32_t t4)
+/* The key words of a tile (consumed by its scores). */
+template <int KM, bool KQ>
+__device__ __forceinline__ void load_keys(tile_buf &b, const tile_pos &p, uint32_t g, uint32_t t4)
 {
-    const uint32_t T = p.T, tk = p.t0 + 4 * g, tv = p.t0 + 8 * t4;
+    const uint32_t T = p.T, tk = p.t0 + 4 * g;
     const bool fast = p.fast;
     const uint32_t *kp0 = (const uint32_t *)(p.krec + p.H2 * (KQ ? 2 : 1));
     const uint32_t *kp1 = kp0 + planes<KM>::w0 * T;
     const uint32_t *ksg = kp1 + planes<KM>::w1 * T;
-    const uint32_t *vp0 = (const uint32_t *)(p.vrec + p.H2);
-    const uint32_t *vp1 = vp0 + planes<VM>::w0 * T;
     if (KM == 4) {
 #pragma unroll
         for (int i = 0; i < 4; i++)
@@ -282,6 +281,18 @@ __device__ __forceinline__ void load_tile(tile_buf &b, const tile_pos &p, uint32
         b.k[3] = make_uint4(0, 0, 0, 0);
     }
     b.s = KQ ? ld_words(ksg + (size_t)t4 * T, T, tk, fast) : make_uint4(0, 0, 0, 0);
+}
+
+/* The value words and all the scales of a tile (consumed by its softmax and value sums; loaded
+ * at the end of the previous tile, so their latency hides behind the key decode and scores). */
+template <bool KQ, int VM>
+__device__ __forceinline__ void load_values(tile_buf &b, const tile_pos &p, uint32_t g,
+                                            uint32_t t4)
+{
+    const uint32_t T = p.T, tk = p.t0 + 4 * g, tv = p.t0 + 8 * t4;
+    const bool fast = p.fast;
+    const uint32_t *vp0 = (const uint32_t *)(p.vrec + p.H2);
+    const uint32_t *vp1 = vp0 + planes<VM>::w0 * T;
     const uint32_t *v0 = vp0 + (size_t)g * T;
     const uint32_t *v1 = VM == 4 ? vp0 + (size_t)(g + 8) * T : vp1 + (size_t)(g >> 1) * T;
     b.v[0] = ld_words(v0, T, tv, fast);
@@ -344,8 +355,9 @@ template <bool KQ, bool G16> struct qfrag {
  * Score product per 16-token m-tile ms: rows g and g + 8 are tokens 4g + 2ms and 4g + 2ms + 1,
  * columns are query heads (2 t4, 2 t4 + 1; + 8 for the second head tile). */
 template <int KM, bool KQ, int VM, bool G16>
-__device__ __forceinline__ void compute_tile(const tile_buf &b_, const tile_pos &p_,
-                                             const mma_args &A, uint32_t lbk, uint32_t lbv,
+__device__ __forceinline__ void compute_tile(tile_buf &b_, const tile_pos &p_, const tile_pos &pn,
+                                             bool vn, const mma_args &A, uint32_t lbk,
+                                             uint32_t lbv,
                                              const qfrag<KQ, G16> &Q,
                                              float (&o)[8][G16 ? 2 : 1][4],
                                              float (&m_run)[G16 ? 2 : 1][2],
@@ -507,6 +519,8 @@ __device__ __forceinline__ void compute_tile(const tile_buf &b_, const tile_pos 
                 mma16816(o[mt][hn], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb[ks][hn][0],
                          pb[ks][hn][1]);
     }
+    if (vn) /* the next tile's value words and scales, a whole key decode ahead of their use */
+        load_values<KQ, VM>(b_, pn, g, t4);
 }
 
 /* Writes a table: entry e (a byte of two 4-bit codes, or a 6-bit index of two 2-bit codes and
@@ -653,16 +667,18 @@ __global__ void __launch_bounds__(kThreads, 2)
     pa.T = 0;
     pa.t0 = 0;
     bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, h, first);
-    if (va)
+    tile_buf b;
+    if (va) {
         prefetch_tile<KM, KQ, VM>(pa, lane);
+        load_values<KQ, VM>(b, pa, g, t4);
+    }
     while (va) {
         tile_pos pn = pa;
         const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, h, first);
         if (vn)
             prefetch_tile<KM, KQ, VM>(pn, lane); /* into L2 while this tile is computed */
-        tile_buf b;
-        load_tile<KM, KQ, VM>(b, pa, g, t4);
-        compute_tile<KM, KQ, VM, G16>(b, pa, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
+        load_keys<KM, KQ>(b, pa, g, t4);
+        compute_tile<KM, KQ, VM, G16>(b, pa, pn, vn, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
         pa = pn;
         va = vn;
     }
