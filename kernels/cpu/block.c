@@ -171,7 +171,18 @@ static void read_recipe(const uint8_t *d, tq_recipe *r)
 static void write_tables(const tq_codec_params *p, const uint8_t *key, uint32_t T,
                          const plan *pl, uint32_t nl, uint8_t *d)
 {
-    memset(d, 0, pl->total);
+    /* Zero what no section encoder writes: the header area and the alignment gaps between and
+     * after the sections (tq_encode_section zeroes its own padding). Not the whole block: a
+     * GPU producer copies only the header area to the device, and zeroing megabytes on the
+     * host made block encodes host-bound. */
+    memset(d, 0, pl->payload_offset);
+    for (uint32_t l = 0; l < nl; l++) {
+        const uint64_t kend = pl->koff[l] + pl->ksz[l], voff = align64(kend);
+        const uint64_t vend = voff + pl->vsz[l];
+        const uint64_t next = l + 1 < nl ? pl->koff[l + 1] : pl->total;
+        memset(d + kend, 0, (size_t)(voff - kend));
+        memset(d + vend, 0, (size_t)(next - vend));
+    }
     memcpy(d, g_magic, 8);
     tqkv_store_le16(d + 8, TQ_FORMAT_VERSION);
     tqkv_store_le16(d + 10, HDR_SIZE);
