@@ -33,6 +33,9 @@ constexpr int kWarps = 8, kThreads = 32 * kWarps, kTile = 32;
  * the system reserves per block comes first (sm_80 and later). The tables start there, so their
  * address is an immediate of the shared load (checked at run time). */
 constexpr uint32_t kSmemBase = 1024;
+/* Chunk descriptors a block copies into shared memory up front (the rest are read from global
+ * memory as they come): the walk from chunk to chunk then waits on no global load. */
+constexpr uint32_t kDesc = 64;
 
 struct mma_args {
     uint32_t n_kv, n_q, group, head_dim, n_splits, cps;
@@ -192,13 +195,15 @@ struct tile_pos {
  * @return false when the block's chunks are exhausted. */
 template <int KM, bool KQ, int VM>
 __device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
-                                          const tq_cuda_chunk *chunks, uint32_t h, uint32_t first)
+                                          const tq_cuda_chunk *chunks,
+                                          const tq_cuda_chunk *sdesc, int32_t cs, uint32_t h,
+                                          uint32_t first)
 {
     p.t0 += kWarps * kTile;
     while (p.t0 >= p.T) {
         if (++c >= c1)
             return false;
-        const tq_cuda_chunk ck = chunks[c];
+        const tq_cuda_chunk ck = c - cs < (int32_t)kDesc ? sdesc[c - cs] : chunks[c];
         const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
         const uint32_t krs = H2 * (KQ ? 2 : 1) +
                              (planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0)) * 4 * T;
@@ -519,8 +524,10 @@ __device__ __forceinline__ void compute_tile(tile_buf &b_, const tile_pos &p_, c
                 mma16816(o[mt][hn], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb[ks][hn][0],
                          pb[ks][hn][1]);
     }
-    if (vn) /* the next tile's value words and scales, a whole key decode ahead of their use */
+    if (vn) { /* the next tile's words and scales: its values' a whole key decode ahead */
+        load_keys<KM, KQ>(b_, pn, g, t4);
         load_values<KQ, VM>(b_, pn, g, t4);
+    }
 }
 
 /* Writes a table: entry e (a byte of two 4-bit codes, or a 6-bit index of two 2-bit codes and
@@ -564,7 +571,14 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
         (void)share;
         return lut > merge_bytes ? lut : merge_bytes;
     }
-    __host__ __device__ static uint32_t smem(bool share) { return qoff(share) + (KQ ? 0 : GH * 128 * 4); }
+    __host__ __device__ static uint32_t doff(bool share)
+    {
+        return qoff(share) + (KQ ? 0 : GH * 128 * 4);
+    }
+    __host__ __device__ static uint32_t smem(bool share)
+    {
+        return doff(share) + kDesc * (uint32_t)sizeof(tq_cuda_chunk);
+    }
 };
 
 template <int KM, bool KQ, int VM, bool G16>
@@ -616,6 +630,11 @@ __global__ void __launch_bounds__(kThreads, 2)
             __syncthreads();
         }
     }
+    const int32_t cs = chunk_indptr[seq] + (int32_t)(sp * A.cps);
+    const int32_t c1 = min(chunk_indptr[seq + 1], cs + (int32_t)A.cps);
+    tq_cuda_chunk *sdesc = (tq_cuda_chunk *)(sm + K_::doff(A.share_lut != 0));
+    for (int32_t i = (int32_t)tid; i < (int32_t)kDesc && cs + i < c1; i += kThreads)
+        sdesc[i] = chunks[cs + i];
     qfrag<KQ, G16> Q;
 #pragma unroll
     for (int hn = 0; hn < HN; hn++) {
@@ -659,25 +678,23 @@ __global__ void __launch_bounds__(kThreads, 2)
         l_run[hn][0] = l_run[hn][1] = 0.0f;
     }
 
-    const int32_t c_begin = chunk_indptr[seq], c_end = chunk_indptr[seq + 1];
-    int32_t c = c_begin + (int32_t)(sp * A.cps) - 1;
-    const int32_t c1 = min(c_end, c + 1 + (int32_t)A.cps);
+    int32_t c = cs - 1;
     const uint32_t first = warp * kTile;
     tile_pos pa;
     pa.T = 0;
     pa.t0 = 0;
-    bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, h, first);
+    bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, sdesc, cs, h, first);
     tile_buf b;
     if (va) {
         prefetch_tile<KM, KQ, VM>(pa, lane);
+        load_keys<KM, KQ>(b, pa, g, t4);
         load_values<KQ, VM>(b, pa, g, t4);
     }
     while (va) {
         tile_pos pn = pa;
-        const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, h, first);
+        const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first);
         if (vn)
             prefetch_tile<KM, KQ, VM>(pn, lane); /* into L2 while this tile is computed */
-        load_keys<KM, KQ>(b, pa, g, t4);
         compute_tile<KM, KQ, VM, G16>(b, pa, pn, vn, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
         pa = pn;
         va = vn;
