@@ -26,7 +26,8 @@
 
 #include "attention.cuh"
 
-namespace {
+namespace
+{
 
 constexpr int kWarps = 8, kThreads = 32 * kWarps, kTile = 32;
 /* Window address of dynamic shared memory in a block without static shared memory: the 1 KiB
@@ -104,8 +105,7 @@ __device__ __forceinline__ uint32_t movmatrix_t(uint32_t x)
 /* Four consecutive tokens' copy of one code word (plane p, word row w already applied). */
 __device__ __forceinline__ uint4 ld_words(const uint32_t *p, uint32_t T, uint32_t tok, bool fast)
 {
-    if (fast)
-        return __ldg((const uint4 *)(p + tok));
+    if (fast) return __ldg((const uint4 *)(p + tok));
     uint4 r;
     r.x = tok < T ? __ldg(p + tok) : 0u;
     r.y = tok + 1 < T ? __ldg(p + tok + 1) : 0u;
@@ -123,10 +123,10 @@ template <bool HI> __device__ __forceinline__ uint32_t spread_nibbles(uint32_t x
 /* ---- Coordinate permutations (which rotated channel each fragment element holds) ---------- */
 
 /* Key side, lane quad position t4, decoded register r (0..15) of a token, half e: the channel. */
-template <int KM> __device__ __forceinline__ uint32_t key_channel(uint32_t t4, uint32_t r, uint32_t e)
+template <int KM>
+__device__ __forceinline__ uint32_t key_channel(uint32_t t4, uint32_t r, uint32_t e)
 {
-    if (KM == 4)
-        return 8 * (t4 + 4 * (r >> 2)) + 2 * (r & 3) + e;
+    if (KM == 4) return 8 * (t4 + 4 * (r >> 2)) + 2 * (r & 3) + e;
     return 32 * t4 + 16 * (r >> 3) + 4 * (r & 3) + 2 * ((r >> 2) & 1) + e;
 }
 __device__ __forceinline__ uint32_t sign_channel(uint32_t t4, uint32_t r, uint32_t e)
@@ -134,10 +134,10 @@ __device__ __forceinline__ uint32_t sign_channel(uint32_t t4, uint32_t r, uint32
     return 32 * t4 + r + 16 * e;
 }
 /* Value side, lane group g, m-tile mt (0..7), row half h (row g or g + 8): the channel. */
-template <int VM> __device__ __forceinline__ uint32_t value_channel(uint32_t g, uint32_t mt, uint32_t h)
+template <int VM>
+__device__ __forceinline__ uint32_t value_channel(uint32_t g, uint32_t mt, uint32_t h)
 {
-    if (VM == 4)
-        return 64 * h + 8 * g + mt;
+    if (VM == 4) return 64 * h + 8 * g + mt;
     return 16 * g + 4 * (2 * (mt & 1) + h) + (mt >> 1);
 }
 
@@ -195,18 +195,16 @@ struct tile_pos {
  * @return false when the block's chunks are exhausted. */
 template <int KM, bool KQ, int VM>
 __device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
-                                          const tq_cuda_chunk *chunks,
-                                          const tq_cuda_chunk *sdesc, int32_t cs, uint32_t h,
-                                          uint32_t first)
+                                          const tq_cuda_chunk *chunks, const tq_cuda_chunk *sdesc,
+                                          int32_t cs, uint32_t h, uint32_t first)
 {
     p.t0 += kWarps * kTile;
     while (p.t0 >= p.T) {
-        if (++c >= c1)
-            return false;
+        if (++c >= c1) return false;
         const tq_cuda_chunk ck = c - cs < (int32_t)kDesc ? sdesc[c - cs] : chunks[c];
         const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
-        const uint32_t krs = H2 * (KQ ? 2 : 1) +
-                             (planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0)) * 4 * T;
+        const uint32_t krs =
+            H2 * (KQ ? 2 : 1) + (planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0)) * 4 * T;
         const uint32_t vrs = H2 + (planes<VM>::w0 + planes<VM>::w1) * 4 * T;
         p.krec = (const uint8_t *)ck.k_section + (size_t)h * krs;
         p.vrec = (const uint8_t *)ck.v_section + (size_t)h * vrs;
@@ -222,8 +220,7 @@ __device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
 __device__ __forceinline__ uint2 ld_half4(const uint8_t *base, uint32_t T, uint32_t tok, bool fast)
 {
     const uint16_t *hp = (const uint16_t *)base;
-    if (fast)
-        return __ldg((const uint2 *)(hp + tok));
+    if (fast) return __ldg((const uint2 *)(hp + tok));
     uint32_t w[2];
 #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -254,12 +251,10 @@ __device__ __forceinline__ void prefetch_tile(const tile_pos &p, uint32_t lane)
     const uint32_t row = lane >> 1, end = (lane & 1) * 124;
     const uint8_t *k = p.krec + p.H2 * (KQ ? 2 : 1) + ((size_t)row * p.T + p.t0) * 4 + end;
     const uint8_t *v = p.vrec + p.H2 + ((size_t)row * p.T + p.t0) * 4 + end;
-    if (row < krows)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(k));
+    if (row < krows) asm volatile("prefetch.global.L2 [%0];" ::"l"(k));
     if (krows > 16 && row + 16 < krows)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(k + (size_t)64 * p.T));
-    if (row < vrows)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(v));
+    if (row < vrows) asm volatile("prefetch.global.L2 [%0];" ::"l"(v));
     if (lane < (KQ ? 3u : 2u)) {
         const uint8_t *sc = (lane == 0 ? p.vrec : lane == 1 ? p.krec : p.krec + p.H2);
         asm volatile("prefetch.global.L2 [%0];" ::"l"(sc + (size_t)p.t0 * 2));
@@ -291,8 +286,7 @@ __device__ __forceinline__ void load_keys(tile_buf &b, const tile_pos &p, uint32
 /* The value words and all the scales of a tile (consumed by its softmax and value sums; loaded
  * at the end of the previous tile, so their latency hides behind the key decode and scores). */
 template <bool KQ, int VM>
-__device__ __forceinline__ void load_values(tile_buf &b, const tile_pos &p, uint32_t g,
-                                            uint32_t t4)
+__device__ __forceinline__ void load_values(tile_buf &b, const tile_pos &p, uint32_t g, uint32_t t4)
 {
     const uint32_t T = p.T, tk = p.t0 + 4 * g, tv = p.t0 + 8 * t4;
     const bool fast = p.fast;
@@ -360,20 +354,16 @@ template <bool KQ, bool G16> struct qfrag {
  * Score product per 16-token m-tile ms: rows g and g + 8 are tokens 4g + 2ms and 4g + 2ms + 1,
  * columns are query heads (2 t4, 2 t4 + 1; + 8 for the second head tile). */
 template <int KM, bool KQ, int VM, bool G16>
-__device__ __forceinline__ void compute_tile(tile_buf &b_, const tile_pos &p_, const tile_pos &pn,
-                                             bool vn, const mma_args &A, uint32_t lbk,
-                                             uint32_t lbv,
-                                             const qfrag<KQ, G16> &Q,
-                                             float (&o)[8][G16 ? 2 : 1][4],
-                                             float (&m_run)[G16 ? 2 : 1][2],
-                                             float (&l_run)[G16 ? 2 : 1][2], uint32_t g,
-                                             uint32_t t4)
+__device__ __forceinline__ void
+compute_tile(tile_buf &b_, const tile_pos &p_, const tile_pos &pn, bool vn, const mma_args &A,
+             uint32_t lbk, uint32_t lbv, const qfrag<KQ, G16> &Q, float (&o)[8][G16 ? 2 : 1][4],
+             float (&m_run)[G16 ? 2 : 1][2], float (&l_run)[G16 ? 2 : 1][2], uint32_t g,
+             uint32_t t4)
 {
     constexpr int HN = G16 ? 2 : 1;
     float ksc[4], kgm[4], vsc[4];
     half4_to_f32(b_.ksc, ksc);
-    if (KQ)
-        half4_to_f32(b_.kgm, kgm);
+    if (KQ) half4_to_f32(b_.kgm, kgm);
     half4_to_f32(b_.vsc, vsc);
 
     /* ---- scores */
@@ -385,8 +375,7 @@ __device__ __forceinline__ void compute_tile(tile_buf &b_, const tile_pos &p_, c
 #pragma unroll
             for (int cc = 0; cc < 4; cc++) {
                 sacc[ms][hn][cc] = 0.0f;
-                if (KQ)
-                    qacc[ms][hn][cc] = 0.0f;
+                if (KQ) qacc[ms][hn][cc] = 0.0f;
             }
         uint32_t bt[2][16];
 #pragma unroll
@@ -431,8 +420,7 @@ __device__ __forceinline__ void compute_tile(tile_buf &b_, const tile_pos &p_, c
             for (int i = 0; i < 4; i++) {
                 const int ms = i >> 1, rh = i & 1;
                 float sc = sacc[ms][hn][2 * rh + e] * (ksc[i] * A.cK);
-                if (KQ)
-                    sc += qacc[ms][hn][2 * rh + e] * (kgm[i] * A.cQ);
+                if (KQ) sc += qacc[ms][hn][2 * rh + e] * (kgm[i] * A.cQ);
                 if (!p_.fast) /* a partial tile: its missing tokens weigh nothing */
                     sc = p_.t0 + 4 * g + i < p_.T ? sc : -INFINITY;
                 pv[e][i] = sc;
@@ -499,8 +487,10 @@ __device__ __forceinline__ void compute_tile(tile_buf &b_, const tile_pos &p_, c
                 const uint32_t wb = ub < 4 ? pick(b_.v[0], ub) : pick(b_.v[1], ub - 4);
                 const uint32_t ha0 = ua < 4 ? pick(b_.v[2], ua) : pick(b_.v[3], ua - 4);
                 const uint32_t hb0 = ub < 4 ? pick(b_.v[2], ub) : pick(b_.v[3], ub - 4);
-                const uint32_t ha = (g & 1) ? spread_nibbles<true>(ha0) : spread_nibbles<false>(ha0);
-                const uint32_t hb = (g & 1) ? spread_nibbles<true>(hb0) : spread_nibbles<false>(hb0);
+                const uint32_t ha =
+                    (g & 1) ? spread_nibbles<true>(ha0) : spread_nibbles<false>(ha0);
+                const uint32_t hb =
+                    (g & 1) ? spread_nibbles<true>(hb0) : spread_nibbles<false>(hb0);
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
                     /* byte k: channel 16 g + 4 k + i of tokens a, b */
@@ -566,8 +556,8 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     /* the query rotation (MSE keys: done by each block) after both */
     __host__ __device__ static uint32_t qoff(bool share)
     {
-        const uint32_t lut = lut_size<KM>::bytes > lut_size<VM>::bytes ? lut_size<KM>::bytes
-                                                                       : lut_size<VM>::bytes;
+        const uint32_t lut =
+            lut_size<KM>::bytes > lut_size<VM>::bytes ? lut_size<KM>::bytes : lut_size<VM>::bytes;
         (void)share;
         return lut > merge_bytes ? lut : merge_bytes;
     }
@@ -597,8 +587,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         __trap(); /* the tables' addresses assume it (tqkv__att_mma_eligible checks the device) */
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
     fill_lut<KM>((uint32_t *)sm, A.kcent, tid, 0);
-    if (!A.share_lut)
-        fill_lut<VM>((uint32_t *)sm, A.vcent, tid, 1);
+    if (!A.share_lut) fill_lut<VM>((uint32_t *)sm, A.vcent, tid, 1);
     const uint32_t lbk = lane * 4, lbv = (A.share_lut ? 0 : 128) + lane * 4;
 
     /* query fragments (B operand, column = head g of the head tile): k-step j takes the
@@ -611,8 +600,9 @@ __global__ void __launch_bounds__(kThreads, 2)
             const uint32_t r = i / 128, k = i % 128;
             float x = 0.0f;
             if (r < A.group && k < A.head_dim) {
-                const uint16_t b = ((const uint16_t *)A.q)[((size_t)seq * A.n_q + h * A.group + r) *
-                                                               A.head_dim + k];
+                const uint16_t b =
+                    ((const uint16_t *)
+                         A.q)[((size_t)seq * A.n_q + h * A.group + r) * A.head_dim + k];
                 x = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(b) : tqc_f16_to_f32(b);
             }
             qr[i] = __uint_as_float(__float_as_uint(x) ^ __ldg(A.kdsign + k));
@@ -693,8 +683,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     while (va) {
         tile_pos pn = pa;
         const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first);
-        if (vn)
-            prefetch_tile<KM, KQ, VM>(pn, lane); /* into L2 while this tile is computed */
+        if (vn) prefetch_tile<KM, KQ, VM>(pn, lane); /* into L2 while this tile is computed */
         compute_tile<KM, KQ, VM, G16>(b, pa, pn, vn, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
         pa = pn;
         va = vn;
@@ -766,9 +755,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         const uint32_t r = i / 128, j = i % 128;
         const size_t row = (((size_t)seq * A.n_q + h * G + r) * A.n_splits + sp);
         if (j < A.head_dim)
-            ws_o[row * A.head_dim + j] =
-                __uint_as_float(__float_as_uint(rot[r * 128 + j] * (1.0f / 128.0f)) ^
-                                __ldg(A.vdsign + j));
+            ws_o[row * A.head_dim + j] = __uint_as_float(
+                __float_as_uint(rot[r * 128 + j] * (1.0f / 128.0f)) ^ __ldg(A.vdsign + j));
         if (j == 0) {
             float M = -INFINITY, L = 0.0f;
             for (int w = 0; w < kWarps; w++)
@@ -789,11 +777,10 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
     using K_ = att_kernel<KM, KQ, VM, G16>;
     const uint32_t smem = K_::smem(M.share_lut != 0);
     if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(att_mma_kernel<KM, KQ, VM, G16>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)smem);
-        if (e != cudaSuccess)
-            return tqkv__cuda_err(e, "attention smem attribute");
+        cudaError_t e =
+            cudaFuncSetAttribute(att_mma_kernel<KM, KQ, VM, G16>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return tqkv__cuda_err(e, "attention smem attribute");
     }
     dim3 grid(M.n_splits, M.n_kv, n_seqs);
     att_mma_kernel<KM, KQ, VM, G16><<<grid, kThreads, smem, s>>>(M, indptr, chunks, wq, wo, wml);
@@ -813,15 +800,12 @@ int launch_g(const mma_args &M, bool g16, uint32_t n_seqs, const int32_t *indptr
 
 bool tqkv__att_mma_eligible(const tqc_att &A)
 {
-    if (A.P != 128 || A.K.n_parts != 1 || A.V.n_parts != 1 || A.group > 16)
-        return false;
+    if (A.P != 128 || A.K.n_parts != 1 || A.V.n_parts != 1 || A.group > 16) return false;
     const tqc_part &k = A.K.part[0], &v = A.V.part[0];
-    if (k.n != 128 || v.n != 128 || v.prod)
-        return false;
+    if (k.n != 128 || v.n != 128 || v.prod) return false;
     /* tq4, tq3, tq4-prod, tq3-prod: (key MSE bits, QJL, value bits) */
     const uint32_t key = k.m * 100 + (k.prod ? 10 : 0) + v.m;
-    if (key != 404 && key != 303 && key != 314 && key != 213)
-        return false;
+    if (key != 404 && key != 303 && key != 314 && key != 213) return false;
     /* the tables sit at the start of the block's shared window (kSmemBase) */
     int dev = 0, reserved = -1;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -861,8 +845,8 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indpt
     M.n_splits = A.n_splits;
     M.cps = A.cps;
     const float c = A.softmax_scale * TQC_LOG2E;
-    M.cK = c * 0.08838834764831845f;                       /* / sqrt(128) */
-    M.cQ = c * (float)(1.2533141373155002512 / 128.0);     /* sqrt(pi/2) / n */
+    M.cK = c * 0.08838834764831845f;                   /* / sqrt(128) */
+    M.cQ = c * (float)(1.2533141373155002512 / 128.0); /* sqrt(pi/2) / n */
     M.kcent = A.K.part[0].cent;
     M.vcent = A.V.part[0].cent;
     M.vdsign = A.V.part[0].dsign;
@@ -872,10 +856,15 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indpt
     const bool kq = A.K.part[0].prod != 0, g16 = A.group > 8;
     const int key = km * 100 + (kq ? 10 : 0) + vm;
     switch (key) { /* the presets' combinations (tqkv__att_mma_eligible admits no other) */
-    case 404: return launch_g<4, false, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
-    case 303: return launch_g<3, false, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
-    case 314: return launch_g<3, true, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
-    case 213: return launch_g<2, true, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
-    default: return TQKV_ENOTSUP;
+    case 404:
+        return launch_g<4, false, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    case 303:
+        return launch_g<3, false, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    case 314:
+        return launch_g<3, true, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    case 213:
+        return launch_g<2, true, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    default:
+        return TQKV_ENOTSUP;
     }
 }
