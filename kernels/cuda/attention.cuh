@@ -33,7 +33,7 @@ typedef struct {
 bool tqkv__att_mma_eligible(const tqc_att &A);
 /* Blocks per split the tensor-core kernel wants resident per multiprocessor. */
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A);
-/* Bytes of workspace it needs beyond the split outputs (the prepared queries). */
+/* Bytes of workspace it needs beyond the split outputs (prod keys: the prepared queries). */
 size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs);
 /* Launches the query preparation and the split kernel; the caller launches the merge.
  * ws_o/ws_ml: split outputs as the merge reads them; ws_q: tqkv__att_mma_extra bytes. */

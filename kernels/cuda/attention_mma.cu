@@ -822,7 +822,8 @@ uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &)
 
 size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs)
 {
-    return (size_t)n_seqs * A.n_q * 256 * sizeof(__half);
+    /* prod keys: att_mma_prep's rotated queries and sketches (MSE keys need none) */
+    return A.K.part[0].prod ? (size_t)n_seqs * A.n_q * 256 * sizeof(__half) : 0;
 }
 
 int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indptr,
