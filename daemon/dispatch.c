@@ -1195,10 +1195,11 @@ static void op_evict(tqkvd_req *r)
     tqkvd_server *s = r->conn->srv;
     if (need_admin(r))
         return;
-    if (r->hdr->ns[0])
-        return fail(r, TQKV_ENOTSUP, "EVICT is global: a namespace filter is not supported");
+    tqkv_ns *ns = NULL;
+    if (r->hdr->ns[0] && !(ns = tqkv_store_ns_find(s->store, r->hdr->ns)))
+        return fail(r, TQKV_ENONAMESPACE, "no such namespace '%s'", r->hdr->ns);
     uint64_t freed = 0;
-    int e = tqkv_store_evict(s->store, r->hdr->bytes, &freed);
+    int e = tqkv_store_evict(s->store, ns, r->hdr->bytes, &freed);
     if (e)
         return fail(r, e, "evict failed: %s", tqkv_strerror(e));
     r->resp.bytes = freed;

@@ -267,8 +267,8 @@ int tqkv_config_get(tqkv_client *c, const char *name, tqkv_kv_list *out);
  * TQKV_ENOENT (unknown setting), TQKV_EBADCONFIG / TQKV_ERANGE (bad value). */
 int tqkv_config_set(tqkv_client *c, const char *name, const char *value);
 /* Evicts at least `bytes` bytes (LRU order, pins and leases exempt) from the host tier (admin),
- * or as much as is evictable. ns must be NULL: this daemon version answers TQKV_ENOTSUP to a
- * namespace filter. *evicted (may be NULL) receives the bytes freed. */
+ * or as much as is evictable: of namespace `ns` only, or of every namespace when ns is NULL
+ * (TQKV_ENONAMESPACE: unknown ns). *evicted (may be NULL) receives the bytes freed. */
 int tqkv_evict(tqkv_client *c, const char *ns, uint64_t bytes, uint64_t *evicted);
 /* Drops every block (ns NULL) or those of one namespace (admin). */
 int tqkv_clear(tqkv_client *c, const char *ns);

@@ -524,13 +524,9 @@ static int evictable(const entry *e)
  * demoted: written to the write-back tiers (to every attached tier when none is write-back),
  * its span freed when the writes complete; with no lower tier it is dropped.
  * @return the host bytes (page-rounded) it frees or will free, 0 when nothing is evictable. */
-static uint64_t evict_one(tqkv_store *s)
+/* Evicts e (evictable) from the host tier, demoting it where the policy says. @return its bytes. */
+static uint64_t evict_entry(tqkv_store *s, entry *e)
 {
-    entry *e = s->lru.prev;
-    while (e != &s->lru && !evictable(e))
-        e = e->prev;
-    if (e == &s->lru)
-        return 0;
     uint64_t bytes = (uint64_t)e->span.n_units * s->page_size;
     s->st.tiers[TQKV_TIER_HOST].evictions++;
     int targets[TQKV_TIER_COUNT], nt = 0, any_back = 0;
@@ -565,6 +561,15 @@ static uint64_t evict_one(tqkv_store *s)
     }
     tqkv_store_ref_release(s, e);
     return bytes;
+}
+
+/* Evicts the least recently used evictable entry. @return its bytes, 0 when there is none. */
+static uint64_t evict_one(tqkv_store *s)
+{
+    entry *e = s->lru.prev;
+    while (e != &s->lru && !evictable(e))
+        e = e->prev;
+    return e == &s->lru ? 0 : evict_entry(s, e);
 }
 
 /* Allocates a host span of len bytes, evicting as needed. @return 0, TQKV_ENOSPC, TQKV_EAGAIN
@@ -1398,15 +1403,15 @@ int tqkv_store_unpin(tqkv_store *s, tqkv_ns *ns, const uint8_t key[TQKV_KEY_BYTE
 
 /* ---- admin ---- */
 
-int tqkv_store_evict(tqkv_store *s, uint64_t bytes, uint64_t *freed)
+int tqkv_store_evict(tqkv_store *s, tqkv_ns *ns, uint64_t bytes, uint64_t *freed)
 {
     leases_expire(s);
     uint64_t done = 0;
-    while (done < bytes) {
-        uint64_t b = evict_one(s);
-        if (b == 0)
-            break;
-        done += b;
+    /* one walk from the least recent end; an eviction unlinks only the entry evicted */
+    for (entry *e = s->lru.prev, *prev; done < bytes && e != &s->lru; e = prev) {
+        prev = e->prev;
+        if (evictable(e) && (!ns || e->ns == ns))
+            done += evict_entry(s, e);
     }
     if (freed)
         *freed = done;

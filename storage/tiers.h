@@ -228,9 +228,10 @@ int tqkv_store_unpin(tqkv_store *s, tqkv_ns *ns, const uint8_t key[TQKV_KEY_BYTE
 
 /* ---- admin ---- */
 
-/* Evicts least-recently-used evictable host entries (demoting them) until `bytes` are freed or
- * nothing evictable is left. *freed (may be NULL) gets the bytes freed. @return 0. */
-int tqkv_store_evict(tqkv_store *s, uint64_t bytes, uint64_t *freed);
+/* Evicts least-recently-used evictable host entries (demoting them) of `ns` (NULL: of every
+ * namespace) until `bytes` are freed or nothing evictable is left. *freed (may be NULL) gets the
+ * bytes freed. @return 0. */
+int tqkv_store_evict(tqkv_store *s, tqkv_ns *ns, uint64_t bytes, uint64_t *freed);
 /* Removes every entry of `ns` (NULL: of every namespace) from the host tier, pinned and leased
  * ones included (referenced ones are freed at their last release); lower tiers are cleared too.
  * Namespaces stay registered. *removed (may be NULL) gets the number of entries. @return 0. */

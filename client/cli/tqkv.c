@@ -53,7 +53,8 @@ static void usage(FILE *f)
             "                                      store raw KV (the daemon encodes it)\n"
             "  get --ns NS KEY [-o FILE] [--layers B:N] [--decode f16|bf16|f32]\n"
             "  delete|pin|unpin --ns NS KEY...\n"
-            "  evict BYTES                         free at least BYTES (k/M/G suffixes; admin)\n"
+            "  evict [--ns NS] BYTES               free at least BYTES (k/M/G suffixes) of the\n"
+            "                                      least recent blocks (of NS only; admin)\n"
             "  clear (--ns NS | --all)             drop blocks (admin)\n"
             "  config get [NAME]                   settings and their values\n"
             "  config set NAME VALUE               change a mutable setting (admin)\n"
@@ -775,7 +776,7 @@ static int cmd_evict(cli *a, int argc, char **argv)
     int pos;
     uint64_t bytes = 0, freed = 0;
     if (parse_sub(argc, argv, &s, &pos) || argc - pos != 1 || parse_size(argv[pos], &bytes))
-        return usage_error("evict BYTES");
+        return usage_error("evict [--ns NS] BYTES");
     int rc = tqkv_evict(a->c, s.ns, bytes, &freed);
     if (rc)
         return fail(a, rc, "evict");

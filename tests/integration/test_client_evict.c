@@ -152,6 +152,26 @@ static void test_admin_evict_and_clear(void)
     const uint64_t block = tc_raw_len(&geom, geom.tokens); /* fp16: block ~ raw size */
     ASSERT_OK(tqkv_evict(cl, NULL, 2 * block, &freed));
     ASSERT_TRUE(freed >= 2 * block);
+    /* with a namespace: only that namespace's blocks go */
+    ASSERT_OK(tc_register(cl, "evict2", &geom));
+    ASSERT_OK(storm("evict2", 51, 2));
+    uint64_t held = 0; /* blocks of "evict" still in the host tier */
+    for (int i = 0; i < 6; i++) {
+        tqkv_key k = tc_key((uint32_t)i, 50);
+        held += (uint64_t)present("evict", &k);
+    }
+    ASSERT_TRUE(held > 0);
+    ASSERT_OK(tqkv_evict(cl, "evict", 1000 * block, &freed));
+    ASSERT_TRUE(freed >= held * block);
+    for (int i = 0; i < 6; i++) {
+        tqkv_key k = tc_key((uint32_t)i, 50);
+        ASSERT_EQ_INT(present("evict", &k), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        tqkv_key k = tc_key((uint32_t)i, 51);
+        ASSERT_EQ_INT(present("evict2", &k), 1);
+    }
+    ASSERT_ERR(tqkv_evict(cl, "nope", block, &freed), TQKV_ENONAMESPACE);
     ASSERT_OK(tqkv_clear(cl, "evict"));
     for (int i = 0; i < 6; i++) {
         tqkv_key k = tc_key((uint32_t)i, 50);

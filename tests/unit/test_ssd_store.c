@@ -131,7 +131,7 @@ static void test_demote_promote_restart(void)
     }
     /* Make room in the host tier for promotions: evict half of it and let the demotions (SSD
      * writes) complete. */
-    ASSERT_OK(tqkv_store_evict(s, 512u << 10, NULL));
+    ASSERT_OK(tqkv_store_evict(s, NULL, 512u << 10, NULL));
     tqkv_store_stats st;
     for (;;) {
         tqkv_store_get_stats(s, &st);

@@ -553,7 +553,7 @@ static void test_clear_and_evict(void)
     ASSERT_EQ_U64(nst.entries, 0);
     ASSERT_EQ_U64(nst.bytes, 0);
     uint64_t freed = 0;
-    ASSERT_OK(tqkv_store_evict(s, 3 * PG, &freed)); /* two entries of 2 pages */
+    ASSERT_OK(tqkv_store_evict(s, NULL, 3 * PG, &freed)); /* two entries of 2 pages */
     ASSERT_EQ_U64(freed, 4 * PG);
     ASSERT_EQ_INT(have(s, b, 1, 2 * PG), 0);
     ASSERT_EQ_INT(have(s, b, 2, 2 * PG), 0);
@@ -566,6 +566,35 @@ static void test_clear_and_evict(void)
     ASSERT_EQ_U64(st.pinned, 0);
     ASSERT_EQ_U64(st.tiers[TQKV_TIER_HOST].used, 0);
     ASSERT_EQ_INT(st.namespaces, 2);
+    tqkv_store_destroy(s);
+}
+
+static void test_evict_namespace(void)
+{
+    tqkv_store *s = make_store(32);
+    tqkv_ns *a = s ? make_ns(s, "a") : NULL;
+    tqkv_ns *b = s ? make_ns(s, "b") : NULL;
+    ASSERT_TRUE(a && b);
+    for (uint64_t i = 0; i < 4; i++) { /* least recent first: a0 b0 a1 b1 a2 b2 a3 b3 */
+        ASSERT_OK(put(s, a, i, PG));
+        ASSERT_OK(put(s, b, i, PG));
+    }
+    uint8_t k1[TQKV_KEY_BYTES];
+    key_of(1, k1);
+    ASSERT_OK(tqkv_store_pin(s, a, k1));
+    uint64_t freed = 0;
+    ASSERT_OK(tqkv_store_evict(s, a, 2 * PG, &freed)); /* a's two oldest evictable: a0, a2 */
+    ASSERT_EQ_U64(freed, 2 * PG);
+    ASSERT_EQ_INT(have(s, a, 0, PG), 0);
+    ASSERT_EQ_INT(have(s, a, 1, PG), 1);
+    ASSERT_EQ_INT(have(s, a, 2, PG), 0);
+    ASSERT_EQ_INT(have(s, a, 3, PG), 1);
+    ASSERT_OK(tqkv_store_evict(s, a, 100 * PG, &freed)); /* all that is left of a: a3 */
+    ASSERT_EQ_U64(freed, PG);
+    ASSERT_EQ_INT(have(s, a, 1, PG), 1);
+    ASSERT_EQ_INT(have(s, a, 3, PG), 0);
+    for (uint64_t i = 0; i < 4; i++)
+        ASSERT_EQ_INT(have(s, b, i, PG), 1);
     tqkv_store_destroy(s);
 }
 
@@ -1191,6 +1220,7 @@ static const tqkv_test_case cases[] = {
     {"accounting_random", test_accounting_random},
     {"shrink", test_shrink},
     {"clear_and_evict", test_clear_and_evict},
+    {"evict_namespace", test_evict_namespace},
     {"stats", test_stats},
     {"failing_allocator", test_failing_allocator},
     {"storm", test_storm},
