@@ -868,7 +868,7 @@ int tqkv_redis_create(uv_loop_t *loop, const tqkv_redis_config *cfg, tqkv_redis 
         (cfg->username && !cfg->password))
         return TQKV_EBADCONFIG;
     char host[256];
-    int port;
+    int port = 0; /* set by every parse below (validated here first); 0 quiets -O3's warning */
     for (size_t i = 0; i < cfg->n_nodes; i++)
         if (!cfg->nodes[i] || parse_hostport(cfg->nodes[i], host, sizeof(host), &port) < 0)
             return TQKV_EBADCONFIG;
