@@ -69,6 +69,24 @@ int tq_cuda_block_decode(const tq_block_view *b, const void *dev_block, uint32_t
                          uint32_t n_layers, tq_dtype out_dtype, void *dst, size_t dst_cap,
                          void *stream);
 
+/* ---- Encoding blocks that live in host memory ---------------------------------------------
+ * For a producer that holds raw KV in host memory (a daemon receiving a raw PUT): a reusable
+ * encoder with its own stream and device buffers on the current device (grown on demand). One
+ * encoder per thread; not thread-safe itself. */
+typedef struct tq_cuda_encoder tq_cuda_encoder;
+
+/* @return 0, TQKV_ENODEVICE (no GPU or a CPU-only build), TQKV_ENOMEM, TQKV_ECUDA. */
+int tq_cuda_encoder_create(tq_cuda_encoder **out);
+void tq_cuda_encoder_destroy(tq_cuda_encoder *e);
+/* tq_block_encode_packed on the GPU: kv (host, packed [n_layers][2][n_tokens][n_kv_heads]
+ * [head_dim] of p->src_dtype) is copied in, encoded, copied back into dst (host) and sealed
+ * there. Synchronous. The bytes equal tq_block_encode_packed's. @return as tq_block_encode_packed,
+ * plus TQKV_ENOMEM / TQKV_ECUDA. */
+int tq_cuda_encoder_encode_packed(tq_cuda_encoder *e, const tq_codec_params *p,
+                                  const uint8_t key[TQ_KEY_BYTES], uint32_t n_tokens,
+                                  const void *kv, size_t kv_len, void *dst, size_t dst_cap,
+                                  size_t *out_len);
+
 /* ---- Decode attention ------------------------------------------------------------------
  * One encoded chunk as the attention kernel sees it: device addresses of the layer's K and V
  * sections and the chunk's token count. All chunks of one call share the layer's recipes,

@@ -8,7 +8,8 @@ if(TARGET tq)
       ${CMAKE_CURRENT_LIST_DIR}/encode.cu
       ${CMAKE_CURRENT_LIST_DIR}/decode.cu
       ${CMAKE_CURRENT_LIST_DIR}/attention.cu
-      ${CMAKE_CURRENT_LIST_DIR}/attention_mma.cu)
+      ${CMAKE_CURRENT_LIST_DIR}/attention_mma.cu
+      ${CMAKE_CURRENT_LIST_DIR}/host_encode.cu)
     target_sources(tq PRIVATE ${_tqc_sources})
     # -lineinfo: compute-sanitizer and profilers map faults to source lines. The encoders do not
     # depend on --fmad: every operation that decides a code is an explicit __fadd_rn/__fmul_rn.

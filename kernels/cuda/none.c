@@ -55,3 +55,25 @@ int tq_cuda_attention(const tq_cuda_attn_params *p, uint32_t n_seqs, const int32
 {
     return TQKV_ENODEVICE;
 }
+
+int tq_cuda_encoder_create(tq_cuda_encoder **out)
+{
+    if (out)
+        *out = NULL;
+    return TQKV_ENODEVICE;
+}
+
+void tq_cuda_encoder_destroy(tq_cuda_encoder *e)
+{
+    (void)e;
+}
+
+int tq_cuda_encoder_encode_packed(tq_cuda_encoder *e, const tq_codec_params *p,
+                                  const uint8_t key[TQ_KEY_BYTES], uint32_t n_tokens,
+                                  const void *kv, size_t kv_len, void *dst, size_t dst_cap,
+                                  size_t *out_len)
+{
+    (void)e, (void)p, (void)key, (void)n_tokens, (void)kv, (void)kv_len, (void)dst, (void)dst_cap;
+    (void)out_len;
+    return TQKV_ENODEVICE;
+}

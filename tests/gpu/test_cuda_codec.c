@@ -587,12 +587,65 @@ static void test_bad_arguments(void)
     ASSERT_OK(cudaFree(d));
 }
 
+/* tq_cuda_encoder: raw KV in host memory encoded on the GPU equals tq_block_encode_packed, byte
+ * for byte, for several presets, source dtypes and sizes through one encoder (its buffers grow);
+ * bad lengths are refused. */
+static void test_host_encoder_equals_cpu(void)
+{
+    NEED_GPU();
+    static const struct {
+        const char *preset;
+        tq_dtype dt;
+        uint16_t layers, heads, dim;
+        uint32_t tokens;
+    } cs[] = {
+        {"tq4", TQ_DTYPE_F16, 2, 2, 128, 64},   {"tq3.5", TQ_DTYPE_BF16, 3, 4, 128, 256},
+        {"tq3-prod", TQ_DTYPE_F32, 1, 1, 64, 37}, {"tq4", TQ_DTYPE_F16, 4, 8, 128, 512},
+    };
+    tq_cuda_encoder *enc = NULL;
+    ASSERT_OK(tq_cuda_encoder_create(&enc));
+    uint8_t key[TQ_KEY_BYTES];
+    for (int i = 0; i < TQ_KEY_BYTES; i++)
+        key[i] = (uint8_t)(i * 7 + 5);
+    for (size_t ci = 0; ci < sizeof(cs) / sizeof(cs[0]); ci++) {
+        tq_codec_params p;
+        ASSERT_OK(tq_codec_params_init(&p, cs[ci].preset, cs[ci].layers, cs[ci].heads, cs[ci].dim,
+                                       cs[ci].dt));
+        const size_t es = tq_dtype_size(cs[ci].dt);
+        const size_t n = (size_t)2 * cs[ci].layers * cs[ci].tokens * cs[ci].heads * cs[ci].dim;
+        const size_t bsz = tq_block_size(&p, cs[ci].tokens, 0, cs[ci].layers);
+        uint8_t *kv = malloc(n * es), *cpu = malloc(bsz), *gpu = malloc(bsz);
+        ASSERT_TRUE(kv && cpu && gpu);
+        tq_rng rng = {ci + 101, 0, 0.0};
+        fill_kv(&rng, kv, cs[ci].dt, n, cs[ci].dim, 0);
+        memset(gpu, 0xAB, bsz);
+        size_t cl = 0, gl = 0;
+        ASSERT_OK(tq_block_encode_packed(&p, key, cs[ci].tokens, kv, n * es, cpu, bsz, &cl));
+        ASSERT_OK(tq_cuda_encoder_encode_packed(enc, &p, key, cs[ci].tokens, kv, n * es, gpu, bsz,
+                                                &gl));
+        ASSERT_EQ_U64(gl, cl);
+        compare_bytes(cs[ci].preset, gpu, cpu, cl);
+        TQKV_TEST_CHECK();
+        ASSERT_ERR(tq_cuda_encoder_encode_packed(enc, &p, key, cs[ci].tokens, kv, n * es - 1, gpu,
+                                                 bsz, &gl),
+                   TQKV_EBADGEOMETRY);
+        ASSERT_ERR(tq_cuda_encoder_encode_packed(enc, &p, key, cs[ci].tokens, kv, n * es, gpu,
+                                                 bsz - 1, &gl),
+                   TQKV_ENOSPC);
+        free(kv);
+        free(cpu);
+        free(gpu);
+    }
+    tq_cuda_encoder_destroy(enc);
+}
+
 static const tqkv_test_case cases[] = {
     {"encode_equals_cpu", test_encode_equals_cpu},
     {"encode_paged_equals_cpu", test_encode_paged_equals_cpu},
     {"encode_recipes_equal_cpu", test_encode_recipes_equal_cpu},
     {"decode_equals_cpu", test_decode_equals_cpu},
     {"block_equals_cpu", test_block_equals_cpu},
+    {"host_encoder_equals_cpu", test_host_encoder_equals_cpu},
     {"attention_matches_cpu", test_attention_matches_cpu},
     {"bad_arguments", test_bad_arguments},
     {NULL, NULL},
