@@ -194,6 +194,10 @@ static void *server_main(void *arg)
                 uint8_t id = q->items[i]->key.data[0];
                 if (round == 0 && i > 0) {
                     it[i].status = TQKV_EFRAMETOOBIG;
+                } else if (500 + 100 * (size_t)id > sizeof(pl) - pl_len) {
+                    it[i].status = TQKV_EINVAL; /* a key this script never sends */
+                    snprintf(s->why, sizeof(s->why), "round %d: unexpected key %u", round, id);
+                    s->failures++;
                 } else {
                     it[i].payload_len = 500 + 100 * (size_t)id;
                     it[i].tier = TQKV__TIER__TIER_HOST;
