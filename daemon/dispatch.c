@@ -936,6 +936,35 @@ static void op_lookup(tqkvd_req *r)
 
 /* ---- DELETE, PIN, UNPIN ---- */
 
+static void keys_reply(tqkvd_req *r)
+{
+    uint64_t done = 0;
+    for (size_t i = 0; i < r->n_items; i++)
+        done += r->items[i].status == 0;
+    r->resp.count = done;
+    items_to_resp(r, 1);
+    respond(r);
+}
+
+/* A PIN of a block that only a lower tier holds: the store fetched it (a GET, promoting it into
+ * host memory); pin it there. Not promoted (no room even after eviction): TQKV_ENOSPC. */
+static void pin_cb(void *arg, int status, tqkv_store_ref *ref, tqkv_tier_id tier)
+{
+    tqkvd_item *it = arg;
+    tqkvd_req *r = it->req;
+    tqkvd_server *s = r->conn->srv;
+    (void)tier;
+    if (status == TQKV_STORE_HIT) {
+        int e = tqkv_store_pin(s->store, r->ns, it->key);
+        it->status = e == TQKV_STORE_MISS ? TQKV_ENOSPC : e;
+        tqkv_store_ref_release(s->store, ref);
+    } else {
+        it->status = status == TQKV_STORE_MISS ? TQKV_ENOENT : status;
+    }
+    if (--r->pending == 0)
+        keys_reply(r);
+}
+
 static void op_keys(tqkvd_req *r)
 {
     tqkvd_server *s = r->conn->srv;
@@ -944,7 +973,7 @@ static void op_keys(tqkvd_req *r)
     int op = r->hdr->op;
     if (op == TQKV__OP__OP_UNPIN && r->hdr->lease_id)
         tqkv_store_lease_release(s->store, r->hdr->lease_id);
-    uint64_t done = 0;
+    r->pending = 1; /* held until every key has been handled */
     for (size_t i = 0; i < r->n_items; i++) {
         tqkvd_item *it = &r->items[i];
         int e;
@@ -954,16 +983,25 @@ static void op_keys(tqkvd_req *r)
             e = tqkv_store_pin(s->store, r->ns, it->key);
         else
             e = tqkv_store_unpin(s->store, r->ns, it->key);
-        if (e == TQKV_STORE_MISS)
-            it->status = TQKV_ENOENT;
-        else
-            it->status = e;
-        if (e == 0)
-            done++;
+        if (e == TQKV_STORE_MISS && op == TQKV__OP__OP_PIN) {
+            /* not in host memory: a lower tier may hold it */
+            tqkv_store_ref *ref = NULL;
+            int g = tqkv_store_get(s->store, r->ns, it->key, &ref, pin_cb, it);
+            if (g == TQKV_STORE_PENDING) {
+                r->pending++;
+                continue;
+            }
+            if (g == TQKV_STORE_HIT) { /* cannot happen after the miss; handled all the same */
+                e = tqkv_store_pin(s->store, r->ns, it->key);
+                tqkv_store_ref_release(s->store, ref);
+            } else {
+                e = g;
+            }
+        }
+        it->status = e == TQKV_STORE_MISS ? TQKV_ENOENT : e;
     }
-    r->resp.count = done;
-    items_to_resp(r, 1);
-    respond(r);
+    if (--r->pending == 0)
+        keys_reply(r);
 }
 
 /* ---- STATS, HEALTH ---- */

@@ -206,6 +206,18 @@ static void test_squeeze_write_through(void)
     ASSERT_EQ_U64(tc_stat(c, NULL, "tier.host.drops"), 0);
     ASSERT_EQ_U64(tc_stat(c, NULL, "tier.ssd.entries"), n);
     ASSERT_EQ_U64(tc_stat(c, NULL, "put_enospc"), 0);
+    /* PIN of a block only the SSD holds brings it back into host memory and keeps it there */
+    ASSERT_EQ_INT(tt_where(c, "wt", 0, 4), TQKV_TIER_SSD);
+    tqkv_key pk[2] = {tc_key(0, 4), tc_key(n + 100, 4)}; /* the second is nowhere */
+    int pst[2] = {1, 1};
+    ASSERT_OK(tqkv_pin(c, "wt", pk, 2, pst));
+    ASSERT_EQ_INT(pst[0], 0);
+    ASSERT_EQ_INT(pst[1], TQKV_ENOENT);
+    ASSERT_EQ_INT(tt_where(c, "wt", 0, 4), TQKV_TIER_HOST);
+    for (uint32_t i = n; i < n + (uint32_t)fit + 2; i++)
+        ASSERT_OK(tt_put(c, "wt", &geom, i, 4));
+    ASSERT_EQ_INT(tt_where(c, "wt", 0, 4), TQKV_TIER_HOST);
+    ASSERT_OK(tqkv_unpin(c, "wt", pk, 1, pst));
     for (uint32_t i = 0; i < n; i++)
         ASSERT_EQ_INT(tt_get(c, "wt", &geom, i, 4, NULL), 1);
     tqkv_close(c);
