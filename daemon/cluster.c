@@ -628,51 +628,72 @@ typedef struct {
     void *info;
     text rec;
     char key[300];
+    int rechecked; /* the record was read again after a lost SET NX */
 } ns_op;
 
-/* The record is in Redis (or could not be written): register here and answer. Answering only
- * now means a client told "registered" by this node finds the namespace on any other node. */
-static void on_ns_published(void *arg, int status)
+/* Registers locally and answers; frees o. Answering only once the record is in Redis means a
+ * client told "registered" by this node finds the namespace on any other node. */
+static void register_here(ns_op *o)
 {
-    ns_op *o = arg;
-    if (status < 0)
-        TQKV_LOGW(MOD, "msg=\"cannot publish a namespace\" ns=%s err=%s", o->d.name,
-                  tqkv_err_name(status));
-    else
-        o->r->conn->srv->cluster->st.ns_published++;
     tqkvd__register_local(o->r, &o->d, o->info);
     tqkv_free(o->rec.buf);
     tqkv_free(o);
 }
 
+static void register_conflict(ns_op *o)
+{
+    o->r->conn->srv->cluster->st.ns_conflicts++;
+    tqkv_free(o->info);
+    tqkvd_req_set_status(o->r, TQKV_ENSCONFLICT,
+                         "namespace '%s' is registered in the cluster with different parameters",
+                         o->d.name);
+    tqkvd_req_respond(o->r, 0);
+    tqkv_free(o->rec.buf);
+    tqkv_free(o);
+}
+
+static void on_register_get(void *arg, int status, const void *data, size_t len);
+
+/* SET NX of the record answered: stored (this REGISTER published it), or another member's
+ * record got there first (read it back and compare), or Redis failed (register locally; a later
+ * REGISTER publishes it). Two members registering one name at the same instant thus agree: the
+ * record written first wins, the other gets TQKV_ENSCONFLICT unless its parameters are equal. */
+static void on_ns_published(void *arg, int status)
+{
+    ns_op *o = arg;
+    tqkvd_cluster *c = o->r->conn->srv->cluster;
+    if (status == 1) {
+        c->st.ns_published++;
+    } else if (status == 0) {
+        if (c->redis && !c->stopping && !o->rechecked) {
+            o->rechecked = 1;
+            if (tqkv_redis_kv_get(c->redis, o->key, on_register_get, o) == 0)
+                return;
+        }
+    } else {
+        TQKV_LOGW(MOD, "msg=\"cannot publish a namespace\" ns=%s err=%s", o->d.name,
+                  tqkv_err_name(status));
+    }
+    register_here(o);
+}
+
 static void on_register_get(void *arg, int status, const void *data, size_t len)
 {
     ns_op *o = arg;
-    tqkvd_req *r = o->r;
-    tqkvd_server *s = r->conn->srv;
-    tqkvd_cluster *c = s->cluster;
+    tqkvd_cluster *c = o->r->conn->srv->cluster;
     if (status == 1 && (len != o->rec.len || memcmp(data, o->rec.buf, len) != 0)) {
-        c->st.ns_conflicts++;
-        tqkv_free(o->info);
-        tqkvd_req_set_status(r, TQKV_ENSCONFLICT,
-                             "namespace '%s' is registered in the cluster with different "
-                             "parameters",
-                             o->d.name);
-        tqkvd_req_respond(r, 0);
-    } else {
-        if (status < 0)
-            TQKV_LOGD(MOD, "msg=\"namespace check failed; registering locally\" ns=%s err=%s",
-                      o->d.name, tqkv_err_name(status));
-        /* Absent (publish it) or identical; Redis unavailable: local only, published by a
-         * later REGISTER. */
-        if (status == 0 && c->redis && !c->stopping &&
-            tqkv_redis_kv_set(c->redis, o->key, o->rec.buf, o->rec.len, 0, on_ns_published,
-                              o) == 0)
-            return;
-        tqkvd__register_local(r, &o->d, o->info);
+        register_conflict(o);
+        return;
     }
-    tqkv_free(o->rec.buf);
-    tqkv_free(o);
+    if (status < 0)
+        TQKV_LOGD(MOD, "msg=\"namespace check failed; registering locally\" ns=%s err=%s",
+                  o->d.name, tqkv_err_name(status));
+    /* Absent: publish it, only if still absent. Identical, or Redis unavailable: local only
+     * (published by a later REGISTER). */
+    if (status == 0 && c->redis && !c->stopping &&
+        tqkv_redis_kv_set_nx(c->redis, o->key, o->rec.buf, o->rec.len, on_ns_published, o) == 0)
+        return;
+    register_here(o);
 }
 
 int tqkvd_cluster_register(tqkvd_req *r, const tqkv_ns_desc *d, void *info)

@@ -52,6 +52,7 @@ typedef enum {
     OP_EXISTS,
     OP_DEL,
     OP_KV_SET,
+    OP_KV_SETNX,
     OP_KV_GET,
     OP_KV_DEL,
     OP_KV_EXPIRE,
@@ -779,6 +780,14 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             goto proto;
         }
         break;
+    case OP_KV_SETNX: /* OK: stored; nil: the key was there */
+        if (rep->type == REDIS_REPLY_STATUS)
+            q->cb.done(q->arg, 1);
+        else if (rep->type == REDIS_REPLY_NIL)
+            q->cb.done(q->arg, 0);
+        else
+            goto proto;
+        break;
     case OP_KV_GET:
         if (rep->type == REDIS_REPLY_NIL)
             q->cb.get(q->arg, 0, NULL, 0);
@@ -1187,6 +1196,15 @@ int tqkv_redis_kv_set(tqkv_redis *r, const char *key, const void *val, size_t le
     req *q;
     rc = submit_simple(r, OP_KV_SET, 5, argv, lens, &q, 0, (tqkv__redis_fn)cb, arg);
     return rc < 0 ? rc : req_submit(q, rkey, (size_t)kl);
+}
+
+int tqkv_redis_kv_set_nx(tqkv_redis *r, const char *key, const void *val, size_t len,
+                         tqkv_redis_done_cb cb, void *arg)
+{
+    if (!r || (!val && len)) return TQKV_EINVAL;
+    if (len > r->max_value) return TQKV_ERANGE;
+    return dir_call(r, OP_KV_SETNX, "SET", key, val ? val : "", len, "NX", 2, 4,
+                    (tqkv__redis_fn)cb, arg);
 }
 
 int tqkv_redis_kv_get(tqkv_redis *r, const char *key, tqkv_redis_get_cb cb, void *arg)

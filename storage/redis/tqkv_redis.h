@@ -157,6 +157,10 @@ int tqkv_redis_clear(tqkv_redis *r, const char *ns, tqkv_redis_done_cb cb, void 
 /* SET with an optional expiry (ttl_ms 0: none). Callback status 0: stored. */
 int tqkv_redis_kv_set(tqkv_redis *r, const char *key, const void *val, size_t len, uint32_t ttl_ms,
                       tqkv_redis_done_cb cb, void *arg);
+/* SET ... NX: stores only when the key is absent (one atomic step in Redis). Callback status 1:
+ * stored, 0: the key was already there (not changed). */
+int tqkv_redis_kv_set_nx(tqkv_redis *r, const char *key, const void *val, size_t len,
+                         tqkv_redis_done_cb cb, void *arg);
 /* GET. Callback status 1 (data valid until the callback returns) or 0 (absent). */
 int tqkv_redis_kv_get(tqkv_redis *r, const char *key, tqkv_redis_get_cb cb, void *arg);
 /* DEL. Callback status 1 if it existed, 0 if not. */

@@ -7,7 +7,7 @@ if(TARGET tqkvd AND TARGET tqkv_client AND TARGET tqkv_redis AND TARGET tq)
                 SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cluster.c
                         ${CMAKE_CURRENT_LIST_DIR}/tqkvd_harness.c
                         ${CMAKE_CURRENT_LIST_DIR}/redis_harness.c
-                LIBS tqkv_client tqkv_redis tq LABELS integration TIMEOUT 120)
+                LIBS tqkv_client tqkv_redis tq Threads::Threads LABELS integration TIMEOUT 120)
   target_include_directories(test_cluster PRIVATE ${CMAKE_CURRENT_LIST_DIR})
   target_compile_definitions(test_cluster PRIVATE TQKVD_PATH="$<TARGET_FILE:tqkvd>")
   add_dependencies(test_cluster tqkvd)

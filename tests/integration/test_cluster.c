@@ -8,6 +8,7 @@
  *
  * The cases run in order on the same daemons. Waits are bounded by generous deadlines (guards
  * against hanging, never timing assertions). */
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -165,6 +166,48 @@ static void test_namespace_shared(void)
     /* and a conflicting registration on a third name: first on B, then A disagrees */
     ASSERT_OK(tc_register(cb, "second-ns", &geom));
     ASSERT_ERR(tc_register(ca, "second-ns", &other), TQKV_ENSCONFLICT);
+}
+
+/* Two members registering one name with different geometries at the same instant: exactly one
+ * wins (SET NX), the other answers TQKV_ENSCONFLICT. Without the atomic write both could win. */
+typedef struct {
+    tqkv_client *c;
+    const char *name;
+    tc_geom g;
+    pthread_barrier_t *bar;
+    int rc;
+} race_arg;
+
+static void *race_register(void *p)
+{
+    race_arg *a = p;
+    pthread_barrier_wait(a->bar);
+    a->rc = tc_register(a->c, a->name, &a->g);
+    return NULL;
+}
+
+static void test_register_race(void)
+{
+    pthread_barrier_t bar;
+    ASSERT_EQ_INT(pthread_barrier_init(&bar, NULL, 2), 0);
+    tc_geom other = geom;
+    other.head_dim = 128;
+    for (int round = 0; round < 16; round++) {
+        char name[32];
+        snprintf(name, sizeof name, "race-%d", round);
+        race_arg a = {ca, name, geom, &bar, 1}, b = {cb, name, other, &bar, 1};
+        pthread_t th;
+        ASSERT_EQ_INT(pthread_create(&th, NULL, race_register, &b), 0);
+        race_register(&a);
+        pthread_join(th, NULL);
+        const int wins = (a.rc == 0) + (b.rc == 0);
+        if (wins != 1)
+            fprintf(stderr, "round %d: A %d, B %d\n", round, a.rc, b.rc);
+        ASSERT_EQ_INT(wins, 1);
+        ASSERT_TRUE(a.rc == 0 || a.rc == TQKV_ENSCONFLICT);
+        ASSERT_TRUE(b.rc == 0 || b.rc == TQKV_ENSCONFLICT);
+    }
+    pthread_barrier_destroy(&bar);
 }
 
 /* Redis write-back (the daemons' setting): a PUT stays in A's host tier; B finds it at A. */
@@ -327,6 +370,7 @@ static const tqkv_test_case cases[] = {
     {"view_shows_both", test_view_shows_both},
     {"cli", test_cli},
     {"namespace_shared", test_namespace_shared},
+    {"register_race", test_register_race},
     {"peer_fetch", test_peer_fetch},
     {"peer_lookup", test_peer_lookup},
     {"redis_write_through", test_redis_write_through},

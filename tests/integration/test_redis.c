@@ -514,6 +514,15 @@ static void directory_body(tqkv_test_redis *s)
     ASSERT_EQ_INT(wait_result(tqkv_redis_kv_expire(e, "ns:none", 5000, done_cb, &r), &r), 0);
     ASSERT_EQ_INT(wait_result(tqkv_redis_kv_del(e, "ns:llama", done_cb, &r), &r), 1);
     ASSERT_EQ_INT(wait_result(tqkv_redis_kv_get(e, "ns:llama", get_cb, &r), &r), 0);
+    /* SET NX: the first writer wins, a second one changes nothing */
+    ASSERT_EQ_INT(wait_result(tqkv_redis_kv_set_nx(e, "ns:nx", "one", 3, done_cb, &r), &r), 1);
+    ASSERT_EQ_INT(wait_result(tqkv_redis_kv_set_nx(e, "ns:nx", "two!", 4, done_cb, &r), &r), 0);
+    ASSERT_EQ_INT(wait_result(tqkv_redis_kv_get(e, "ns:nx", get_cb, &r), &r), 1);
+    ASSERT_EQ_U64(r.len, 3);
+    ASSERT_MEM_EQ(r.data, "one", 3);
+    free(r.data);
+    r.data = NULL;
+    ASSERT_EQ_INT(wait_result(tqkv_redis_kv_del(e, "ns:nx", done_cb, &r), &r), 1);
 
     ASSERT_EQ_INT(wait_result(tqkv_redis_set_add(e, "{dir}:members", "node-a", 6, done_cb, &r), &r),
                   1);
