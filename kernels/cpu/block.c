@@ -504,21 +504,27 @@ out:
     return rc;
 }
 
+int tqkv__packed_check(const tq_codec_params *p, uint32_t n_tokens, size_t kv_len, size_t *per)
+{
+    int rc = tq_codec_params_validate(p);
+    if (rc)
+        return rc;
+    if (n_tokens < 1 || n_tokens > TQ_MAX_TOKENS)
+        return TQKV_EBADGEOMETRY;
+    *per = (size_t)n_tokens * p->n_kv_heads * p->head_dim * tq_dtype_size((tq_dtype)p->src_dtype);
+    return kv_len == *per * 2 * p->n_layers ? 0 : TQKV_EBADGEOMETRY;
+}
+
 int tq_block_encode_packed(const tq_codec_params *p, const uint8_t key[TQ_KEY_BYTES],
                            uint32_t n_tokens, const void *kv, size_t kv_len, void *dst,
                            size_t dst_cap, size_t *out_len)
 {
     if (!p || !kv)
         return TQKV_EINVAL;
-    int rc = tq_codec_params_validate(p);
+    size_t per;
+    int rc = tqkv__packed_check(p, n_tokens, kv_len, &per);
     if (rc)
         return rc;
-    if (n_tokens < 1 || n_tokens > TQ_MAX_TOKENS)
-        return TQKV_EBADGEOMETRY;
-    size_t es = tq_dtype_size((tq_dtype)p->src_dtype);
-    size_t per = (size_t)n_tokens * p->n_kv_heads * p->head_dim * es;
-    if (kv_len != per * 2 * p->n_layers)
-        return TQKV_EBADGEOMETRY;
     tq_kv_view *views = tqkv_mallocarray(2 * (size_t)p->n_layers, sizeof(tq_kv_view));
     if (!views)
         return TQKV_ENOMEM;
@@ -532,20 +538,28 @@ int tq_block_encode_packed(const tq_codec_params *p, const uint8_t key[TQ_KEY_BY
     return rc;
 }
 
-int tq_block_decode(const tq_block_view *b, uint32_t layer_begin, uint32_t n_layers,
-                    tq_dtype out_dtype, void *dst, size_t dst_cap)
+int tqkv__block_decode_check(const tq_block_view *b, uint32_t layer_begin, uint32_t n_layers,
+                             tq_dtype out_dtype, size_t dst_cap, size_t *per)
 {
-    if (!b || !dst)
-        return TQKV_EINVAL;
     size_t es = tq_dtype_size(out_dtype);
     if (!es)
         return TQKV_EBADDTYPE;
     if (n_layers < 1 || layer_begin < b->layer_begin ||
         (uint64_t)layer_begin + n_layers > (uint64_t)b->layer_begin + b->n_layers)
         return TQKV_EBADLAYERS;
-    size_t per = (size_t)b->n_tokens * b->n_kv_heads * b->head_dim * es;
-    if (dst_cap / 2 / n_layers < per)
-        return TQKV_ENOSPC;
+    *per = (size_t)b->n_tokens * b->n_kv_heads * b->head_dim * es;
+    return dst_cap / 2 / n_layers < *per ? TQKV_ENOSPC : 0;
+}
+
+int tq_block_decode(const tq_block_view *b, uint32_t layer_begin, uint32_t n_layers,
+                    tq_dtype out_dtype, void *dst, size_t dst_cap)
+{
+    if (!b || !dst)
+        return TQKV_EINVAL;
+    size_t per;
+    int err = tqkv__block_decode_check(b, layer_begin, n_layers, out_dtype, dst_cap, &per);
+    if (err)
+        return err;
     for (uint32_t l = 0; l < n_layers; l++)
         for (int t = 0; t < 2; t++) {
             const uint8_t *sec;

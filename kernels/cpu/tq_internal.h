@@ -200,6 +200,15 @@ void tqkv__bf16_widen_avx2(const uint16_t *src, uint32_t n, tq_dtype out_dtype, 
 void tqkv__bf16_store_avx2(const float *src, uint32_t n, uint16_t *dst);
 #endif
 
+/* Blocks, shared by the CPU and CUDA paths (block.c). Packed raw KV of p (tq_block_encode_packed's
+ * layout): validates p, n_tokens and kv_len; *per = bytes of one layer's K (or V). @return 0,
+ * a tq_codec_params_validate error, TQKV_EBADGEOMETRY. */
+int tqkv__packed_check(const tq_codec_params *p, uint32_t n_tokens, size_t kv_len, size_t *per);
+/* A decode of layers [layer_begin, +n_layers) of b into dst_cap bytes of out_dtype: *per = bytes
+ * of one layer's K (or V). @return 0, TQKV_EBADDTYPE, TQKV_EBADLAYERS, TQKV_ENOSPC. */
+int tqkv__block_decode_check(const tq_block_view *b, uint32_t layer_begin, uint32_t n_layers,
+                             tq_dtype out_dtype, size_t dst_cap, size_t *per);
+
 /* The kernels of one implementation, looked up once per call. */
 typedef struct {
     int avx2;

@@ -235,15 +235,10 @@ extern "C" int tq_cuda_block_decode(const tq_block_view *b, const void *dev_bloc
 {
     if (!b || !dev_block || !dst)
         return TQKV_EINVAL;
-    size_t es = tq_dtype_size(out_dtype);
-    if (!es)
-        return TQKV_EBADDTYPE;
-    if (n_layers < 1 || layer_begin < b->layer_begin ||
-        (uint64_t)layer_begin + n_layers > (uint64_t)b->layer_begin + b->n_layers)
-        return TQKV_EBADLAYERS;
-    size_t per = (size_t)b->n_tokens * b->n_kv_heads * b->head_dim * es;
-    if (dst_cap / 2 / n_layers < per)
-        return TQKV_ENOSPC;
+    size_t per;
+    int err = tqkv__block_decode_check(b, layer_begin, n_layers, out_dtype, dst_cap, &per);
+    if (err)
+        return err;
     for (uint32_t l = 0; l < n_layers; l++)
         for (int t = 0; t < 2; t++) {
             const uint8_t *sec;

@@ -381,6 +381,19 @@ __device__ __forceinline__ void tqc_mask_load(const tqc_job &jb, uint32_t vec, u
     }
 }
 
+/* Whether channel c, of energy e (E: all P channels' energies in shared memory), is among the n_out
+ * largest: FORMAT.md's ranking, ties to the lower index. */
+__device__ __forceinline__ bool tqc_is_outlier(const float *E, float e, uint32_t c, uint32_t P,
+                                               uint32_t n_out)
+{
+    uint32_t rank = 0;
+    for (uint32_t i = 0; i < P; i++) {
+        const float ei = E[i];
+        rank += ei > e || (ei == e && i < c);
+    }
+    return rank < n_out;
+}
+
 template <int DT>
 __global__ void __launch_bounds__(TQC_MASK_THREADS)
     tqc_mask_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J,
@@ -425,15 +438,8 @@ __global__ void __launch_bounds__(TQC_MASK_THREADS)
     if (tid < P / 32)
         mask[tid] = 0;
     __syncthreads();
-    if (tid < P) {
-        uint32_t rank = 0;
-        for (uint32_t i = 0; i < P; i++) {
-            float ei = E[i];
-            rank += ei > e || (ei == e && i < tid);
-        }
-        if (rank < n_out)
-            atomicOr(&mask[tid >> 5], 1u << (tid & 31));
-    }
+    if (tid < P && tqc_is_outlier(E, e, tid, P, n_out))
+        atomicOr(&mask[tid >> 5], 1u << (tid & 31));
     __syncthreads();
     if (tid < P / 32)
         ((uint32_t *)(jb.dst + (size_t)h * R.record_size))[tid] = mask[tid];
@@ -1306,12 +1312,7 @@ __global__ void tqc_rank_kernel(const __grid_constant__ tqc_rec R,
     if (tid < P / 32)
         mask[tid] = 0;
     __syncthreads();
-    uint32_t rank = 0;
-    for (uint32_t i = 0; i < P; i++) {
-        float ei = E[i];
-        rank += ei > e || (ei == e && i < tid);
-    }
-    if (rank < n_out)
+    if (tqc_is_outlier(E, e, tid, P, n_out))
         atomicOr(&mask[tid >> 5], 1u << (tid & 31));
     __syncthreads();
     if (tid < P / 32)

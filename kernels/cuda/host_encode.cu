@@ -71,15 +71,10 @@ extern "C" int tq_cuda_encoder_encode_packed(tq_cuda_encoder *e, const tq_codec_
 {
     if (!e || !p || !key || !kv || !dst)
         return TQKV_EINVAL;
-    int rc = tq_codec_params_validate(p);
+    size_t per;
+    int rc = tqkv__packed_check(p, n_tokens, kv_len, &per);
     if (rc)
         return rc;
-    if (n_tokens < 1 || n_tokens > TQ_MAX_TOKENS)
-        return TQKV_EBADGEOMETRY;
-    const size_t es = tq_dtype_size((tq_dtype)p->src_dtype);
-    const size_t per = (size_t)n_tokens * p->n_kv_heads * p->head_dim * es;
-    if (kv_len != per * 2 * p->n_layers)
-        return TQKV_EBADGEOMETRY;
     const size_t bsz = tq_block_size(p, n_tokens, 0, p->n_layers);
     if (!bsz)
         return TQKV_EBADGEOMETRY;
