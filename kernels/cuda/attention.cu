@@ -695,6 +695,7 @@ __global__ void __launch_bounds__(128)
     const uint32_t hq = blockIdx.x, seq = blockIdx.y, S = A.n_splits, D = A.head_dim;
     const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const size_t base = ((size_t)seq * A.n_q + hq) * S;
+    tqc_grid_wait(); /* launched ahead of the split kernel's end (att_merge_launch) */
     const float *ml2 = ws_ml + base * 2; /* (m, l) per split; only 4-byte aligned */
     float M = -INFINITY, L = 0.0f;
     float acc[TQ_MAX_HEAD_DIM / 32];
@@ -795,6 +796,29 @@ static uint32_t att_sm_count(void)
     return (uint32_t)n;
 }
 
+/* Splits per (sequence, KV head) for the tensor-core kernel, whose blocks all take about the same
+ * time: the count whose waves of blocks over the `slots` resident at once finish first. A block
+ * costs its chunks plus about two chunks' worth of fixed work (tables, query rotation, merge), so
+ * (1, 128K) takes 32 splits of 16 chunks (one wave of 256 blocks on 264 slots), and (8, 32K) 4
+ * splits of 32 chunks (one wave) rather than 5 of 26 (320 blocks: a second wave for 56). */
+static uint32_t att_mma_splits(uint32_t ctas, uint32_t slots, uint32_t max_chunks)
+{
+    uint32_t best = 1;
+    uint64_t best_cost = UINT64_MAX;
+    for (uint32_t w = 1; w <= max_chunks && w <= 4 * slots; w++) {
+        const uint32_t cps = (max_chunks + w - 1) / w, sp = (max_chunks + cps - 1) / cps;
+        if (sp != w)
+            continue; /* the same split as a smaller w */
+        const uint64_t waves = ((uint64_t)ctas * sp + slots - 1) / slots;
+        const uint64_t cost = waves * (cps + 2);
+        if (cost < best_cost) {
+            best_cost = cost;
+            best = sp;
+        }
+    }
+    return best;
+}
+
 static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max_chunks,
                      tqc_att *A)
 {
@@ -852,7 +876,8 @@ static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max
      * (one block per KV head and all its query heads) runs 4. */
     uint32_t ctas = A->mma ? n_seqs * A->n_kv : n_seqs * A->n_kv * A->n_groups;
     uint32_t per_sm = A->mma ? tqkv__att_mma_blocks_per_sm(*A) : 8;
-    uint32_t want = (att_sm_count() * per_sm + ctas - 1) / ctas;
+    uint32_t want = A->mma ? att_mma_splits(ctas, att_sm_count() * per_sm, max_chunks)
+                           : (att_sm_count() * per_sm + ctas - 1) / ctas;
     if (p->max_splits && want > p->max_splits)
         want = p->max_splits;
     if (want > max_chunks)
@@ -892,6 +917,27 @@ extern "C" int tq_cuda_chunk_from_block(const tq_block_view *b, const void *dev_
     out->v_section = (uint64_t)(uintptr_t)dev_block + (uint64_t)(vs - b->base);
     out->n_tokens = b->n_tokens;
     out->reserved = 0;
+    return 0;
+}
+
+/* The merge, launched as a programmatic dependent of the split kernel: its blocks are scheduled
+ * as the split kernel's finish (or signal tqc_grid_dependents) instead of after the whole grid
+ * has drained, and wait in tqc_grid_wait until every split row is written and visible. */
+static int att_merge_launch(const tqc_att &A, uint32_t n_seqs, const float *wo, const float *wml,
+                            void *out, cudaStream_t s)
+{
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    cfg.gridDim = dim3(A.n_q, n_seqs);
+    cfg.blockDim = dim3(128);
+    cfg.stream = s;
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, tqc_attention_merge, A, wo, wml, out);
+    if (e != cudaSuccess)
+        return tqkv__cuda_err(e, "attention merge launch");
     return 0;
 }
 
@@ -937,9 +983,7 @@ extern "C" int tq_cuda_attention(const tq_cuda_attn_params *p, uint32_t n_seqs,
                                   (char *)workspace + split_bytes, s);
         if (rc)
             return rc;
-        tqc_attention_merge<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, wo, wml, out);
-        TQC_CHECK_LAUNCH("attention merge launch");
-        return 0;
+        return att_merge_launch(A, n_seqs, wo, wml, out, s);
     }
     uint32_t GT = att_gt(A.group);
     bool two = A.P > TQC_ATT_THREADS;
@@ -955,7 +999,5 @@ extern "C" int tq_cuda_attention(const tq_cuda_attn_params *p, uint32_t n_seqs,
     }
     if (rc)
         return rc;
-    tqc_attention_merge<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, wo, wml, out);
-    TQC_CHECK_LAUNCH("attention merge launch");
-    return 0;
+    return att_merge_launch(A, n_seqs, wo, wml, out, s);
 }

@@ -10,6 +10,24 @@
 
 #define TQC_LOG2E 1.4426950408889634f
 
+/* Programmatic dependent launch (sm_90): a kernel launched with the programmatic stream
+ * serialization attribute may start before the kernel ahead of it in the stream has finished;
+ * tqc_grid_wait blocks until that kernel has completed and its writes are visible (it returns at
+ * once for a kernel launched the ordinary way), and tqc_grid_dependents lets the dependent
+ * kernel's blocks be scheduled before this grid ends. */
+__device__ __forceinline__ void tqc_grid_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void tqc_grid_dependents(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 /* Geometry of one tensor's parts as the attention kernels need it (offsets within a record). */
 typedef struct {
     uint32_t n_parts, mask_words, record_size_unused;

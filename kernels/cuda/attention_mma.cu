@@ -102,6 +102,28 @@ __device__ __forceinline__ uint32_t movmatrix_t(uint32_t x)
     return y;
 }
 
+/* The unnormalised Walsh-Hadamard transform of a 128-float row held by one warp (element
+ * 4 lane + i in x[i]), with the same butterflies in the same order as the reference (stage h:
+ * x[j] = u + v, x[j + h] = u - v for h = 1, 2, ..., 64): two stages in registers, five by
+ * shuffles, no shared memory and no barrier. */
+__device__ __forceinline__ void warp_fwht128(float (&x)[4], uint32_t lane)
+{
+    const float a = x[0] + x[1], b = x[0] - x[1], c = x[2] + x[3], d = x[2] - x[3];
+    x[0] = a + c;
+    x[1] = b + d;
+    x[2] = a - c;
+    x[3] = b - d;
+#pragma unroll
+    for (uint32_t m = 1; m < 32; m <<= 1) {
+        const bool upper = (lane & m) != 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float o = __shfl_xor_sync(0xffffffffu, x[i], m);
+            x[i] = upper ? o - x[i] : x[i] + o;
+        }
+    }
+}
+
 /* Four consecutive tokens' copy of one code word (plane p, word row w already applied). */
 __device__ __forceinline__ uint4 ld_words(const uint32_t *p, uint32_t T, uint32_t tok, bool fast)
 {
@@ -551,8 +573,8 @@ __device__ __forceinline__ void fill_lut(uint32_t *lut, const float *cent, uint3
  * loop the same bytes hold the merge of the warps. */
 template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     static constexpr uint32_t GH = G16 ? 16 : 8; /* head columns */
-    /* merge scratch: per warp O[128][GH] + (m, l)[GH]; then the rotated sums [GH][128] */
-    static constexpr uint32_t merge_bytes = kWarps * (128 * GH + 2 * GH) * 4 + GH * 128 * 4;
+    /* merge scratch: per warp O[GH][128] and (m, l)[GH] */
+    static constexpr uint32_t merge_bytes = kWarps * (128 * GH + 2 * GH) * 4;
     /* the query rotation (MSE keys: done by each block) after both */
     __host__ __device__ static uint32_t qoff(bool share)
     {
@@ -585,46 +607,64 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     if ((uint32_t)__cvta_generic_to_shared(sm) != kSmemBase)
         __trap(); /* the tables' addresses assume it (tqkv__att_mma_eligible checks the device) */
+    const int32_t cs = chunk_indptr[seq] + (int32_t)(sp * A.cps);
+    const int32_t c1 = min(chunk_indptr[seq + 1], cs + (int32_t)A.cps);
+
+    /* the first tile's words are requested before anything else, and the second tile's asked
+     * of L2: their latency then hides behind the tables and the query rotation (descriptors
+     * straight from global memory here: the shared copy is not written yet) */
+    int32_t c = cs - 1;
+    const uint32_t first = warp * kTile;
+    tile_pos pa;
+    pa.T = 0;
+    pa.t0 = 0;
+    bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, chunks + cs, cs, h, first);
+    tile_buf b;
+    if (va) {
+        prefetch_tile<KM, KQ, VM>(pa, lane);
+        tile_pos p2 = pa;
+        int32_t c2 = c;
+        if (next_tile<KM, KQ, VM>(p2, c2, c1, chunks, chunks + cs, cs, h, first))
+            prefetch_tile<KM, KQ, VM>(p2, lane);
+        load_keys<KM, KQ>(b, pa, g, t4);
+        load_values<KQ, VM>(b, pa, g, t4);
+    }
+
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
     fill_lut<KM>((uint32_t *)sm, A.kcent, tid, 0);
     if (!A.share_lut) fill_lut<VM>((uint32_t *)sm, A.vcent, tid, 1);
     const uint32_t lbk = lane * 4, lbv = (A.share_lut ? 0 : 128) + lane * 4;
 
-    /* query fragments (B operand, column = head g of the head tile): k-step j takes the
-     * channels of decoded registers 2j (rows 2 t4, 2 t4 + 1) and 2j + 1 (rows + 8) */
-    /* MSE keys: the block rotates its heads' queries itself, q' = H (D . q) / sqrt(128)
-     * (prod keys take q' and its sketch S q' from att_mma_prep) */
+    /* MSE keys: the block rotates its heads' queries itself, q' = H (D . q) / sqrt(128), a warp
+     * per head row (prod keys take q' and its sketch S q' from att_mma_prep) */
     float *qr = (float *)(sm + K_::qoff(A.share_lut != 0)); /* [GH][128] */
     if (!KQ) {
-        for (uint32_t i = tid; i < K_::GH * 128; i += kThreads) {
-            const uint32_t r = i / 128, k = i % 128;
-            float x = 0.0f;
-            if (r < A.group && k < A.head_dim) {
-                const uint16_t b =
-                    ((const uint16_t *)
-                         A.q)[((size_t)seq * A.n_q + h * A.group + r) * A.head_dim + k];
-                x = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(b) : tqc_f16_to_f32(b);
+        for (uint32_t r = warp; r < K_::GH; r += kWarps) {
+            float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (r < A.group) {
+                const uint16_t *qp =
+                    (const uint16_t *)A.q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const uint32_t k = 4 * lane + i;
+                    float v = 0.0f;
+                    if (k < A.head_dim)
+                        v = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(qp[k])
+                                                       : tqc_f16_to_f32(qp[k]);
+                    x[i] = __uint_as_float(__float_as_uint(v) ^ __ldg(A.kdsign + k));
+                }
+                warp_fwht128(x, lane);
             }
-            qr[i] = __uint_as_float(__float_as_uint(x) ^ __ldg(A.kdsign + k));
-        }
-        __syncthreads();
-        for (uint32_t hh = 1; hh < 128; hh <<= 1) {
-            for (uint32_t i = tid; i < K_::GH * 64; i += kThreads) {
-                const uint32_t r = i / 64, q = i % 64;
-                const uint32_t j = (q / hh) * 2 * hh + (q % hh);
-                float *x = qr + r * 128;
-                const float u = x[j], v = x[j + hh];
-                x[j] = u + v;
-                x[j + hh] = u - v;
-            }
-            __syncthreads();
+            *(float4 *)(qr + r * 128 + 4 * lane) = make_float4(x[0], x[1], x[2], x[3]);
         }
     }
-    const int32_t cs = chunk_indptr[seq] + (int32_t)(sp * A.cps);
-    const int32_t c1 = min(chunk_indptr[seq + 1], cs + (int32_t)A.cps);
     tq_cuda_chunk *sdesc = (tq_cuda_chunk *)(sm + K_::doff(A.share_lut != 0));
     for (int32_t i = (int32_t)tid; i < (int32_t)kDesc && cs + i < c1; i += kThreads)
         sdesc[i] = chunks[cs + i];
+    if (KQ)
+        tqc_grid_wait(); /* att_mma_prep's queries (this kernel may start before it ends) */
+    else
+        __syncthreads(); /* the rotated queries */
     qfrag<KQ, G16> Q;
 #pragma unroll
     for (int hn = 0; hn < HN; hn++) {
@@ -637,13 +677,13 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
             for (int hi = 0; hi < 2; hi++) {
                 const uint32_t rr = 2 * j + hi;
-                const uint32_t c0 = key_channel<KM>(t4, rr, 0), c1 = key_channel<KM>(t4, rr, 1);
+                const uint32_t k0 = key_channel<KM>(t4, rr, 0), k1 = key_channel<KM>(t4, rr, 1);
                 __half2 x;
                 if (KQ)
-                    x = v ? __halves2half2(qp[c0], qp[c1]) : __float2half2_rn(0.0f);
+                    x = v ? __halves2half2(qp[k0], qp[k1]) : __float2half2_rn(0.0f);
                 else /* rows past the group are zeros */
-                    x = __floats2half2_rn(qf[c0] * 0.08838834764831845f,
-                                          qf[c1] * 0.08838834764831845f);
+                    x = __floats2half2_rn(qf[k0] * 0.08838834764831845f,
+                                          qf[k1] * 0.08838834764831845f);
                 Q.q[hn][j][hi] = *(uint32_t *)&x;
                 if (KQ) {
                     const uint32_t d0 = 128 + sign_channel(t4, rr, 0);
@@ -653,7 +693,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                 }
             }
     }
-    __syncthreads(); /* tables ready */
+    __syncthreads(); /* tables and descriptors ready */
 
     float o[8][HN][4];
     float m_run[HN][2], l_run[HN][2];
@@ -668,18 +708,6 @@ __global__ void __launch_bounds__(kThreads, 2)
         l_run[hn][0] = l_run[hn][1] = 0.0f;
     }
 
-    int32_t c = cs - 1;
-    const uint32_t first = warp * kTile;
-    tile_pos pa;
-    pa.T = 0;
-    pa.t0 = 0;
-    bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, sdesc, cs, h, first);
-    tile_buf b;
-    if (va) {
-        prefetch_tile<KM, KQ, VM>(pa, lane);
-        load_keys<KM, KQ>(b, pa, g, t4);
-        load_values<KQ, VM>(b, pa, g, t4);
-    }
     while (va) {
         tile_pos pn = pa;
         const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first);
@@ -688,6 +716,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         pa = pn;
         va = vn;
     }
+
+    tqc_grid_dependents(); /* the merge kernel may be scheduled now (it waits for this grid) */
 
     /* ---- merge the warps, rotate back, write the split's row */
 #pragma unroll
@@ -702,9 +732,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         }
     __syncthreads(); /* every warp is done with the tables */
     constexpr uint32_t GH = K_::GH;
-    float *Os = (float *)sm;            /* [warp][128][GH] */
+    float *Os = (float *)sm;            /* [warp][GH][128] */
     float *ml = Os + kWarps * 128 * GH; /* [warp][GH][2] */
-    float *rot = ml + kWarps * 2 * GH;  /* [GH][128] */
 #pragma unroll
     for (int mt = 0; mt < 8; mt++)
 #pragma unroll
@@ -713,7 +742,7 @@ __global__ void __launch_bounds__(kThreads, 2)
             for (int cc = 0; cc < 4; cc++) {
                 const uint32_t ch = value_channel<VM>(g, mt, cc >> 1);
                 const uint32_t hd = 8 * hn + 2 * t4 + (cc & 1);
-                Os[(warp * 128 + ch) * GH + hd] = o[mt][hn][cc];
+                Os[(warp * GH + hd) * 128 + ch] = o[mt][hn][cc];
             }
     if (g == 0)
 #pragma unroll
@@ -725,45 +754,36 @@ __global__ void __launch_bounds__(kThreads, 2)
                 ml[(warp * GH + hd) * 2 + 1] = l_run[hn][e];
             }
     __syncthreads();
+    /* a warp per head row: the eight warps' sums weighed by 2^(m_w - M), rotated back
+     * (D . H z / n) and written as the split's row with its (M, L) */
     const uint32_t G = A.group;
-    for (uint32_t i = tid; i < G * 128; i += kThreads) {
-        const uint32_t r = i / 128, ch = i % 128;
+    for (uint32_t r = warp; r < G; r += kWarps) {
         float M = -INFINITY;
 #pragma unroll
         for (int w = 0; w < kWarps; w++)
             M = fmaxf(M, ml[(w * GH + r) * 2]);
-        float acc = 0.0f;
+        float x[4] = {0.0f, 0.0f, 0.0f, 0.0f}, L = 0.0f;
         if (M != -INFINITY)
 #pragma unroll
-            for (int w = 0; w < kWarps; w++)
-                acc += Os[(w * 128 + ch) * GH + r] * exp2f(ml[(w * GH + r) * 2] - M);
-        rot[r * 128 + ch] = acc;
-    }
-    __syncthreads();
-    for (uint32_t hh = 1; hh < 128; hh <<= 1) {
-        for (uint32_t i = tid; i < G * 64; i += kThreads) {
-            const uint32_t r = i / 64, q = i % 64;
-            const uint32_t j = (q / hh) * 2 * hh + (q % hh);
-            float *x = rot + r * 128;
-            const float u = x[j], v = x[j + hh];
-            x[j] = u + v;
-            x[j + hh] = u - v;
-        }
-        __syncthreads();
-    }
-    for (uint32_t i = tid; i < G * 128; i += kThreads) {
-        const uint32_t r = i / 128, j = i % 128;
+            for (int w = 0; w < kWarps; w++) {
+                const float f = exp2f(ml[(w * GH + r) * 2] - M);
+                const float4 v = *(const float4 *)(Os + (w * GH + r) * 128 + 4 * lane);
+                x[0] += v.x * f;
+                x[1] += v.y * f;
+                x[2] += v.z * f;
+                x[3] += v.w * f;
+                L += ml[(w * GH + r) * 2 + 1] * f;
+            }
+        warp_fwht128(x, lane);
         const size_t row = (((size_t)seq * A.n_q + h * G + r) * A.n_splits + sp);
-        if (j < A.head_dim)
-            ws_o[row * A.head_dim + j] = __uint_as_float(
-                __float_as_uint(rot[r * 128 + j] * (1.0f / 128.0f)) ^ __ldg(A.vdsign + j));
-        if (j == 0) {
-            float M = -INFINITY, L = 0.0f;
-            for (int w = 0; w < kWarps; w++)
-                M = fmaxf(M, ml[(w * GH + r) * 2]);
-            if (M != -INFINITY)
-                for (int w = 0; w < kWarps; w++)
-                    L += ml[(w * GH + r) * 2 + 1] * exp2f(ml[(w * GH + r) * 2] - M);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t j = 4 * lane + i;
+            if (j < A.head_dim)
+                ws_o[row * A.head_dim + j] = __uint_as_float(
+                    __float_as_uint(x[i] * (1.0f / 128.0f)) ^ __ldg(A.vdsign + j));
+        }
+        if (lane == 0) {
             ws_ml[row * 2] = M;
             ws_ml[row * 2 + 1] = L;
         }
@@ -782,9 +802,21 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return tqkv__cuda_err(e, "attention smem attribute");
     }
-    dim3 grid(M.n_splits, M.n_kv, n_seqs);
-    att_mma_kernel<KM, KQ, VM, G16><<<grid, kThreads, smem, s>>>(M, indptr, chunks, wq, wo, wml);
-    TQC_CHECK_LAUNCH("attention (tensor cores) launch");
+    /* prod keys: a programmatic dependent of att_mma_prep, so that the tables and the first
+     * tiles' loads overlap it (the kernel waits for it before it reads the prepared queries) */
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    cfg.gridDim = dim3(M.n_splits, M.n_kv, n_seqs);
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = KQ ? 1 : 0;
+    cudaError_t e =
+        cudaLaunchKernelEx(&cfg, att_mma_kernel<KM, KQ, VM, G16>, M, indptr, chunks, wq, wo, wml);
+    if (e != cudaSuccess) return tqkv__cuda_err(e, "attention (tensor cores) launch");
     return 0;
 }
 
