@@ -199,11 +199,27 @@ __global__ void __launch_bounds__(128)
     }
 }
 
-/* One tile's code words and fp16 scales as a lane loads them. Keys and scales: tokens
- * t0 + 4g .. +3; values: t0 + 8 t4 .. +7. */
+/* One tile's value words and fp16 scales as a lane loads them into registers (the key words go
+ * through the warp's shared staging slots, kstage). Scales: tokens t0 + 4g .. +3; values:
+ * t0 + 8 t4 .. +7. */
 struct tile_buf {
-    uint4 k[4], s, v[4];
+    uint4 v[4];
     uint2 ksc, kgm, vsc; /* fp16 scales (gammas) of tokens t0 + 4g .. +3 */
+};
+
+/* Key rows of a tile (plane word rows, then the QJL sign rows) and the bytes of one staging slot:
+ * the rows of a 32-token tile, 128 bytes each. */
+template <int KM, bool KQ> struct kstage {
+    static constexpr uint32_t rows = planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0);
+    static constexpr uint32_t bytes = rows * 128;
+    /* 16-byte column swizzle of row r: the lane quad position t4 that reads it, times two, so
+     * that the eight lanes of a quarter warp (g = 0, 1 or 2, 3; t4 = 0..3) hit eight distinct
+     * columns. Plane rows of 4-bit keys are t4 + 4 i, of 2- and 3-bit keys 2 t4 + b; the [1]
+     * plane and the sign rows start at multiples of 4 and are t4 there. */
+    __device__ static uint32_t swz(uint32_t r)
+    {
+        return 2 * ((KM != 4 && r < planes<KM>::w0) ? (r >> 1) & 3 : r & 3);
+    }
 };
 
 /* Where a warp's tile is. */
@@ -263,10 +279,10 @@ __device__ __forceinline__ void half4_to_f32(const uint2 &v, float (&o)[4])
 
 /* Asks L2 for a tile's bytes ahead of its loads: both 128-byte lines a plane row of the tile (32
  * tokens of one word) can touch, one row per lane, and the scale runs. Costs no registers. */
-template <int KM, bool KQ, int VM>
+template <int KM, bool KQ, int VM, bool KEYS = true>
 __device__ __forceinline__ void prefetch_tile(const tile_pos &p, uint32_t lane)
 {
-    constexpr uint32_t krows = planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0);
+    constexpr uint32_t krows = KEYS ? planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0) : 0;
     constexpr uint32_t vrows = planes<VM>::w0 + planes<VM>::w1;
     if (!p.fast) /* a partial tile's rows could end past the section: no prefetch */
         return;
@@ -283,26 +299,81 @@ __device__ __forceinline__ void prefetch_tile(const tile_pos &p, uint32_t lane)
     }
 }
 
-/* The key words of a tile (consumed by its scores). */
-template <int KM, bool KQ>
-__device__ __forceinline__ void load_keys(tile_buf &b, const tile_pos &p, uint32_t g, uint32_t t4)
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src)
 {
-    const uint32_t T = p.T, tk = p.t0 + 4 * g;
-    const bool fast = p.fast;
-    const uint32_t *kp0 = (const uint32_t *)(p.krec + p.H2 * (KQ ? 2 : 1));
-    const uint32_t *kp1 = kp0 + planes<KM>::w0 * T;
-    const uint32_t *ksg = kp1 + planes<KM>::w1 * T;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+/* n = 4, or 0 for a zero fill */
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, uint32_t n)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(n)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit(void)
+{
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+/* Waits until at most one group (the tile after the current one) is in flight. */
+__device__ __forceinline__ void cp_async_wait1(void)
+{
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
+}
+
+/* Copies a tile's key rows into a staging slot (shared address `slot`) without holding a
+ * register: row r at r * 128, its 16-byte column c at (c ^ swz(r)) * 16. A whole aligned tile
+ * goes by 16-byte copies (rows * 8 of them over the 32 lanes); a partial or unaligned one word
+ * by word, the tokens past the chunk filled with zeros. */
+template <int KM, bool KQ>
+__device__ __forceinline__ void stage_keys(const tile_pos &p, uint32_t slot, uint32_t lane)
+{
+    using S = kstage<KM, KQ>;
+    const uint32_t T = p.T;
+    const uint8_t *k0 = p.krec + p.H2 * (KQ ? 2 : 1); /* the rows lie back to back, T words each */
+    if (p.fast) {
+#pragma unroll
+        for (uint32_t q = lane; q < S::rows * 8; q += 32) {
+            const uint32_t r = q >> 3, c = q & 7;
+            cp_async16(slot + r * 128 + ((c ^ S::swz(r)) << 4),
+                       k0 + ((size_t)r * T + p.t0) * 4 + c * 16);
+        }
+    } else {
+        const uint32_t tok = p.t0 + lane, n = tok < T ? 4u : 0u;
+        const uint32_t col = ((lane >> 2) << 4) | ((lane & 3) << 2);
+#pragma unroll
+        for (uint32_t r = 0; r < S::rows; r++)
+            cp_async4(slot + r * 128 + (col ^ (S::swz(r) << 4)),
+                      k0 + ((size_t)r * T + (n ? tok : 0)) * 4, n);
+    }
+}
+
+__device__ __forceinline__ uint4 lds128(uint32_t addr)
+{
+    uint4 v;
+    asm volatile("ld.shared.v4.b32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr));
+    return v;
+}
+
+/* A lane's key words of the staged tile: tokens 4g .. 4g + 3 (column g) of its rows, as
+ * load_keys used to fetch them from global memory; the sign words of prod keys in s. */
+template <int KM, bool KQ>
+__device__ __forceinline__ void read_keys(uint4 (&k)[4], uint4 &sw, uint32_t slot, uint32_t g,
+                                          uint32_t t4)
+{
+    using S = kstage<KM, KQ>;
+    const auto at = [&](uint32_t r) { return lds128(slot + r * 128 + ((g ^ S::swz(r)) << 4)); };
     if (KM == 4) {
 #pragma unroll
         for (int i = 0; i < 4; i++)
-            b.k[i] = ld_words(kp0 + (size_t)(t4 + 4 * i) * T, T, tk, fast);
+            k[i] = at(t4 + 4 * i);
     } else {
-        b.k[0] = ld_words(kp0 + (size_t)(2 * t4) * T, T, tk, fast);
-        b.k[1] = ld_words(kp0 + (size_t)(2 * t4 + 1) * T, T, tk, fast);
-        b.k[2] = KM == 3 ? ld_words(kp1 + (size_t)t4 * T, T, tk, fast) : make_uint4(0, 0, 0, 0);
-        b.k[3] = make_uint4(0, 0, 0, 0);
+        k[0] = at(2 * t4);
+        k[1] = at(2 * t4 + 1);
+        k[2] = KM == 3 ? at(planes<KM>::w0 + t4) : make_uint4(0, 0, 0, 0);
+        k[3] = make_uint4(0, 0, 0, 0);
     }
-    b.s = KQ ? ld_words(ksg + (size_t)t4 * T, T, tk, fast) : make_uint4(0, 0, 0, 0);
+    sw = KQ ? at(planes<KM>::w0 + planes<KM>::w1 + t4) : make_uint4(0, 0, 0, 0);
 }
 
 /* The value words and all the scales of a tile (consumed by its softmax and value sums; loaded
@@ -377,7 +448,8 @@ template <bool KQ, bool G16> struct qfrag {
  * columns are query heads (2 t4, 2 t4 + 1; + 8 for the second head tile). */
 template <int KM, bool KQ, int VM, bool G16>
 __device__ __forceinline__ void
-compute_tile(tile_buf &b_, const tile_pos &p_, const tile_pos &pn, bool vn, const mma_args &A,
+compute_tile(tile_buf &b_, uint32_t kslot, const tile_pos &p_, const tile_pos &pn, bool vn,
+             const mma_args &A,
              uint32_t lbk, uint32_t lbv, const qfrag<KQ, G16> &Q, float (&o)[8][G16 ? 2 : 1][4],
              float (&m_run)[G16 ? 2 : 1][2], float (&l_run)[G16 ? 2 : 1][2], uint32_t g,
              uint32_t t4)
@@ -389,6 +461,8 @@ compute_tile(tile_buf &b_, const tile_pos &p_, const tile_pos &pn, bool vn, cons
     half4_to_f32(b_.vsc, vsc);
 
     /* ---- scores */
+    uint4 kw[4], ks;
+    read_keys<KM, KQ>(kw, ks, kslot, g, t4);
     float sacc[2][HN][4], qacc[KQ ? 2 : 1][HN][4];
 #pragma unroll
     for (int ms = 0; ms < 2; ms++) {
@@ -403,8 +477,8 @@ compute_tile(tile_buf &b_, const tile_pos &p_, const tile_pos &pn, bool vn, cons
 #pragma unroll
         for (int rh = 0; rh < 2; rh++) {
             const int nt = 2 * ms + rh;
-            const uint32_t w[4] = {pick(b_.k[0], nt), pick(b_.k[1], nt), pick(b_.k[2], nt),
-                                   pick(b_.k[3], nt)};
+            const uint32_t w[4] = {pick(kw[0], nt), pick(kw[1], nt), pick(kw[2], nt),
+                                   pick(kw[3], nt)};
             decode_key<KM>(w, lbk, bt[rh]);
         }
 #pragma unroll
@@ -416,7 +490,7 @@ compute_tile(tile_buf &b_, const tile_pos &p_, const tile_pos &pn, bool vn, cons
         if (KQ) {
 #pragma unroll
             for (int rh = 0; rh < 2; rh++) {
-                const uint32_t sw = pick(b_.s, 2 * ms + rh);
+                const uint32_t sw = pick(ks, 2 * ms + rh);
 #pragma unroll
                 for (int r = 0; r < 16; r++) /* bit r -> half 0, bit r + 16 -> half 1 */
                     bt[rh][r] = (~(sw << (15 - r)) & 0x80008000u) | 0x3C003C00u;
@@ -536,10 +610,8 @@ compute_tile(tile_buf &b_, const tile_pos &p_, const tile_pos &pn, bool vn, cons
                 mma16816(o[mt][hn], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb[ks][hn][0],
                          pb[ks][hn][1]);
     }
-    if (vn) { /* the next tile's words and scales: its values' a whole key decode ahead */
-        load_keys<KM, KQ>(b_, pn, g, t4);
+    if (vn) /* the next tile's value words and scales: a whole key decode ahead of their use */
         load_values<KQ, VM>(b_, pn, g, t4);
-    }
 }
 
 /* Writes a table: entry e (a byte of two 4-bit codes, or a 6-bit index of two 2-bit codes and
@@ -587,9 +659,14 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     {
         return qoff(share) + (KQ ? 0 : GH * 128 * 4);
     }
+    /* then each warp's two key staging slots (the tile in hand and the next) */
+    __host__ __device__ static uint32_t soff(bool share)
+    {
+        return (doff(share) + kDesc * (uint32_t)sizeof(tq_cuda_chunk) + 15) & ~15u;
+    }
     __host__ __device__ static uint32_t smem(bool share)
     {
-        return doff(share) + kDesc * (uint32_t)sizeof(tq_cuda_chunk);
+        return soff(share) + kWarps * 2 * kstage<KM, KQ>::bytes;
     }
 };
 
@@ -619,6 +696,9 @@ __global__ void __launch_bounds__(kThreads, 2)
     pa.T = 0;
     pa.t0 = 0;
     bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, chunks + cs, cs, h, first);
+    /* the warp's key staging slots: tile i's keys in slot i & 1 */
+    constexpr uint32_t kslot_bytes = kstage<KM, KQ>::bytes;
+    const uint32_t kslot0 = kSmemBase + K_::soff(A.share_lut != 0) + warp * 2 * kslot_bytes;
     tile_buf b;
     if (va) {
         prefetch_tile<KM, KQ, VM>(pa, lane);
@@ -626,9 +706,10 @@ __global__ void __launch_bounds__(kThreads, 2)
         int32_t c2 = c;
         if (next_tile<KM, KQ, VM>(p2, c2, c1, chunks, chunks + cs, cs, h, first))
             prefetch_tile<KM, KQ, VM>(p2, lane);
-        load_keys<KM, KQ>(b, pa, g, t4);
+        stage_keys<KM, KQ>(pa, kslot0, lane);
         load_values<KQ, VM>(b, pa, g, t4);
     }
+    cp_async_commit();
 
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
     fill_lut<KM>((uint32_t *)sm, A.kcent, tid, 0);
@@ -708,11 +789,25 @@ __global__ void __launch_bounds__(kThreads, 2)
         l_run[hn][0] = l_run[hn][1] = 0.0f;
     }
 
+    uint32_t it = 0;
     while (va) {
         tile_pos pn = pa;
         const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first);
-        if (vn) prefetch_tile<KM, KQ, VM>(pn, lane); /* into L2 while this tile is computed */
-        compute_tile<KM, KQ, VM, G16>(b, pa, pn, vn, A, lbk, lbv, Q, o, m_run, l_run, g, t4);
+        /* the next tile's keys into the other slot (every lane is done with that slot's
+         * previous tile: the syncwarp), its values into L2, while this tile is computed */
+        const uint32_t kcur = kslot0 + (it & 1) * kslot_bytes;
+        const uint32_t knext = kslot0 + ((it + 1) & 1) * kslot_bytes;
+        __syncwarp();
+        if (vn) {
+            stage_keys<KM, KQ>(pn, knext, lane);
+            prefetch_tile<KM, KQ, VM, false>(pn, lane);
+        }
+        cp_async_commit();
+        cp_async_wait1(); /* this tile's keys have landed (for this lane's copies) */
+        __syncwarp();     /* and for every lane's */
+        compute_tile<KM, KQ, VM, G16>(b, kcur, pa, pn, vn, A, lbk, lbv, Q, o, m_run, l_run, g,
+                                      t4);
+        it++;
         pa = pn;
         va = vn;
     }
