@@ -212,6 +212,7 @@ struct tile_buf {
 template <int KM, bool KQ> struct kstage {
     static constexpr uint32_t rows = planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0);
     static constexpr uint32_t bytes = rows * 128;
+    static_assert(rows % 4 == 0, "a tile's rows are copied 4 rows (32 x 16 bytes) at a time");
     /* 16-byte column swizzle of row r: the lane quad position t4 that reads it, times two, so
      * that the eight lanes of a quarter warp (g = 0, 1 or 2, 3; t4 = 0..3) hit eight distinct
      * columns. Plane rows of 4-bit keys are t4 + 4 i, of 2- and 3-bit keys 2 t4 + b; the [1]
@@ -277,21 +278,17 @@ __device__ __forceinline__ void half4_to_f32(const uint2 &v, float (&o)[4])
     o[3] = tqc_f16_to_f32((uint16_t)(v.y >> 16));
 }
 
-/* Asks L2 for a tile's bytes ahead of its loads: both 128-byte lines a plane row of the tile (32
- * tokens of one word) can touch, one row per lane, and the scale runs. Costs no registers. */
-template <int KM, bool KQ, int VM, bool KEYS = true>
-__device__ __forceinline__ void prefetch_tile(const tile_pos &p, uint32_t lane)
+/* Asks L2 for a tile's value words and scales ahead of their loads (its keys are staged a tile
+ * ahead by cp.async): both 128-byte lines a value row of the tile (32 tokens of one word) can
+ * touch, one row per lane, and the scale runs. Costs no registers. */
+template <int KQ, int VM>
+__device__ __forceinline__ void prefetch_values(const tile_pos &p, uint32_t lane)
 {
-    constexpr uint32_t krows = KEYS ? planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0) : 0;
     constexpr uint32_t vrows = planes<VM>::w0 + planes<VM>::w1;
     if (!p.fast) /* a partial tile's rows could end past the section: no prefetch */
         return;
     const uint32_t row = lane >> 1, end = (lane & 1) * 124;
-    const uint8_t *k = p.krec + p.H2 * (KQ ? 2 : 1) + ((size_t)row * p.T + p.t0) * 4 + end;
     const uint8_t *v = p.vrec + p.H2 + ((size_t)row * p.T + p.t0) * 4 + end;
-    if (row < krows) asm volatile("prefetch.global.L2 [%0];" ::"l"(k));
-    if (krows > 16 && row + 16 < krows)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(k + (size_t)64 * p.T));
     if (row < vrows) asm volatile("prefetch.global.L2 [%0];" ::"l"(v));
     if (lane < (KQ ? 3u : 2u)) {
         const uint8_t *sc = (lane == 0 ? p.vrec : lane == 1 ? p.krec : p.krec + p.H2);
@@ -329,12 +326,13 @@ __device__ __forceinline__ void stage_keys(const tile_pos &p, uint32_t slot, uin
     using S = kstage<KM, KQ>;
     const uint32_t T = p.T;
     const uint8_t *k0 = p.krec + p.H2 * (KQ ? 2 : 1); /* the rows lie back to back, T words each */
-    if (p.fast) {
+    if (p.fast) { /* copy j: row lane / 8 + 4 j, column lane % 8; 32-bit offsets */
+        const uint32_t r0 = lane >> 3, c = lane & 7;
+        const uint32_t off = (r0 * T + p.t0) * 4 + c * 16;
 #pragma unroll
-        for (uint32_t q = lane; q < S::rows * 8; q += 32) {
-            const uint32_t r = q >> 3, c = q & 7;
-            cp_async16(slot + r * 128 + ((c ^ S::swz(r)) << 4),
-                       k0 + ((size_t)r * T + p.t0) * 4 + c * 16);
+        for (uint32_t j = 0; j < S::rows / 4; j++) {
+            const uint32_t r = r0 + 4 * j;
+            cp_async16(slot + r * 128 + ((c ^ S::swz(r)) << 4), k0 + off + j * 16 * T);
         }
     } else {
         const uint32_t tok = p.t0 + lane, n = tok < T ? 4u : 0u;
@@ -382,18 +380,29 @@ template <bool KQ, int VM>
 __device__ __forceinline__ void load_values(tile_buf &b, const tile_pos &p, uint32_t g, uint32_t t4)
 {
     const uint32_t T = p.T, tk = p.t0 + 4 * g, tv = p.t0 + 8 * t4;
-    const bool fast = p.fast;
+    /* word rows of this lane: g, and g + 8 (4-bit) or the [1] plane's row g / 2 */
+    const uint32_t r1 = VM == 4 ? g + 8 : planes<VM>::w0 + (g >> 1);
+    if (p.fast) { /* one branch, 32-bit offsets from two bases (a record is far below 4 GiB) */
+        const uint8_t *vb = p.vrec + p.H2;
+        const uint8_t *w0 = vb + (g * T + tv) * 4, *w1 = vb + (r1 * T + tv) * 4;
+        b.v[0] = __ldg((const uint4 *)w0);
+        b.v[1] = __ldg((const uint4 *)(w0 + 16));
+        b.v[2] = __ldg((const uint4 *)w1);
+        b.v[3] = __ldg((const uint4 *)(w1 + 16));
+        b.ksc = __ldg((const uint2 *)(p.krec + tk * 2));
+        b.kgm = KQ ? __ldg((const uint2 *)(p.krec + p.H2 + tk * 2)) : make_uint2(0, 0);
+        b.vsc = __ldg((const uint2 *)(p.vrec + tk * 2));
+        return;
+    }
     const uint32_t *vp0 = (const uint32_t *)(p.vrec + p.H2);
-    const uint32_t *vp1 = vp0 + planes<VM>::w0 * T;
-    const uint32_t *v0 = vp0 + (size_t)g * T;
-    const uint32_t *v1 = VM == 4 ? vp0 + (size_t)(g + 8) * T : vp1 + (size_t)(g >> 1) * T;
-    b.v[0] = ld_words(v0, T, tv, fast);
-    b.v[1] = ld_words(v0, T, tv + 4, fast);
-    b.v[2] = ld_words(v1, T, tv, fast);
-    b.v[3] = ld_words(v1, T, tv + 4, fast);
-    b.ksc = ld_half4(p.krec, T, tk, fast);
-    b.kgm = KQ ? ld_half4(p.krec + p.H2, T, tk, fast) : make_uint2(0, 0);
-    b.vsc = ld_half4(p.vrec, T, tk, fast);
+    const uint32_t *v0 = vp0 + (size_t)g * T, *v1 = vp0 + (size_t)r1 * T;
+    b.v[0] = ld_words(v0, T, tv, false);
+    b.v[1] = ld_words(v0, T, tv + 4, false);
+    b.v[2] = ld_words(v1, T, tv, false);
+    b.v[3] = ld_words(v1, T, tv + 4, false);
+    b.ksc = ld_half4(p.krec, T, tk, false);
+    b.kgm = KQ ? ld_half4(p.krec + p.H2, T, tk, false) : make_uint2(0, 0);
+    b.vsc = ld_half4(p.vrec, T, tk, false);
 }
 
 /* Decodes the 16 fragment registers (32 coordinates, key_channel order) of one token's key
@@ -614,29 +623,32 @@ compute_tile(tile_buf &b_, uint32_t kslot, const tile_pos &p_, const tile_pos &p
         load_values<KQ, VM>(b_, pn, g, t4);
 }
 
-/* Writes a table: entry e (a byte of two 4-bit codes, or a 6-bit index of two 2-bit codes and
- * their high bits) holds half2(centroid of the first code, centroid of the second), 32 times.
- * A thread computes an entry once and stores its copies 16 bytes at a time, starting at a
- * lane-dependent quarter so that a warp's stores spread over the banks. */
+/* A table's entry e (a byte of two 4-bit codes, or a 6-bit index of two 2-bit codes and their
+ * high bits) holds half2(centroid of the first code, centroid of the second), 32 times. A thread
+ * computes an entry once and stores its copies 16 bytes at a time, starting at a lane-dependent
+ * quarter so that a warp's stores spread over the banks. */
 template <int M>
-__device__ __forceinline__ void fill_lut(uint32_t *lut, const float *cent, uint32_t tid,
-                                         uint32_t half)
+__device__ __forceinline__ uint32_t lut_entry(const float *cent, uint32_t e)
 {
-    for (uint32_t e = tid; e < lut_size<M>::entries; e += kThreads) {
-        uint32_t lo, hi;
-        if (M == 4) {
-            lo = e & 15;
-            hi = e >> 4;
-        } else {
-            lo = (e & 3) | (M == 3 ? ((e >> 4) & 1) << 2 : 0);
-            hi = ((e >> 2) & 3) | (M == 3 ? ((e >> 5) & 1) << 2 : 0);
-        }
-        const uint32_t v = pack_half2(__ldg(cent + lo), __ldg(cent + hi));
-        const uint4 v4 = make_uint4(v, v, v, v);
-#pragma unroll
-        for (uint32_t k = 0; k < 8; k++)
-            *(uint4 *)(lut + e * 64 + half * 32 + ((k + tid) & 7) * 4) = v4;
+    uint32_t lo, hi;
+    if (M == 4) {
+        lo = e & 15;
+        hi = e >> 4;
+    } else {
+        lo = (e & 3) | (M == 3 ? ((e >> 4) & 1) << 2 : 0);
+        hi = ((e >> 2) & 3) | (M == 3 ? ((e >> 5) & 1) << 2 : 0);
     }
+    return e < lut_size<M>::entries ? pack_half2(__ldg(cent + lo), __ldg(cent + hi)) : 0u;
+}
+/* Stores entry e's 32 copies (v from lut_entry; e = tid: a table has at most kThreads entries). */
+template <int M>
+__device__ __forceinline__ void lut_store(uint32_t *lut, uint32_t v, uint32_t e, uint32_t half)
+{
+    if (e >= lut_size<M>::entries) return;
+    const uint4 v4 = make_uint4(v, v, v, v);
+#pragma unroll
+    for (uint32_t k = 0; k < 8; k++)
+        *(uint4 *)(lut + e * 64 + half * 32 + ((k + e) & 7) * 4) = v4;
 }
 
 /* ---- The split kernel ---------------------------------------------------------------------- */
@@ -684,12 +696,41 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     if ((uint32_t)__cvta_generic_to_shared(sm) != kSmemBase)
         __trap(); /* the tables' addresses assume it (tqkv__att_mma_eligible checks the device) */
-    const int32_t cs = chunk_indptr[seq] + (int32_t)(sp * A.cps);
-    const int32_t c1 = min(chunk_indptr[seq + 1], cs + (int32_t)A.cps);
+    static_assert(lut_size<4>::entries <= kThreads, "one table entry per thread");
+    /* Every global load of the prologue that depends on nothing is issued first, so that the
+     * block waits on one memory latency (then one more for the chunk descriptors, which need
+     * the sequence's chunk range) instead of a chain of them. */
+    const int32_t ip0 = chunk_indptr[seq], ip1 = chunk_indptr[seq + 1];
+    const uint32_t kent = lut_entry<KM>(A.kcent, tid);
+    const uint32_t vent = A.share_lut ? 0u : lut_entry<VM>(A.vcent, tid);
+    /* MSE keys: the block rotates its heads' queries itself, q' = H (D . q) / sqrt(128), a warp
+     * per head row (prod keys take q' and its sketch S q' from att_mma_prep) */
+    constexpr int QR = KQ ? 0 : (G16 ? 2 : 1); /* head rows of this warp */
+    uint32_t qx[QR > 0 ? QR : 1][4]; /* the query's 16 bits, and D's sign as bit 16 */
+#pragma unroll
+    for (int rr = 0; rr < QR; rr++) {
+        const uint32_t r = warp + kWarps * rr;
+        const uint16_t *qp =
+            (const uint16_t *)A.q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t k = 4 * lane + i;
+            uint32_t bits = 0, sg = 0;
+            if (r < A.group && k < A.head_dim) {
+                bits = qp[k];
+                sg = __ldg(A.kdsign + k);
+            }
+            qx[rr][i] = bits | sg >> 15;
+        }
+    }
+    const int32_t cs = ip0 + (int32_t)(sp * A.cps);
+    const int32_t c1 = min(ip1, cs + (int32_t)A.cps);
+    tq_cuda_chunk dsc; /* this thread's chunk descriptor for the shared copy */
+    const bool has_dsc = tid < kDesc && cs + (int32_t)tid < c1;
+    if (has_dsc) dsc = chunks[cs + tid];
 
-    /* the first tile's words are requested before anything else, and the second tile's asked
-     * of L2: their latency then hides behind the tables and the query rotation (descriptors
-     * straight from global memory here: the shared copy is not written yet) */
+    /* the first tile's words are requested before the tables and the query rotation, whose
+     * work then hides their latency (descriptors straight from global memory here) */
     int32_t c = cs - 1;
     const uint32_t first = warp * kTile;
     tile_pos pa;
@@ -701,47 +742,34 @@ __global__ void __launch_bounds__(kThreads, 2)
     const uint32_t kslot0 = kSmemBase + K_::soff(A.share_lut != 0) + warp * 2 * kslot_bytes;
     tile_buf b;
     if (va) {
-        prefetch_tile<KM, KQ, VM>(pa, lane);
-        tile_pos p2 = pa;
-        int32_t c2 = c;
-        if (next_tile<KM, KQ, VM>(p2, c2, c1, chunks, chunks + cs, cs, h, first))
-            prefetch_tile<KM, KQ, VM>(p2, lane);
         stage_keys<KM, KQ>(pa, kslot0, lane);
         load_values<KQ, VM>(b, pa, g, t4);
     }
     cp_async_commit();
 
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
-    fill_lut<KM>((uint32_t *)sm, A.kcent, tid, 0);
-    if (!A.share_lut) fill_lut<VM>((uint32_t *)sm, A.vcent, tid, 1);
+    lut_store<KM>((uint32_t *)sm, kent, tid, 0);
+    if (!A.share_lut) lut_store<VM>((uint32_t *)sm, vent, tid, 1);
     const uint32_t lbk = lane * 4, lbv = (A.share_lut ? 0 : 128) + lane * 4;
 
-    /* MSE keys: the block rotates its heads' queries itself, q' = H (D . q) / sqrt(128), a warp
-     * per head row (prod keys take q' and its sketch S q' from att_mma_prep) */
     float *qr = (float *)(sm + K_::qoff(A.share_lut != 0)); /* [GH][128] */
-    if (!KQ) {
-        for (uint32_t r = warp; r < K_::GH; r += kWarps) {
-            float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            if (r < A.group) {
-                const uint16_t *qp =
-                    (const uint16_t *)A.q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const uint32_t k = 4 * lane + i;
-                    float v = 0.0f;
-                    if (k < A.head_dim)
-                        v = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(qp[k])
-                                                       : tqc_f16_to_f32(qp[k]);
-                    x[i] = __uint_as_float(__float_as_uint(v) ^ __ldg(A.kdsign + k));
-                }
-                warp_fwht128(x, lane);
-            }
-            *(float4 *)(qr + r * 128 + 4 * lane) = make_float4(x[0], x[1], x[2], x[3]);
+    for (int rr = 0; rr < QR; rr++) {
+        const uint32_t r = warp + kWarps * rr;
+        float x[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t u = qx[rr][i];
+            const uint16_t bits = (uint16_t)(u & 0xffffu);
+            const float v =
+                A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(bits) : tqc_f16_to_f32(bits);
+            x[i] = __uint_as_float(__float_as_uint(v) ^ ((u & 0x10000u) << 15));
         }
+        warp_fwht128(x, lane); /* rows past the group are zeros */
+        *(float4 *)(qr + r * 128 + 4 * lane) = make_float4(x[0], x[1], x[2], x[3]);
     }
     tq_cuda_chunk *sdesc = (tq_cuda_chunk *)(sm + K_::doff(A.share_lut != 0));
-    for (int32_t i = (int32_t)tid; i < (int32_t)kDesc && cs + i < c1; i += kThreads)
-        sdesc[i] = chunks[cs + i];
+    if (has_dsc) sdesc[tid] = dsc;
     if (KQ)
         tqc_grid_wait(); /* att_mma_prep's queries (this kernel may start before it ends) */
     else
@@ -800,7 +828,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         __syncwarp();
         if (vn) {
             stage_keys<KM, KQ>(pn, knext, lane);
-            prefetch_tile<KM, KQ, VM, false>(pn, lane);
+            prefetch_values<KQ, VM>(pn, lane);
         }
         cp_async_commit();
         cp_async_wait1(); /* this tile's keys have landed (for this lane's copies) */
