@@ -238,8 +238,10 @@ __device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
                                           int32_t cs, uint32_t h, uint32_t first)
 {
     p.t0 += kWarps * kTile;
-    while (p.t0 >= p.T) {
-        if (++c >= c1) return false;
+    /* votes: the walk is the same for every lane, and a branch the compiler knows to be uniform
+     * needs no reconvergence point (before which it would wait for the loads in flight) */
+    while (__any_sync(0xffffffffu, p.t0 >= p.T)) {
+        if (__any_sync(0xffffffffu, ++c >= c1)) return false;
         const tq_cuda_chunk ck = c - cs < (int32_t)kDesc ? sdesc[c - cs] : chunks[c];
         const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
         const uint32_t krs =
@@ -249,7 +251,8 @@ __device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
         p.vrec = (const uint8_t *)ck.v_section + (size_t)h * vrs;
         p.T = T;
         p.H2 = H2;
-        p.fast = T % kTile == 0 && (((uintptr_t)p.krec | (uintptr_t)p.vrec) & 15) == 0;
+        p.fast = __all_sync(0xffffffffu,
+                            T % kTile == 0 && (((uintptr_t)p.krec | (uintptr_t)p.vrec) & 15) == 0);
         p.t0 = first;
     }
     return true;
