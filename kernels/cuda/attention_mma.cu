@@ -124,17 +124,6 @@ __device__ __forceinline__ void warp_fwht128(float (&x)[4], uint32_t lane)
     }
 }
 
-/* Four consecutive tokens' copy of one code word (plane p, word row w already applied). */
-__device__ __forceinline__ uint4 ld_words(const uint32_t *p, uint32_t T, uint32_t tok, bool fast)
-{
-    if (fast) return __ldg((const uint4 *)(p + tok));
-    uint4 r;
-    r.x = tok < T ? __ldg(p + tok) : 0u;
-    r.y = tok + 1 < T ? __ldg(p + tok + 1) : 0u;
-    r.z = tok + 2 < T ? __ldg(p + tok + 2) : 0u;
-    r.w = tok + 3 < T ? __ldg(p + tok + 3) : 0u;
-    return r;
-}
 /* Nibbles 0..3 of the low 16 bits of x (or of the high 16 bits with HI) into bytes 0..3. */
 template <bool HI> __device__ __forceinline__ uint32_t spread_nibbles(uint32_t x)
 {
@@ -199,12 +188,15 @@ __global__ void __launch_bounds__(128)
     }
 }
 
-/* One tile's value words and fp16 scales as a lane loads them into registers (the key words go
- * through the warp's shared staging slots, kstage). Scales: tokens t0 + 4g .. +3; values:
- * t0 + 8 t4 .. +7. */
-struct tile_buf {
-    uint4 v[4];
-    uint2 ksc, kgm, vsc; /* fp16 scales (gammas) of tokens t0 + 4g .. +3 */
+/* A tile's value rows and fp16 scales in a warp's value staging slot: the rows (128 bytes each,
+ * 16-byte column c of row r at (c ^ (r & 1)) * 16: the eight lanes of a quarter warp, rows g
+ * and g + 1 at columns 2 t4 (+1), then hit eight distinct columns), then the key scales, the
+ * value scales and, for prod keys, the gammas, 64 bytes each (32 tokens). */
+template <bool KQ, int VM> struct vstage {
+    static constexpr uint32_t rows = planes<VM>::w0 + planes<VM>::w1;
+    static constexpr uint32_t ksc = rows * 128, vsc = ksc + 64, kgm = vsc + 64;
+    static constexpr uint32_t bytes = kgm + (KQ ? 64 : 0);
+    static_assert(rows % 4 == 0, "a tile's rows are copied 4 rows (32 x 16 bytes) at a time");
 };
 
 /* Key rows of a tile (plane word rows, then the QJL sign rows) and the bytes of one staging slot:
@@ -258,21 +250,6 @@ __device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
     return true;
 }
 
-/* Four consecutive tokens' fp16 values (scales, gammas), raw. */
-__device__ __forceinline__ uint2 ld_half4(const uint8_t *base, uint32_t T, uint32_t tok, bool fast)
-{
-    const uint16_t *hp = (const uint16_t *)base;
-    if (fast) return __ldg((const uint2 *)(hp + tok));
-    uint32_t w[2];
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        uint32_t lo = tok + 2 * i < T ? __ldg(hp + tok + 2 * i) : 0u;
-        uint32_t hi = tok + 2 * i + 1 < T ? __ldg(hp + tok + 2 * i + 1) : 0u;
-        w[i] = lo | hi << 16;
-    }
-    return make_uint2(w[0], w[1]);
-}
-
 __device__ __forceinline__ void half4_to_f32(const uint2 &v, float (&o)[4])
 {
     o[0] = tqc_f16_to_f32((uint16_t)(v.x & 0xffff));
@@ -313,10 +290,14 @@ __device__ __forceinline__ void cp_async_commit(void)
 {
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
-/* Waits until at most one group (the tile after the current one) is in flight. */
+/* Waits until at most one group (the newest) is in flight. */
 __device__ __forceinline__ void cp_async_wait1(void)
 {
     asm volatile("cp.async.wait_group 1;" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait0(void)
+{
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
 }
 
 /* Copies a tile's key rows into a staging slot (shared address `slot`) without holding a
@@ -377,35 +358,56 @@ __device__ __forceinline__ void read_keys(uint4 (&k)[4], uint4 &sw, uint32_t slo
     sw = KQ ? at(planes<KM>::w0 + planes<KM>::w1 + t4) : make_uint4(0, 0, 0, 0);
 }
 
-/* The value words and all the scales of a tile (consumed by its softmax and value sums; loaded
- * at the end of the previous tile, so their latency hides behind the key decode and scores). */
+/* Copies a tile's value rows and all its scales into the warp's value staging slot (vstage)
+ * without holding a register; as stage_keys, by 16-byte copies for a whole aligned tile, else
+ * word by word (scales by token pairs) with the tokens past the chunk filled with zeros. */
 template <bool KQ, int VM>
-__device__ __forceinline__ void load_values(tile_buf &b, const tile_pos &p, uint32_t g, uint32_t t4)
+__device__ __forceinline__ void stage_values(const tile_pos &p, uint32_t slot, uint32_t lane)
 {
-    const uint32_t T = p.T, tk = p.t0 + 4 * g, tv = p.t0 + 8 * t4;
-    /* word rows of this lane: g, and g + 8 (4-bit) or the [1] plane's row g / 2 */
-    const uint32_t r1 = VM == 4 ? g + 8 : planes<VM>::w0 + (g >> 1);
-    if (p.fast) { /* one branch, 32-bit offsets from two bases (a record is far below 4 GiB) */
-        const uint8_t *vb = p.vrec + p.H2;
-        const uint8_t *w0 = vb + (g * T + tv) * 4, *w1 = vb + (r1 * T + tv) * 4;
-        b.v[0] = __ldg((const uint4 *)w0);
-        b.v[1] = __ldg((const uint4 *)(w0 + 16));
-        b.v[2] = __ldg((const uint4 *)w1);
-        b.v[3] = __ldg((const uint4 *)(w1 + 16));
-        b.ksc = __ldg((const uint2 *)(p.krec + tk * 2));
-        b.kgm = KQ ? __ldg((const uint2 *)(p.krec + p.H2 + tk * 2)) : make_uint2(0, 0);
-        b.vsc = __ldg((const uint2 *)(p.vrec + tk * 2));
+    using S = vstage<KQ, VM>;
+    const uint32_t T = p.T;
+    const uint8_t *v0 = p.vrec + p.H2; /* the rows lie back to back, T words each */
+    if (p.fast) {
+        const uint32_t r0 = lane >> 3, c = lane & 7;
+        const uint32_t off = (r0 * T + p.t0) * 4 + c * 16;
+#pragma unroll
+        for (uint32_t j = 0; j < S::rows / 4; j++) {
+            const uint32_t r = r0 + 4 * j;
+            cp_async16(slot + r * 128 + ((c ^ (r & 1)) << 4), v0 + off + j * 16 * T);
+        }
+        /* scales: 4 x 16 bytes per run; lane 4 k + c copies run k's column c */
+        const uint32_t k = lane >> 2, cc = lane & 3;
+        if (k < (KQ ? 3u : 2u)) {
+            const uint8_t *src = k == 0 ? p.krec : k == 1 ? p.vrec : p.krec + p.H2;
+            cp_async16(slot + S::ksc + k * 64 + cc * 16, src + p.t0 * 2 + cc * 16);
+        }
         return;
     }
-    const uint32_t *vp0 = (const uint32_t *)(p.vrec + p.H2);
-    const uint32_t *v0 = vp0 + (size_t)g * T, *v1 = vp0 + (size_t)r1 * T;
-    b.v[0] = ld_words(v0, T, tv, false);
-    b.v[1] = ld_words(v0, T, tv + 4, false);
-    b.v[2] = ld_words(v1, T, tv, false);
-    b.v[3] = ld_words(v1, T, tv + 4, false);
-    b.ksc = ld_half4(p.krec, T, tk, false);
-    b.kgm = KQ ? ld_half4(p.krec + p.H2, T, tk, false) : make_uint2(0, 0);
-    b.vsc = ld_half4(p.vrec, T, tk, false);
+    const uint32_t tok = p.t0 + lane, n = tok < T ? 4u : 0u;
+    const uint32_t col = ((lane >> 2) << 4) | ((lane & 3) << 2);
+#pragma unroll
+    for (uint32_t r = 0; r < S::rows; r++)
+        cp_async4(slot + r * 128 + (col ^ ((r & 1) << 4)), v0 + ((size_t)r * T + (n ? tok : 0)) * 4,
+                  n);
+    /* scales by token pairs (4 bytes, 4-byte aligned: a scale run is padded to whole pairs):
+     * lanes 0..15 the key scales' pairs, 16..31 the value scales', then the gammas' */
+    const uint32_t pr = lane & 15, t2 = p.t0 + 2 * pr;
+    const uint32_t nb = t2 + 1 < T ? 4u : t2 < T ? 2u : 0u;
+#pragma unroll
+    for (uint32_t pass = 0; pass < (KQ ? 2u : 1u); pass++) {
+        const uint32_t k = pass * 2 + (lane >> 4);
+        if (k < (KQ ? 3u : 2u)) {
+            const uint8_t *src = k == 0 ? p.krec : k == 1 ? p.vrec : p.krec + p.H2;
+            cp_async4(slot + S::ksc + k * 64 + pr * 4, src + (nb ? t2 : 0) * 2, nb);
+        }
+    }
+}
+
+__device__ __forceinline__ uint2 lds64(uint32_t addr)
+{
+    uint2 v;
+    asm volatile("ld.shared.v2.b32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(addr));
+    return v;
 }
 
 /* Decodes the 16 fragment registers (32 coordinates, key_channel order) of one token's key
@@ -444,6 +446,11 @@ __device__ __forceinline__ void decode_key(const uint32_t (&w)[4], uint32_t lb, 
     }
 }
 
+__device__ __forceinline__ uint32_t lane_of(uint32_t g, uint32_t t4)
+{
+    return 4 * g + t4;
+}
+
 __device__ __forceinline__ uint32_t pick(const uint4 &x, int i)
 {
     return i == 0 ? x.x : i == 1 ? x.y : i == 2 ? x.z : x.w;
@@ -460,21 +467,21 @@ template <bool KQ, bool G16> struct qfrag {
  * columns are query heads (2 t4, 2 t4 + 1; + 8 for the second head tile). */
 template <int KM, bool KQ, int VM, bool G16>
 __device__ __forceinline__ void
-compute_tile(tile_buf &b_, uint32_t kslot, const tile_pos &p_, const tile_pos &pn, bool vn,
+compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos &pn, bool vn,
              const mma_args &A,
              uint32_t lbk, uint32_t lbv, const qfrag<KQ, G16> &Q, float (&o)[8][G16 ? 2 : 1][4],
              float (&m_run)[G16 ? 2 : 1][2], float (&l_run)[G16 ? 2 : 1][2], uint32_t g,
              uint32_t t4)
 {
     constexpr int HN = G16 ? 2 : 1;
-    float ksc[4], kgm[4], vsc[4];
-    half4_to_f32(b_.ksc, ksc);
-    if (KQ) half4_to_f32(b_.kgm, kgm);
-    half4_to_f32(b_.vsc, vsc);
-
-    /* ---- scores */
+    using VS = vstage<KQ, VM>;
+    /* ---- scores: the keys leave the slot for registers, and the slot takes the next tile's
+     * (every lane's reads are done: the syncwarp) */
     uint4 kw[4], ks;
     read_keys<KM, KQ>(kw, ks, kslot, g, t4);
+    __syncwarp();
+    if (vn) stage_keys<KM, KQ>(pn, kslot, lane_of(g, t4));
+    cp_async_commit();
     float sacc[2][HN][4], qacc[KQ ? 2 : 1][HN][4];
 #pragma unroll
     for (int ms = 0; ms < 2; ms++) {
@@ -515,6 +522,14 @@ compute_tile(tile_buf &b_, uint32_t kslot, const tile_pos &p_, const tile_pos &p
                              bt[1][2 * j + 1], Q.s[hn][j][0], Q.s[hn][j][1]);
         }
     }
+
+    /* ---- this tile's value slot has landed (only the next tile's keys may be in flight) */
+    cp_async_wait1();
+    __syncwarp();
+    float ksc[4], kgm[4], vsc[4];
+    half4_to_f32(lds64(vslot + VS::ksc + 8 * g), ksc);
+    if (KQ) half4_to_f32(lds64(vslot + VS::kgm + 8 * g), kgm);
+    half4_to_f32(lds64(vslot + VS::vsc + 8 * g), vsc);
 
     /* ---- online softmax per head column: a lane holds tokens 4g + i (i = 2 ms + rh) */
     uint32_t pb[2][HN][2]; /* value-product B fragments per k-step (= score m-tile) */
@@ -565,8 +580,22 @@ compute_tile(tile_buf &b_, uint32_t kslot, const tile_pos &p_, const tile_pos &p
         }
     }
 
-    /* ---- values: k-step ks = score m-tile ks; logical token k (0..15) is physical
-     * 4 (k mod 8) + 2 ks + (k >= 8), so lane t4's columns are tokens 8 t4 + u */
+    /* ---- values: the words leave the slot (rows g and g + 8, or the [1] plane's g / 2; tokens
+     * 8 t4 .. + 7), and the slot takes the next tile's values and scales */
+    uint4 vw[4];
+    {
+        const uint32_t r1 = VM == 4 ? g + 8 : planes<VM>::w0 + (g >> 1);
+        vw[0] = lds128(vslot + g * 128 + (((2 * t4) ^ (g & 1)) << 4));
+        vw[1] = lds128(vslot + g * 128 + (((2 * t4 + 1) ^ (g & 1)) << 4));
+        vw[2] = lds128(vslot + r1 * 128 + (((2 * t4) ^ (r1 & 1)) << 4));
+        vw[3] = lds128(vslot + r1 * 128 + (((2 * t4 + 1) ^ (r1 & 1)) << 4));
+    }
+    __syncwarp();
+    if (vn) stage_values<KQ, VM>(pn, vslot, lane_of(g, t4));
+    cp_async_commit();
+
+    /* k-step ks = score m-tile ks; logical token k (0..15) is physical 4 (k mod 8) + 2 ks +
+     * (k >= 8), so lane t4's columns are tokens 8 t4 + u */
 #pragma unroll
     for (int ks = 0; ks < 2; ks++) {
         uint32_t a[8][4];
@@ -576,7 +605,7 @@ compute_tile(tile_buf &b_, uint32_t kslot, const tile_pos &p_, const tile_pos &p
             if (VM == 4) {
 #pragma unroll
                 for (int rw = 0; rw < 2; rw++) { /* word g (row g), word g + 8 (row g + 8) */
-                    const uint4 &lo = b_.v[2 * rw], &hi4 = b_.v[2 * rw + 1];
+                    const uint4 &lo = vw[2 * rw], &hi4 = vw[2 * rw + 1];
                     const uint32_t wa = ua < 4 ? pick(lo, ua) : pick(hi4, ua - 4);
                     const uint32_t wb = ub < 4 ? pick(lo, ub) : pick(hi4, ub - 4);
                     const uint32_t xe = (wa & 0x0F0F0F0Fu) | ((wb << 4) & 0xF0F0F0F0u);
@@ -591,10 +620,10 @@ compute_tile(tile_buf &b_, uint32_t kslot, const tile_pos &p_, const tile_pos &p
                     a[7][2 * s + rw] = lds(lut_addr<3>(xo, lbv));
                 }
             } else {
-                const uint32_t wa = ua < 4 ? pick(b_.v[0], ua) : pick(b_.v[1], ua - 4);
-                const uint32_t wb = ub < 4 ? pick(b_.v[0], ub) : pick(b_.v[1], ub - 4);
-                const uint32_t ha0 = ua < 4 ? pick(b_.v[2], ua) : pick(b_.v[3], ua - 4);
-                const uint32_t hb0 = ub < 4 ? pick(b_.v[2], ub) : pick(b_.v[3], ub - 4);
+                const uint32_t wa = ua < 4 ? pick(vw[0], ua) : pick(vw[1], ua - 4);
+                const uint32_t wb = ub < 4 ? pick(vw[0], ub) : pick(vw[1], ub - 4);
+                const uint32_t ha0 = ua < 4 ? pick(vw[2], ua) : pick(vw[3], ua - 4);
+                const uint32_t hb0 = ub < 4 ? pick(vw[2], ub) : pick(vw[3], ub - 4);
                 const uint32_t ha =
                     (g & 1) ? spread_nibbles<true>(ha0) : spread_nibbles<false>(ha0);
                 const uint32_t hb =
@@ -622,8 +651,7 @@ compute_tile(tile_buf &b_, uint32_t kslot, const tile_pos &p_, const tile_pos &p
                 mma16816(o[mt][hn], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb[ks][hn][0],
                          pb[ks][hn][1]);
     }
-    if (vn) /* the next tile's value words and scales: a whole key decode ahead of their use */
-        load_values<KQ, VM>(b_, pn, g, t4);
+
 }
 
 /* A table's entry e (a byte of two 4-bit codes, or a 6-bit index of two 2-bit codes and their
@@ -674,14 +702,18 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     {
         return qoff(share) + (KQ ? 0 : GH * 128 * 4);
     }
-    /* then each warp's two key staging slots (the tile in hand and the next) */
+    /* then each warp's key staging slot (kstage) and value staging slot (vstage) */
     __host__ __device__ static uint32_t soff(bool share)
     {
         return (doff(share) + kDesc * (uint32_t)sizeof(tq_cuda_chunk) + 15) & ~15u;
     }
+    __host__ __device__ static uint32_t voff(bool share)
+    {
+        return soff(share) + kWarps * kstage<KM, KQ>::bytes;
+    }
     __host__ __device__ static uint32_t smem(bool share)
     {
-        return soff(share) + kWarps * 2 * kstage<KM, KQ>::bytes;
+        return voff(share) + kWarps * vstage<KQ, VM>::bytes;
     }
 };
 
@@ -740,14 +772,15 @@ __global__ void __launch_bounds__(kThreads, 2)
     pa.T = 0;
     pa.t0 = 0;
     bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, chunks + cs, cs, h, first);
-    /* the warp's key staging slots: tile i's keys in slot i & 1 */
-    constexpr uint32_t kslot_bytes = kstage<KM, KQ>::bytes;
-    const uint32_t kslot0 = kSmemBase + K_::soff(A.share_lut != 0) + warp * 2 * kslot_bytes;
-    tile_buf b;
-    if (va) {
-        stage_keys<KM, KQ>(pa, kslot0, lane);
-        load_values<KQ, VM>(b, pa, g, t4);
-    }
+    /* the warp's staging slots: a tile's keys, its values and scales (cp.async groups are
+     * committed in the order K(0), V(0), then per tile i: K(i + 1), V(i + 1)) */
+    const uint32_t kslot =
+        kSmemBase + K_::soff(A.share_lut != 0) + warp * kstage<KM, KQ>::bytes;
+    const uint32_t vslot =
+        kSmemBase + K_::voff(A.share_lut != 0) + warp * vstage<KQ, VM>::bytes;
+    if (va) stage_keys<KM, KQ>(pa, kslot, lane);
+    cp_async_commit();
+    if (va) stage_values<KQ, VM>(pa, vslot, lane);
     cp_async_commit();
 
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
@@ -820,28 +853,18 @@ __global__ void __launch_bounds__(kThreads, 2)
         l_run[hn][0] = l_run[hn][1] = 0.0f;
     }
 
-    uint32_t it = 0;
     while (va) {
         tile_pos pn = pa;
         const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first);
-        /* the next tile's keys into the other slot (every lane is done with that slot's
-         * previous tile: the syncwarp), its values into L2, while this tile is computed */
-        const uint32_t kcur = kslot0 + (it & 1) * kslot_bytes;
-        const uint32_t knext = kslot0 + ((it + 1) & 1) * kslot_bytes;
-        __syncwarp();
-        if (vn) {
-            stage_keys<KM, KQ>(pn, knext, lane);
-            prefetch_values<KQ, VM>(pn, lane);
-        }
-        cp_async_commit();
-        cp_async_wait1(); /* this tile's keys have landed (for this lane's copies) */
-        __syncwarp();     /* and for every lane's */
-        compute_tile<KM, KQ, VM, G16>(b, kcur, pa, pn, vn, A, lbk, lbv, Q, o, m_run, l_run, g,
-                                      t4);
-        it++;
+        if (vn) prefetch_values<KQ, VM>(pn, lane); /* into L2 ahead of its copy */
+        cp_async_wait1(); /* this tile's keys have landed (its values may be in flight) */
+        __syncwarp();     /* for every lane's copies */
+        compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbv, Q, o, m_run, l_run,
+                                      g, t4);
         pa = pn;
         va = vn;
     }
+    cp_async_wait0(); /* nothing in flight into shared memory the merge reuses */
 
     tqc_grid_dependents(); /* the merge kernel may be scheduled now (it waits for this grid) */
 
