@@ -889,15 +889,21 @@ static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max
     return 0;
 }
 
+/* Bytes of the split outputs (rows of head_dim sums, then (m, l) per row), rounded up to 256 so
+ * that what follows them in the workspace (tqkv__att_mma_extra) is aligned for vector copies. */
+static size_t att_split_bytes(const tqc_att &A, uint32_t n_seqs)
+{
+    const size_t rows = (size_t)n_seqs * A.n_q * A.n_splits;
+    return (rows * (A.head_dim + 2) * sizeof(float) + 255) & ~(size_t)255;
+}
+
 extern "C" size_t tq_cuda_attention_workspace_size(const tq_cuda_attn_params *p, uint32_t n_seqs,
                                                    uint32_t max_chunks)
 {
     tqc_att A;
     if (att_setup(p, n_seqs, max_chunks, &A))
         return 0;
-    size_t rows = (size_t)n_seqs * A.n_q * A.n_splits;
-    return rows * (A.head_dim + 2) * sizeof(float) +
-           (A.mma ? tqkv__att_mma_extra(A, n_seqs) : 0);
+    return att_split_bytes(A, n_seqs) + (A.mma ? tqkv__att_mma_extra(A, n_seqs, max_chunks) : 0);
 }
 
 extern "C" int tq_cuda_chunk_from_block(const tq_block_view *b, const void *dev_block,
@@ -973,13 +979,13 @@ extern "C" int tq_cuda_attention(const tq_cuda_attn_params *p, uint32_t n_seqs,
     if (rc)
         return rc;
     size_t rows = (size_t)n_seqs * A.n_q * A.n_splits;
-    size_t split_bytes = rows * (A.head_dim + 2) * sizeof(float);
-    if (workspace_size < split_bytes + (A.mma ? tqkv__att_mma_extra(A, n_seqs) : 0))
+    size_t split_bytes = att_split_bytes(A, n_seqs);
+    if (workspace_size < split_bytes + (A.mma ? tqkv__att_mma_extra(A, n_seqs, max_chunks) : 0))
         return TQKV_ENOSPC;
     float *wo = (float *)workspace, *wml = wo + rows * A.head_dim;
     cudaStream_t s = (cudaStream_t)stream;
     if (A.mma) {
-        rc = tqkv__att_mma_launch(A, n_seqs, chunk_indptr, chunks, q, wo, wml,
+        rc = tqkv__att_mma_launch(A, n_seqs, max_chunks, chunk_indptr, chunks, q, wo, wml,
                                   (char *)workspace + split_bytes, s);
         if (rc)
             return rc;

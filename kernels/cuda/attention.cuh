@@ -46,17 +46,18 @@ typedef struct {
     float softmax_scale;
 } tqc_att;
 
-/* Whether the tensor-core kernel handles A: head_dim_padded 128, one part per tensor, the
- * recipes of tq4, tq3, tq4-prod and tq3-prod, at most 16 query heads per KV head. */
+/* Whether the tensor-core kernel handles A: head_dim_padded 128, the recipes of tq4, tq3,
+ * tq4-prod and tq3-prod (one part per tensor, at most 16 query heads per KV head) and tq3.5
+ * (split keys, at most 4). */
 bool tqkv__att_mma_eligible(const tqc_att &A);
 /* Blocks per split the tensor-core kernel wants resident per multiprocessor. */
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A);
 /* Bytes of workspace it needs beyond the split outputs (prod keys: the prepared queries). */
-size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs);
+size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks);
 /* Launches the query preparation and the split kernel; the caller launches the merge.
  * ws_o/ws_ml: split outputs as the merge reads them; ws_q: tqkv__att_mma_extra bytes. */
-int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indptr,
-                         const tq_cuda_chunk *chunks, const void *q, float *ws_o, float *ws_ml,
-                         void *ws_q, cudaStream_t s);
+int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
+                         const int32_t *indptr, const tq_cuda_chunk *chunks, const void *q,
+                         float *ws_o, float *ws_ml, void *ws_q, cudaStream_t s);
 
 #endif

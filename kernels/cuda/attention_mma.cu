@@ -38,10 +38,24 @@ constexpr uint32_t kSmemBase = 1024;
  * memory as they come): the walk from chunk to chunk then waits on no global load. */
 constexpr uint32_t kDesc = 64;
 
+/* KM tag of split keys (tq3.5): outlier part 0 of 64 channels at 4 bits and part 1 of the other
+ * 64 at 2 bits, each rotated on its own, the channel split per chunk and head (its mask). Their
+ * queries are split and rotated per chunk by att_mma_prep_split into fragment order; the block
+ * copies them with the keys. */
+constexpr int kSplit = 42;
+/* Where split keys' part 1 table starts in the window: table addresses take their entry as byte
+ * 1 (lut_addr), so a table starts at a multiple of 64 KiB; part 0's and the values' fill the
+ * first 64 KiB. */
+constexpr uint32_t kK1Table = 65536;
+
 struct mma_args {
     uint32_t n_kv, n_q, group, head_dim, n_splits, cps;
-    float cK, cQ; /* softmax_scale * log2e / sqrt(n); times sqrt(pi/2) / sqrt(n) for the sketch */
-    const float *kcent, *vcent;
+    /* softmax_scale * log2e / sqrt(n); cQ: times sqrt(pi/2) / sqrt(n) for the sketch, or for
+     * split keys the same factor as cK for part 1 */
+    float cK, cQ;
+    const float *kcent, *vcent, *k1cent; /* k1cent: split keys' part 1 */
+    const uint8_t *qsplit; /* split keys: att_mma_prep_split's fragments, [seq][chunk][kv] */
+    uint32_t max_chunks;   /* chunks per sequence the fragment array has room for */
     const uint32_t *vdsign;
     uint32_t share_lut; /* keys and values use the same table (same codebook and width) */
     const void *q;      /* the queries (MSE keys: each block rotates its own) */
@@ -49,15 +63,30 @@ struct mma_args {
     const uint32_t *kdsign;
 };
 
-/* Planes of an m-bit MSE part at n = 128: [4] = 16 words, [2,1] = 8 + 4, [2] = 8 (per token). */
+/* Planes of an m-bit MSE part at n = 128: [4] = 16 words, [2,1] = 8 + 4, [2] = 8 (per token);
+ * split keys: part 0's [4] = 8 words, part 1's [2] = 4 words (n = 64 each). */
 template <int M> struct planes {
-    static constexpr uint32_t w0 = M == 4 ? 16 : 8, w1 = M == 3 ? 4 : 0;
+    static constexpr uint32_t w0 = M == kSplit ? 8 : M == 4 ? 16 : 8;
+    static constexpr uint32_t w1 = M == kSplit ? 4 : M == 3 ? 4 : 0;
+};
+/* Bytes of a key record of T tokens before its first plane word row (mask and scales), and
+ * from there to part 1's rows (split keys: part 0's rows and part 1's scale). */
+template <int KM, bool KQ> struct krec_layout {
+    __device__ static uint32_t head(uint32_t H2) { return KM == kSplit ? 16 + H2 : H2 * (KQ ? 2 : 1); }
+    __device__ static uint32_t gap(uint32_t T, uint32_t H2)
+    {
+        return KM == kSplit ? 32 * T + H2 : planes<KM>::w0 * 4 * T;
+    }
+    __device__ static uint32_t size(uint32_t T, uint32_t H2)
+    {
+        return head(H2) + gap(T, H2) + (planes<KM>::w1 + (KQ ? 4 : 0)) * 4 * T;
+    }
 };
 /* Entries of a lookup table: 4-bit codes index by a byte (two codes), 2- and 3-bit codes by a
  * 6-bit index (two low pairs, two high bits). Entry e is a 256-byte row: the key table's 32
  * copies in its first half, the value table's (when it differs) in the second. */
 template <int M> struct lut_size {
-    static constexpr uint32_t entries = M == 4 ? 256 : 64, bytes = entries * 256;
+    static constexpr uint32_t entries = M == 4 || M == kSplit ? 256 : 64, bytes = entries * 256;
 };
 
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -188,21 +217,109 @@ __global__ void __launch_bounds__(128)
     }
 }
 
+/* Split keys (tq3.5): a chunk's channel split is its own (the mask of each KV head's record),
+ * so the group's queries are split and rotated per (chunk, KV head) here: part p of head r is
+ * q'_p = H (D_p . q[channels of part p, increasing]) / sqrt(64), in fp16, written in the order the
+ * split kernel's lane L = 4 g + t4 (g < 4) reads its B fragments (head g; word 2 j + hi of k-step
+ * j: part 0 for j < 4, part 1 for j >= 4), its four 16-byte quads at columns (k + L / 2) mod 4 so
+ * that a quarter warp's reads meet no bank twice: 1 KiB per (chunk, KV head). Heads past the
+ * group are zeros. A mask without exactly 64 bits set is read as "first half, second half", as
+ * the general kernel does. */
+__global__ void __launch_bounds__(128)
+    att_mma_prep_split(const __grid_constant__ tqc_att A, const int32_t *indptr,
+                       const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks,
+                       uint32_t *out)
+{
+    __shared__ float v[4][128];
+    const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
+    const uint32_t lane = tid & 31, warp = tid >> 5;
+    const int32_t c = indptr[seq] + (int32_t)blockIdx.x;
+    if (c >= indptr[seq + 1]) return;
+    const tq_cuda_chunk ck = chunks[c];
+    const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
+    const uint32_t *mk = (const uint32_t *)((const uint8_t *)ck.k_section +
+                                            (size_t)h * (16 + 2 * H2 + 48 * T));
+    uint32_t m[4], cnt = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m[i] = mk[i];
+        cnt += __popc(m[i]);
+    }
+    const bool ok = cnt == 64;
+    {
+        const uint32_t r = warp; /* a warp per head of the group (at most 4) */
+        const uint16_t *qp =
+            (const uint16_t *)q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
+        float x[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) { /* channel j to its place in its part */
+            const uint32_t j = 4 * lane + i, w = j >> 5, b = j & 31;
+            uint32_t below = __popc(m[w] & ((1u << b) - 1));
+#pragma unroll
+            for (uint32_t u = 0; u < 3; u++)
+                below += u < w ? __popc(m[u]) : 0;
+            const bool out0 = ok ? ((m[w] >> b) & 1) != 0 : j < 64;
+            const uint32_t r0 = ok ? below : (j < 64 ? j : 64);
+            const uint32_t pos = out0 ? r0 : 64 + (j - r0);
+            float val = 0.0f;
+            if (r < A.group && j < A.head_dim)
+                val = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(qp[j]) : tqc_f16_to_f32(qp[j]);
+            v[r][pos] = __uint_as_float(__float_as_uint(val) ^
+                                        __ldg(A.K.part[pos >> 6].dsign + (pos & 63)));
+        }
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            x[i] = v[r][4 * lane + i];
+        /* each part's 64-point transform: lanes 0..15 hold part 0, 16..31 part 1 */
+        const float a = x[0] + x[1], b = x[0] - x[1], cc = x[2] + x[3], d = x[2] - x[3];
+        x[0] = a + cc;
+        x[1] = b + d;
+        x[2] = a - cc;
+        x[3] = b - d;
+#pragma unroll
+        for (uint32_t s = 1; s < 16; s <<= 1) {
+            const bool upper = (lane & s) != 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float o = __shfl_xor_sync(0xffffffffu, x[i], s);
+                x[i] = upper ? o - x[i] : x[i] + o;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            v[r][4 * lane + i] = x[i] * 0.125f; /* 1 / sqrt(64) */
+    }
+    __syncthreads();
+    uint32_t *dst = out + (((size_t)seq * max_chunks + blockIdx.x) * A.n_kv + h) * 256;
+    for (uint32_t w = tid; w < 256; w += 128) { /* lanes 0..15: heads 0..3 */
+        const uint32_t L = w >> 4, n = w & 15, g = L >> 2, t4 = L & 3;
+        const uint32_t j = n >> 1, rr = 2 * (j & 3) + (n & 1);
+        const uint32_t ch = j < 4 ? 8 * (t4 + 4 * (rr >> 2)) + 2 * (rr & 3)
+                                  : 64 + 16 * t4 + 4 * (rr & 3) + 2 * ((rr >> 2) & 1);
+        const uint32_t val = pack_half2(v[g][ch], v[g][ch + 1]);
+        dst[L * 16 + ((((n >> 2) + (L >> 1)) & 3) << 2) + (n & 3)] = val;
+    }
+}
+
 /* A tile's value rows and fp16 scales in a warp's value staging slot: the rows (128 bytes each,
  * 16-byte column c of row r at (c ^ (r & 1)) * 16: the eight lanes of a quarter warp, rows g
  * and g + 1 at columns 2 t4 (+1), then hit eight distinct columns), then the key scales, the
  * value scales and, for prod keys, the gammas, 64 bytes each (32 tokens). */
-template <bool KQ, int VM> struct vstage {
+template <bool KQ, int VM, bool KS = false> struct vstage {
     static constexpr uint32_t rows = planes<VM>::w0 + planes<VM>::w1;
+    /* kgm: the gammas of prod keys, or split keys' part 1 scales */
     static constexpr uint32_t ksc = rows * 128, vsc = ksc + 64, kgm = vsc + 64;
-    static constexpr uint32_t bytes = kgm + (KQ ? 64 : 0);
+    static constexpr uint32_t runs = KQ || KS ? 3 : 2, bytes = ksc + runs * 64;
     static_assert(rows % 4 == 0, "a tile's rows are copied 4 rows (32 x 16 bytes) at a time");
 };
 
 /* Key rows of a tile (plane word rows, then the QJL sign rows) and the bytes of one staging slot:
  * the rows of a 32-token tile, 128 bytes each. */
 template <int KM, bool KQ> struct kstage {
-    static constexpr uint32_t rows = planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0);
+    static constexpr uint32_t krows = planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0);
+    /* split keys: then the chunk's query fragments, 1 KiB (att_mma_prep_split) */
+    static constexpr uint32_t rows = krows + (KM == kSplit ? 8 : 0);
     static constexpr uint32_t bytes = rows * 128;
     static_assert(rows % 4 == 0, "a tile's rows are copied 4 rows (32 x 16 bytes) at a time");
     /* 16-byte column swizzle of row r: the lane quad position t4 that reads it, times two, so
@@ -211,7 +328,8 @@ template <int KM, bool KQ> struct kstage {
      * plane and the sign rows start at multiples of 4 and are t4 there. */
     __device__ static uint32_t swz(uint32_t r)
     {
-        return 2 * ((KM != 4 && r < planes<KM>::w0) ? (r >> 1) & 3 : r & 3);
+        if (r >= krows) return 0; /* query fragments: written pre-swizzled */
+        return 2 * ((KM != 4 && KM != kSplit && r < planes<KM>::w0) ? (r >> 1) & 3 : r & 3);
     }
 };
 
@@ -219,6 +337,7 @@ template <int KM, bool KQ> struct kstage {
 struct tile_pos {
     const uint8_t *krec, *vrec;
     uint32_t T, t0, H2;
+    int32_t c; /* the chunk's index in the chunk table */
     bool fast; /* whole tile, 16-byte aligned: vector loads */
 };
 
@@ -236,13 +355,13 @@ __device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
         if (__any_sync(0xffffffffu, ++c >= c1)) return false;
         const tq_cuda_chunk ck = c - cs < (int32_t)kDesc ? sdesc[c - cs] : chunks[c];
         const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
-        const uint32_t krs =
-            H2 * (KQ ? 2 : 1) + (planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0)) * 4 * T;
+        const uint32_t krs = krec_layout<KM, KQ>::size(T, H2);
         const uint32_t vrs = H2 + (planes<VM>::w0 + planes<VM>::w1) * 4 * T;
         p.krec = (const uint8_t *)ck.k_section + (size_t)h * krs;
         p.vrec = (const uint8_t *)ck.v_section + (size_t)h * vrs;
         p.T = T;
         p.H2 = H2;
+        p.c = c;
         p.fast = __all_sync(0xffffffffu,
                             T % kTile == 0 && (((uintptr_t)p.krec | (uintptr_t)p.vrec) & 15) == 0);
         p.t0 = first;
@@ -303,29 +422,41 @@ __device__ __forceinline__ void cp_async_wait0(void)
 /* Copies a tile's key rows into a staging slot (shared address `slot`) without holding a
  * register: row r at r * 128, its 16-byte column c at (c ^ swz(r)) * 16. A whole aligned tile
  * goes by 16-byte copies (rows * 8 of them over the 32 lanes); a partial or unaligned one word
- * by word, the tokens past the chunk filled with zeros. */
+ * by word, the tokens past the chunk filled with zeros. The rows of the first plane lie back to
+ * back (T words each), those after it `gap` bytes further (split keys: past part 0's rows and
+ * part 1's scale). Split keys also take the chunk's 2 KiB of query fragments from `qf`. */
 template <int KM, bool KQ>
-__device__ __forceinline__ void stage_keys(const tile_pos &p, uint32_t slot, uint32_t lane)
+__device__ __forceinline__ void stage_keys(const tile_pos &p, uint32_t slot, uint32_t lane,
+                                           const uint8_t *qf)
 {
     using S = kstage<KM, KQ>;
+    using L = krec_layout<KM, KQ>;
+    constexpr uint32_t w0 = planes<KM>::w0;
     const uint32_t T = p.T;
-    const uint8_t *k0 = p.krec + p.H2 * (KQ ? 2 : 1); /* the rows lie back to back, T words each */
+    const uint8_t *k0 = p.krec + L::head(p.H2);
+    const uint8_t *k1 = k0 + L::gap(T, p.H2) - (size_t)w0 * 4 * T; /* + r * 4T for r >= w0 */
+    const uint32_t r0 = lane >> 3, c = lane & 7;
     if (p.fast) { /* copy j: row lane / 8 + 4 j, column lane % 8; 32-bit offsets */
-        const uint32_t r0 = lane >> 3, c = lane & 7;
         const uint32_t off = (r0 * T + p.t0) * 4 + c * 16;
 #pragma unroll
-        for (uint32_t j = 0; j < S::rows / 4; j++) {
+        for (uint32_t j = 0; j < S::krows / 4; j++) {
             const uint32_t r = r0 + 4 * j;
-            cp_async16(slot + r * 128 + ((c ^ S::swz(r)) << 4), k0 + off + j * 16 * T);
+            cp_async16(slot + r * 128 + ((c ^ S::swz(r)) << 4),
+                       (4 * j < w0 ? k0 : k1) + off + j * 16 * T);
         }
     } else {
         const uint32_t tok = p.t0 + lane, n = tok < T ? 4u : 0u;
         const uint32_t col = ((lane >> 2) << 4) | ((lane & 3) << 2);
 #pragma unroll
-        for (uint32_t r = 0; r < S::rows; r++)
+        for (uint32_t r = 0; r < S::krows; r++)
             cp_async4(slot + r * 128 + (col ^ (S::swz(r) << 4)),
-                      k0 + ((size_t)r * T + (n ? tok : 0)) * 4, n);
+                      (r < w0 ? k0 : k1) + ((size_t)r * T + (n ? tok : 0)) * 4, n);
     }
+    if (KM == kSplit) /* 8 rows of query fragments, copied as they are */
+#pragma unroll
+        for (uint32_t j = 0; j < 2; j++)
+            cp_async16(slot + (S::krows + r0 + 4 * j) * 128 + c * 16,
+                       qf + (r0 + 4 * j) * 128 + c * 16);
 }
 
 __device__ __forceinline__ uint4 lds128(uint32_t addr)
@@ -349,6 +480,11 @@ __device__ __forceinline__ void read_keys(uint4 (&k)[4], uint4 &sw, uint32_t slo
 #pragma unroll
         for (int i = 0; i < 4; i++)
             k[i] = at(t4 + 4 * i);
+    } else if (KM == kSplit) { /* part 0's words t4 and t4 + 4, part 1's word t4 */
+        k[0] = at(t4);
+        k[1] = at(t4 + 4);
+        k[2] = at(8 + t4);
+        k[3] = make_uint4(0, 0, 0, 0);
     } else {
         k[0] = at(2 * t4);
         k[1] = at(2 * t4 + 1);
@@ -361,11 +497,14 @@ __device__ __forceinline__ void read_keys(uint4 (&k)[4], uint4 &sw, uint32_t slo
 /* Copies a tile's value rows and all its scales into the warp's value staging slot (vstage)
  * without holding a register; as stage_keys, by 16-byte copies for a whole aligned tile, else
  * word by word (scales by token pairs) with the tokens past the chunk filled with zeros. */
-template <bool KQ, int VM>
+template <int KM, bool KQ, int VM>
 __device__ __forceinline__ void stage_values(const tile_pos &p, uint32_t slot, uint32_t lane)
 {
-    using S = vstage<KQ, VM>;
+    using S = vstage<KQ, VM, KM == kSplit>;
     const uint32_t T = p.T;
+    /* the scale runs: key scales (of part 0), value scales, gammas or part 1's key scales */
+    const uint8_t *run0 = p.krec + (KM == kSplit ? 16 : 0);
+    const uint8_t *run2 = KM == kSplit ? run0 + p.H2 + 32 * T : p.krec + p.H2;
     const uint8_t *v0 = p.vrec + p.H2; /* the rows lie back to back, T words each */
     if (p.fast) {
         const uint32_t r0 = lane >> 3, c = lane & 7;
@@ -377,8 +516,8 @@ __device__ __forceinline__ void stage_values(const tile_pos &p, uint32_t slot, u
         }
         /* scales: 4 x 16 bytes per run; lane 4 k + c copies run k's column c */
         const uint32_t k = lane >> 2, cc = lane & 3;
-        if (k < (KQ ? 3u : 2u)) {
-            const uint8_t *src = k == 0 ? p.krec : k == 1 ? p.vrec : p.krec + p.H2;
+        if (k < S::runs) {
+            const uint8_t *src = k == 0 ? run0 : k == 1 ? p.vrec : run2;
             cp_async16(slot + S::ksc + k * 64 + cc * 16, src + p.t0 * 2 + cc * 16);
         }
         return;
@@ -394,10 +533,10 @@ __device__ __forceinline__ void stage_values(const tile_pos &p, uint32_t slot, u
     const uint32_t pr = lane & 15, t2 = p.t0 + 2 * pr;
     const uint32_t nb = t2 + 1 < T ? 4u : t2 < T ? 2u : 0u;
 #pragma unroll
-    for (uint32_t pass = 0; pass < (KQ ? 2u : 1u); pass++) {
+    for (uint32_t pass = 0; pass < (S::runs + 1) / 2; pass++) {
         const uint32_t k = pass * 2 + (lane >> 4);
-        if (k < (KQ ? 3u : 2u)) {
-            const uint8_t *src = k == 0 ? p.krec : k == 1 ? p.vrec : p.krec + p.H2;
+        if (k < S::runs) {
+            const uint8_t *src = k == 0 ? run0 : k == 1 ? p.vrec : run2;
             cp_async4(slot + S::ksc + k * 64 + pr * 4, src + (nb ? t2 : 0) * 2, nb);
         }
     }
@@ -414,9 +553,27 @@ __device__ __forceinline__ uint2 lds64(uint32_t addr)
  * words w (KM = 4: four words of 8 codes; 3 and 2: two words of the [2] plane and, for 3, the
  * token's [1] word). */
 template <int KM>
-__device__ __forceinline__ void decode_key(const uint32_t (&w)[4], uint32_t lb, uint32_t (&b)[16])
+__device__ __forceinline__ void decode_key(const uint32_t (&w)[4], uint32_t lb, uint32_t lb1,
+                                           uint32_t (&b)[16])
 {
-    if (KM == 4) {
+    if (KM == kSplit) { /* part 0: two words of 4-bit codes; part 1: one of 2-bit (table lb1) */
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            b[4 * i + 0] = lds(lut_addr<0>(w[i], lb));
+            b[4 * i + 1] = lds(lut_addr<1>(w[i], lb));
+            b[4 * i + 2] = lds(lut_addr<2>(w[i], lb));
+            b[4 * i + 3] = lds(lut_addr<3>(w[i], lb));
+        }
+        const uint32_t ia = w[2] & 0x0F0F0F0Fu, ib = (w[2] >> 4) & 0x0F0F0F0Fu;
+        b[8] = lds(lut_addr<0>(ia, lb1));
+        b[9] = lds(lut_addr<1>(ia, lb1));
+        b[10] = lds(lut_addr<2>(ia, lb1));
+        b[11] = lds(lut_addr<3>(ia, lb1));
+        b[12] = lds(lut_addr<0>(ib, lb1));
+        b[13] = lds(lut_addr<1>(ib, lb1));
+        b[14] = lds(lut_addr<2>(ib, lb1));
+        b[15] = lds(lut_addr<3>(ib, lb1));
+    } else if (KM == 4) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             b[4 * i + 0] = lds(lut_addr<0>(w[i], lb));
@@ -446,6 +603,13 @@ __device__ __forceinline__ void decode_key(const uint32_t (&w)[4], uint32_t lb, 
     }
 }
 
+/* Split keys: the query fragments of chunk c (index in the chunk table). */
+template <bool KS>
+__device__ __forceinline__ const uint8_t *qfrag_row(const mma_args &A, int64_t qrow0, int32_t c)
+{
+    return KS ? A.qsplit + (qrow0 + (int64_t)c * A.n_kv) * 1024 : nullptr;
+}
+
 __device__ __forceinline__ uint32_t lane_of(uint32_t g, uint32_t t4)
 {
     return 4 * g + t4;
@@ -469,20 +633,38 @@ template <int KM, bool KQ, int VM, bool G16>
 __device__ __forceinline__ void
 compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos &pn, bool vn,
              const mma_args &A,
-             uint32_t lbk, uint32_t lbv, const qfrag<KQ, G16> &Q, float (&o)[8][G16 ? 2 : 1][4],
+             uint32_t lbk, uint32_t lbk1, uint32_t lbv, int64_t qrow0,
+             const qfrag<KQ, G16> &Q, float (&o)[8][G16 ? 2 : 1][4],
              float (&m_run)[G16 ? 2 : 1][2], float (&l_run)[G16 ? 2 : 1][2], uint32_t g,
              uint32_t t4)
 {
     constexpr int HN = G16 ? 2 : 1;
-    using VS = vstage<KQ, VM>;
+    using VS = vstage<KQ, VM, KM == kSplit>;
     /* ---- scores: the keys leave the slot for registers, and the slot takes the next tile's
      * (every lane's reads are done: the syncwarp) */
+    constexpr bool KS = KM == kSplit, TWO = KQ || KS; /* a second score accumulator */
     uint4 kw[4], ks;
     read_keys<KM, KQ>(kw, ks, kslot, g, t4);
+    /* split keys: this chunk's query fragments (B, k-step j: 2j, 2j+1); heads 4..7 are zeros */
+    uint32_t qs[KS ? 16 : 1];
+    if (KS) {
+        const uint32_t ln = lane_of(g, t4);
+#pragma unroll
+        for (uint32_t k = 0; k < 4; k++) {
+            const uint4 v = g < 4 ? lds128(kslot + kstage<KM, KQ>::krows * 128 + ln * 64 +
+                                           (((k + (ln >> 1)) & 3) << 4))
+                                  : make_uint4(0, 0, 0, 0);
+            qs[(4 * k) % (KS ? 16 : 1)] = v.x;
+            qs[(4 * k + 1) % (KS ? 16 : 1)] = v.y;
+            qs[(4 * k + 2) % (KS ? 16 : 1)] = v.z;
+            qs[(4 * k + 3) % (KS ? 16 : 1)] = v.w;
+        }
+    }
     __syncwarp();
-    if (vn) stage_keys<KM, KQ>(pn, kslot, lane_of(g, t4));
+    if (vn)
+        stage_keys<KM, KQ>(pn, kslot, lane_of(g, t4), qfrag_row<KS>(A, qrow0, pn.c));
     cp_async_commit();
-    float sacc[2][HN][4], qacc[KQ ? 2 : 1][HN][4];
+    float sacc[2][HN][4], qacc[TWO ? 2 : 1][HN][4];
 #pragma unroll
     for (int ms = 0; ms < 2; ms++) {
 #pragma unroll
@@ -490,7 +672,7 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
 #pragma unroll
             for (int cc = 0; cc < 4; cc++) {
                 sacc[ms][hn][cc] = 0.0f;
-                if (KQ) qacc[ms][hn][cc] = 0.0f;
+                if (TWO) qacc[ms][hn][cc] = 0.0f;
             }
         uint32_t bt[2][16];
 #pragma unroll
@@ -498,14 +680,22 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
             const int nt = 2 * ms + rh;
             const uint32_t w[4] = {pick(kw[0], nt), pick(kw[1], nt), pick(kw[2], nt),
                                    pick(kw[3], nt)};
-            decode_key<KM>(w, lbk, bt[rh]);
+            decode_key<KM>(w, lbk, lbk1, bt[rh]);
         }
+        if (KS) { /* k-steps 0..3: part 0, 4..7: part 1, each into its own sum */
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+            for (int j = 0; j < 8; j++)
+                mma16816(j < 4 ? sacc[ms][0] : qacc[ms % (TWO ? 2 : 1)][0], bt[0][2 * j],
+                         bt[1][2 * j], bt[0][2 * j + 1], bt[1][2 * j + 1], qs[(2 * j) % (KS ? 16 : 1)],
+                         qs[(2 * j + 1) % (KS ? 16 : 1)]);
+        } else {
 #pragma unroll
-            for (int hn = 0; hn < HN; hn++)
-                mma16816(sacc[ms][hn], bt[0][2 * j], bt[1][2 * j], bt[0][2 * j + 1],
-                         bt[1][2 * j + 1], Q.q[hn][j][0], Q.q[hn][j][1]);
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int hn = 0; hn < HN; hn++)
+                    mma16816(sacc[ms][hn], bt[0][2 * j], bt[1][2 * j], bt[0][2 * j + 1],
+                             bt[1][2 * j + 1], Q.q[hn][j][0], Q.q[hn][j][1]);
+        }
         if (KQ) {
 #pragma unroll
             for (int rh = 0; rh < 2; rh++) {
@@ -528,7 +718,7 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
     __syncwarp();
     float ksc[4], kgm[4], vsc[4];
     half4_to_f32(lds64(vslot + VS::ksc + 8 * g), ksc);
-    if (KQ) half4_to_f32(lds64(vslot + VS::kgm + 8 * g), kgm);
+    if (TWO) half4_to_f32(lds64(vslot + VS::kgm + 8 * g), kgm);
     half4_to_f32(lds64(vslot + VS::vsc + 8 * g), vsc);
 
     /* ---- online softmax per head column: a lane holds tokens 4g + i (i = 2 ms + rh) */
@@ -543,7 +733,7 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
             for (int i = 0; i < 4; i++) {
                 const int ms = i >> 1, rh = i & 1;
                 float sc = sacc[ms][hn][2 * rh + e] * (ksc[i] * A.cK);
-                if (KQ) sc += qacc[ms][hn][2 * rh + e] * (kgm[i] * A.cQ);
+                if (TWO) sc += qacc[ms % (TWO ? 2 : 1)][hn][2 * rh + e] * (kgm[i] * A.cQ);
                 if (!p_.fast) /* a partial tile: its missing tokens weigh nothing */
                     sc = p_.t0 + 4 * g + i < p_.T ? sc : -INFINITY;
                 pv[e][i] = sc;
@@ -591,7 +781,7 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
         vw[3] = lds128(vslot + r1 * 128 + (((2 * t4 + 1) ^ (r1 & 1)) << 4));
     }
     __syncwarp();
-    if (vn) stage_values<KQ, VM>(pn, vslot, lane_of(g, t4));
+    if (vn) stage_values<KM, KQ, VM>(pn, vslot, lane_of(g, t4));
     cp_async_commit();
 
     /* k-step ks = score m-tile ks; logical token k (0..15) is physical 4 (k mod 8) + 2 ks +
@@ -693,14 +883,16 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     /* the query rotation (MSE keys: done by each block) after both */
     __host__ __device__ static uint32_t qoff(bool share)
     {
-        const uint32_t lut =
-            lut_size<KM>::bytes > lut_size<VM>::bytes ? lut_size<KM>::bytes : lut_size<VM>::bytes;
+        /* split keys: part 1's table (16 entries) at 64 KiB, after the others */
+        const uint32_t lut = KM == kSplit ? kK1Table + 16 * 256
+                             : lut_size<KM>::bytes > lut_size<VM>::bytes ? lut_size<KM>::bytes
+                                                                          : lut_size<VM>::bytes;
         (void)share;
         return lut > merge_bytes ? lut : merge_bytes;
     }
     __host__ __device__ static uint32_t doff(bool share)
     {
-        return qoff(share) + (KQ ? 0 : GH * 128 * 4);
+        return qoff(share) + (KQ || KM == kSplit ? 0 : GH * 128 * 4);
     }
     /* then each warp's key staging slot (kstage) and value staging slot (vstage) */
     __host__ __device__ static uint32_t soff(bool share)
@@ -713,7 +905,7 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     }
     __host__ __device__ static uint32_t smem(bool share)
     {
-        return voff(share) + kWarps * vstage<KQ, VM>::bytes;
+        return voff(share) + kWarps * vstage<KQ, VM, KM == kSplit>::bytes;
     }
 };
 
@@ -736,11 +928,15 @@ __global__ void __launch_bounds__(kThreads, 2)
      * block waits on one memory latency (then one more for the chunk descriptors, which need
      * the sequence's chunk range) instead of a chain of them. */
     const int32_t ip0 = chunk_indptr[seq], ip1 = chunk_indptr[seq + 1];
-    const uint32_t kent = lut_entry<KM>(A.kcent, tid);
+    constexpr bool KS = KM == kSplit;
+    const uint32_t kent = lut_entry<KS ? 4 : KM>(A.kcent, tid);
     const uint32_t vent = A.share_lut ? 0u : lut_entry<VM>(A.vcent, tid);
+    const uint32_t k1ent = KS ? lut_entry<2>(A.k1cent, tid) : 0u; /* split keys' part 1 */
+    /* the fragments of chunk c: row qrow0 + c * n_kv of A.qsplit (2 KiB rows) */
+    const int64_t qrow0 = ((int64_t)seq * A.max_chunks - ip0) * A.n_kv + h;
     /* MSE keys: the block rotates its heads' queries itself, q' = H (D . q) / sqrt(128), a warp
      * per head row (prod keys take q' and its sketch S q' from att_mma_prep) */
-    constexpr int QR = KQ ? 0 : (G16 ? 2 : 1); /* head rows of this warp */
+    constexpr int QR = KQ || KS ? 0 : (G16 ? 2 : 1); /* head rows of this warp */
     uint32_t qx[QR > 0 ? QR : 1][4]; /* the query's 16 bits, and D's sign as bit 16 */
 #pragma unroll
     for (int rr = 0; rr < QR; rr++) {
@@ -777,16 +973,19 @@ __global__ void __launch_bounds__(kThreads, 2)
     const uint32_t kslot =
         kSmemBase + K_::soff(A.share_lut != 0) + warp * kstage<KM, KQ>::bytes;
     const uint32_t vslot =
-        kSmemBase + K_::voff(A.share_lut != 0) + warp * vstage<KQ, VM>::bytes;
-    if (va) stage_keys<KM, KQ>(pa, kslot, lane);
+        kSmemBase + K_::voff(A.share_lut != 0) + warp * vstage<KQ, VM, KM == kSplit>::bytes;
+    if (va)
+        stage_keys<KM, KQ>(pa, kslot, lane, qfrag_row<KS>(A, qrow0, pa.c));
     cp_async_commit();
-    if (va) stage_values<KQ, VM>(pa, vslot, lane);
+    if (va) stage_values<KM, KQ, VM>(pa, vslot, lane);
     cp_async_commit();
 
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
-    lut_store<KM>((uint32_t *)sm, kent, tid, 0);
+    lut_store<KS ? 4 : KM>((uint32_t *)sm, kent, tid, 0);
     if (!A.share_lut) lut_store<VM>((uint32_t *)sm, vent, tid, 1);
+    if (KS && tid < 16) lut_store<2>((uint32_t *)(sm + kK1Table), k1ent, tid, 0);
     const uint32_t lbk = lane * 4, lbv = (A.share_lut ? 0 : 128) + lane * 4;
+    const uint32_t lbk1 = kK1Table + lane * 4;
 
     float *qr = (float *)(sm + K_::qoff(A.share_lut != 0)); /* [GH][128] */
 #pragma unroll
@@ -812,7 +1011,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         __syncthreads(); /* the rotated queries */
     qfrag<KQ, G16> Q;
 #pragma unroll
-    for (int hn = 0; hn < HN; hn++) {
+    for (int hn = 0; hn < (KS ? 0 : HN); hn++) {
         const uint32_t r = 8 * hn + g;
         const bool v = r < A.group;
         const __half *qp = wq + ((size_t)seq * A.n_q + h * A.group + (v ? r : 0)) * 256;
@@ -859,7 +1058,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         if (vn) prefetch_values<KQ, VM>(pn, lane); /* into L2 ahead of its copy */
         cp_async_wait1(); /* this tile's keys have landed (its values may be in flight) */
         __syncwarp();     /* for every lane's copies */
-        compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbv, Q, o, m_run, l_run,
+        compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbk1, lbv, qrow0, Q, o,
+                                      m_run, l_run,
                                       g, t4);
         pa = pn;
         va = vn;
@@ -979,14 +1179,28 @@ int launch_g(const mma_args &M, bool g16, uint32_t n_seqs, const int32_t *indptr
 
 } // namespace
 
+/* Split keys of tq3.5's shape: part 0 of 64 channels at 4 MSE bits, part 1 of 64 at 2, values
+ * one part of 128 at 4 bits, at most 4 query heads per KV head (the per-chunk query fragments
+ * of more would not fit two blocks' shared memory in a multiprocessor). */
+static bool att_mma_split(const tqc_att &A)
+{
+    const tqc_part &k0 = A.K.part[0], &k1 = A.K.part[1], &v = A.V.part[0];
+    return A.K.n_parts == 2 && A.K.mask_words == 4 && A.V.n_parts == 1 && A.group <= 4 &&
+           k0.n == 64 && k1.n == 64 && k0.m == 4 && k1.m == 2 && !k0.prod && !k1.prod &&
+           v.n == 128 && v.m == 4 && !v.prod;
+}
+
 bool tqkv__att_mma_eligible(const tqc_att &A)
 {
-    if (A.P != 128 || A.K.n_parts != 1 || A.V.n_parts != 1 || A.group > 16) return false;
+    if (A.P != 128 || A.V.n_parts != 1 || A.group > 16) return false;
+    if (A.K.n_parts != 1 && !att_mma_split(A)) return false;
     const tqc_part &k = A.K.part[0], &v = A.V.part[0];
-    if (k.n != 128 || v.n != 128 || v.prod) return false;
-    /* tq4, tq3, tq4-prod, tq3-prod: (key MSE bits, QJL, value bits) */
-    const uint32_t key = k.m * 100 + (k.prod ? 10 : 0) + v.m;
-    if (key != 404 && key != 303 && key != 314 && key != 213) return false;
+    if (A.K.n_parts == 1) {
+        if (k.n != 128 || v.n != 128 || v.prod) return false;
+        /* tq4, tq3, tq4-prod, tq3-prod: (key MSE bits, QJL, value bits) */
+        const uint32_t key = k.m * 100 + (k.prod ? 10 : 0) + v.m;
+        if (key != 404 && key != 303 && key != 314 && key != 213) return false;
+    }
     /* the tables sit at the start of the block's shared window (kSmemBase) */
     int dev = 0, reserved = -1;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -1001,20 +1215,28 @@ uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &)
     return 2;
 }
 
-size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs)
+size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks)
 {
-    /* prod keys: att_mma_prep's rotated queries and sketches (MSE keys need none) */
+    /* prod keys: att_mma_prep's rotated queries and sketches; split keys: the per-chunk query
+     * fragments of att_mma_prep_split (1 KiB per chunk and KV head); other MSE keys none */
+    if (A.K.n_parts == 2) return (size_t)n_seqs * max_chunks * A.n_kv * 1024;
     return A.K.part[0].prod ? (size_t)n_seqs * A.n_q * 256 * sizeof(__half) : 0;
 }
 
-int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indptr,
-                         const tq_cuda_chunk *chunks, const void *q, float *ws_o, float *ws_ml,
-                         void *ws_q, cudaStream_t s)
+int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
+                         const int32_t *indptr, const tq_cuda_chunk *chunks, const void *q,
+                         float *ws_o, float *ws_ml, void *ws_q, cudaStream_t s)
 {
     __half *wq = (__half *)ws_q;
+    const bool split = A.K.n_parts == 2;
     if (A.K.part[0].prod) {
         att_mma_prep<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, q, wq);
         TQC_CHECK_LAUNCH("attention query preparation launch");
+    }
+    if (split) {
+        att_mma_prep_split<<<dim3(max_chunks, A.n_kv, n_seqs), 128, 0, s>>>(
+            A, indptr, chunks, q, max_chunks, (uint32_t *)ws_q);
+        TQC_CHECK_LAUNCH("attention split-query preparation launch");
     }
     mma_args M;
     M.q = q;
@@ -1029,14 +1251,18 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indpt
     const float c = A.softmax_scale * TQC_LOG2E;
     M.cK = c * 0.08838834764831845f;                   /* / sqrt(128) */
     M.cQ = c * (float)(1.2533141373155002512 / 128.0); /* sqrt(pi/2) / n */
+    if (split) M.cK = M.cQ = c * 0.125f;               /* / sqrt(64), both parts */
     M.kcent = A.K.part[0].cent;
     M.vcent = A.V.part[0].cent;
+    M.k1cent = split ? A.K.part[1].cent : nullptr;
+    M.qsplit = split ? (const uint8_t *)ws_q : nullptr;
+    M.max_chunks = max_chunks;
     M.vdsign = A.V.part[0].dsign;
     M.share_lut = A.K.part[0].m == A.V.part[0].m && M.kcent == M.vcent;
 
     const uint32_t km = A.K.part[0].m, vm = A.V.part[0].m;
     const bool kq = A.K.part[0].prod != 0, g16 = A.group > 8;
-    const int key = km * 100 + (kq ? 10 : 0) + vm;
+    const int key = split ? 9000 : km * 100 + (kq ? 10 : 0) + vm;
     switch (key) { /* the presets' combinations (tqkv__att_mma_eligible admits no other) */
     case 404:
         return launch_g<4, false, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
@@ -1046,6 +1272,8 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, const int32_t *indpt
         return launch_g<3, true, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
     case 213:
         return launch_g<2, true, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    case 9000: /* split keys: at most 4 heads per KV head (att_mma_split) */
+        return launch<kSplit, false, 4, false>(M, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
     default:
         return TQKV_ENOTSUP;
     }

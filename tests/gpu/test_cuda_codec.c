@@ -409,6 +409,11 @@ static const att_case g_att[] = {
     {"tq3-prod", 128, 2, 2, 256, 1, {1024}, 2, 0},          /* tensor cores, 2-bit + signs */
     {"tq4", 128, 2, 4, 256, 2, {2000, 300}, 0, 1},         /* the general kernel, same shape */
     {"tq4-prod", 128, 1, 4, 256, 1, {777}, 0, 1},          /* the general kernel, prod keys */
+    /* tq3.5 (split keys) runs on tensor cores up to 4 query heads per KV head: whole tiles with
+     * a long and a short sequence, a partial last chunk, and the general kernel on the same */
+    {"tq3.5", 128, 2, 4, 256, 2, {3000, 200}, 0, 0},       /* tensor cores, split keys */
+    {"tq3.5", 128, 1, 2, 256, 2, {1025, 31}, 2, 0},        /* partial tiles, two splits */
+    {"tq3.5", 128, 2, 4, 256, 1, {1500}, 0, 1},            /* the general kernel, split keys */
 };
 
 static void run_att_case(const att_case *c, tq_dtype qdt)
@@ -498,15 +503,16 @@ static void run_att_case(const att_case *c, tq_dtype qdt)
     CU(cudaMemcpy(o16, d_o, nqv * 2, cudaMemcpyDeviceToHost));
     /* normalised error per (sequence, head): ||gpu - cpu|| / ||cpu||. The GPU output is rounded
      * to the query dtype (relative 2^-11 for fp16, 2^-8 for bf16); fp32 accumulation adds far
-     * less. The tensor-core kernel (padded head dim 128, one part per tensor) also rounds its
+     * less. The tensor-core kernel (padded head dim 128; one part per tensor, or tq3.5) rounds its
      * operands to fp16 as every tensor-core attention does: the rotated query (and sketch), the
      * centroids and the probabilities, each to a relative 2^-11 at most; that is its larger
      * fp16 bound. */
     uint32_t P = 16;
     while (P < D)
         P *= 2;
-    const int tensor_cores = !c->general && P == 128 && p.k.n_out == 0 && p.v.n_out == 0 &&
-                             c->group <= 16;
+    const int split = strcmp(c->preset, "tq3.5") == 0; /* split keys: up to 4 heads */
+    const int tensor_cores = !c->general && P == 128 && p.v.n_out == 0 &&
+                             ((p.k.n_out == 0 && c->group <= 16) || (split && c->group <= 4));
     double worst = 0.0, bound = qdt == TQ_DTYPE_BF16 ? 8e-3 : tensor_cores ? 4e-3 : 1.5e-3;
     for (size_t r = 0; r < (size_t)c->n_seqs * NQ; r++) {
         double num = 0.0, den = 0.0;
