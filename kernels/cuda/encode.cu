@@ -3,7 +3,7 @@
  *
  * Design: the common recipes (one mse part of 64 or 128 with 1 to 4 bits, fp16/bf16 rows that can
  * be read as 16-byte chunks: tq4, tq3, the V side of most presets) go to the streaming kernel
- * (tqc_encode_f_kernel, below): one thread per vector with the whole vector in registers, the
+ * (tqc_encode_p_kernel, below): two lanes per vector with half the vector each in registers, the
  * codebook search as one cell-table lookup, persistent warps fed by cp.async. Everything else
  * (prod recipes, outlier splits, fp32 input, P = 256, 8-bit codes) takes the eight-lane kernel
  * (tqc_encode_g_kernel, parts of dimension >= 32): lane j holds coordinates 4j + e + 32r, which
@@ -942,32 +942,42 @@ __global__ void __launch_bounds__(TQC_G_THREADS)
     }
 }
 
-/* ---- Streaming encoder: one thread per vector (mse, one part of 32 to 128, 16-bit input) ------
+/* ---- Streaming encoder: two lanes per vector (mse, one part of 64 or 128, 16-bit input) ------
  * The common recipes (tq4, tq3: no outlier split, mse codes of 1 to 4 bits) are bound by the
  * instruction issue rate, not by memory: 2^21 vectors in 0.27 ms leave about 130 warp
- * instructions per vector. This kernel keeps a whole vector in one thread's registers, so that
- * the reference's tree sums and FWHT stages cost exactly their float operations (no shuffles),
- * the signs D are compile-time-indexed kernel parameters (LOP3 with a constant-bank operand on
- * packed fp16/bf16 pairs), and the codebook search is a table lookup instead of a binary search:
- *   - cell g = round(t * c + off) for integers c and off: one FFMA with c and off scaled by
- *     2^-149, whose result is the subnormal g * 2^-149, i.e. its bits are g (no conversion, and
- *     the lookup address is one LEA); the host picks c so that every cell holds at most one boundary and no
- *     boundary lies on a cell edge, so the code is base[g] + (t >= bnd[g]): one 8-byte shared
- *     load and one compare give exactly #{j : t >= bnd_j}, the reference's count;
- *   - corrected and unbiased norms take cent^2 or cent of the code from a second small table.
+ * instructions per vector. The lanes 2r and 2r + 1 of a warp hold token r's vector in registers,
+ * lane 2r + hf the coordinates k whose bit 4 is hf (N/2 of them, local index j = (k & 15) +
+ * 16 (k >> 5)), so that the reference's float operations are almost all thread-local:
+ *   - FWHT stages 1, 2, 4, 8 and 32, 64 pair local values; stage 16 is one shuffle and one FFMA
+ *     per value (fma(v, +-1, o) is o + v or o - v with the reference's single rounding);
+ *   - a tree sum's 32 lane partials L_l run over k = l (mod 32): L_{16 hf + l'} is the lane's own
+ *     chain over j = l' + 16 m; the step at distance 16 is one shuffle per partial, the steps at
+ *     8, 4, 2, 1 run in both lanes (the same floats in the same order, so both get the sum);
+ *   - fp16 squares are exact in fp32, so ss's product-then-add is one FFMA for fp16 input;
+ *   - the signs D are kernel parameters (LOP3 on packed fp16/bf16 pairs), and the codebook search
+ *     is a table lookup instead of a binary search: cell g = round(t * c + off) for integers c and
+ *     off: one FFMA with c and off scaled by 2^-149, whose result is the subnormal g * 2^-149,
+ *     i.e. its bits are g (no conversion, and the lookup address is one LEA); the host picks c so
+ *     that every cell holds at most one boundary and no boundary lies on a cell edge, so the code
+ *     is base[g] + (t >= bnd[g]): one 8-byte shared load and one compare give exactly
+ *     #{j : t >= bnd_j}, the reference's count;
+ *   - corrected and unbiased norms take cent^2 or cent of the code from a second 8-byte entry of
+ *     the cell (the terms of both codes the cell can give, selected by the same compare).
+ * Half a vector per thread is what buys occupancy: 128 registers and 16 warps per SM, where one
+ * thread per vector (168 registers, 12 warps) left the schedulers idle 40 % of the time on the
+ * table loads' latency; the shuffles and the duplicated scalar work (norm, scale) cost about 18 %
+ * more instructions, and the issue rate rose from 0.60 to 0.69 per scheduler and cycle.
  * The lookup needs |t| <= sqrt(n) (true up to rounding when ss is finite and not tiny: the norm
  * bounds every rotated coordinate); a vector whose ss is not finite (NaN/Inf input, overflow)
- * or below 2^-100 (underflowing squares) goes through tqc_f_slow, the one-thread reference path.
- * One block per SM, its warps persistent over the block's share of the (job, head, 32-token tile)
+ * or below 2^-100 (underflowing squares) goes through tqc_f_slow, the one-thread reference path
+ * (in the pair's even lane).
+ * One block per SM, its warps persistent over the block's share of the (job, head, 16-token tile)
  * items (blockIdx.x + k * gridDim.x, every SM gets the same number within one), each warp taking
  * the next k from a shared counter, so that the SMs finish together; a warp copies its next
  * tile's rows into shared memory with cp.async (coalesced, no registers) while it encodes the
- * current one;
- * rows are stored with their 16-byte chunks swizzled (chunk c of row r at c ^ r) so that the
- * per-thread 16-byte row reads are free of bank conflicts. Code words are stored straight from
- * registers: word i of 32 consecutive tokens is one 128-byte run. */
-#define TQC_F_WARPS 12 /* one block per SM: 12 x 168 registers x 32 lanes */
-#define TQC_F_THREADS (32 * TQC_F_WARPS)
+ * current one; rows are stored with their 16-byte chunks swizzled (chunk c of row r at c ^ r)
+ * against bank conflicts of the per-lane 16-byte row reads. Code words are stored straight from
+ * registers: word i of 16 consecutive tokens is one 64-byte run. */
 #define TQC_F_CELLS 128
 
 /* What the streaming kernel needs beyond R: the cell table and D, built on the host. */
@@ -975,6 +985,7 @@ typedef struct {
     float c, moff;                /* cell of t: the bits of fma(t, c, moff) (subnormal) */
     uint32_t cells;               /* used entries of lut */
     uint32_t pad_;
+    uint64_t mag_job, mag_tile;   /* tqc_divm multipliers of n_heads * n_tiles and of n_tiles */
     uint2 lut[TQC_F_CELLS];       /* {bits of the cell's boundary (+inf: none), codes below} */
     float2 t2[TQC_F_CELLS];       /* norm term of the cell's two codes: cent^2 (corrected) or
                                    * cent (unbiased) of base and base + 1 */
@@ -989,41 +1000,26 @@ __device__ __forceinline__ void tqc_cp16(uint32_t dst, const void *src, uint32_t
 __device__ __forceinline__ void tqc_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void tqc_cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
+/* floor(x / d) for a divisor d < 2^32 fixed per launch, from m = ceil(2^64 / d) (0 for d = 1;
+ * tqc_divm_magic): x * m / 2^64 exceeds x / d by less than x / 2^64 < 1/d, so the floor is exact
+ * for every 32-bit x. Two wide multiplies instead of the integer division's dozen instructions. */
+__device__ __forceinline__ uint32_t tqc_divm(uint32_t x, uint64_t m)
+{
+    if (m == 0)
+        return x;
+    uint64_t lo = (uint64_t)x * (uint32_t)m;
+    uint64_t hi = (uint64_t)x * (uint32_t)(m >> 32) + (lo >> 32);
+    return (uint32_t)(hi >> 32);
+}
+static uint64_t tqc_divm_magic(uint32_t d)
+{
+    return d <= 1 ? 0 : UINT64_MAX / d + 1; /* ceil(2^64 / d), also when d is a power of two */
+}
+
 struct tqc_f_item {
     const tqc_job *jb;
     uint32_t h, t0;
 };
-__device__ __forceinline__ tqc_f_item tqc_f_decode(const tqc_rec &R, const tqc_jobs &J,
-                                                   uint32_t it, uint32_t n_tiles)
-{
-    uint32_t per_job = R.n_heads * n_tiles, job = it / per_job, rem = it - job * per_job;
-    uint32_t h = rem / n_tiles;
-    return {&J.job[job], h, (rem - h * n_tiles) * 32};
-}
-
-/* Copies the 32 rows of an item (2N bytes each, zeros beyond head_dim and T) into buf. Lane
- * `lane` copies chunk lane % CH of rows lane / CH + 32/CH * q; row addresses come from the lane
- * of the row's token by shuffle, so a paged view is looked up once per row. */
-template <int N>
-__device__ __forceinline__ void tqc_f_prefetch(const tqc_rec &R, const tqc_f_item &it,
-                                               uint32_t buf, uint32_t lane)
-{
-    constexpr int CH = N / 8, RPP = 32 / CH;
-    const tqc_job &jb = *it.jb;
-    uint32_t t = it.t0 + lane;
-    const char *p = t < R.T ? (const char *)jb.data + 2 * tqc_view_index(jb, t, it.h)
-                            : (const char *)jb.data;
-    uint64_t pv = (uint64_t)p;
-    const uint32_t c = lane % CH, ok_c = c * 8 < R.head_dim;
-#pragma unroll
-    for (int q = 0; q < CH; q++) {
-        uint32_t r = (uint32_t)q * RPP + lane / CH;
-        uint64_t src = __shfl_sync(0xffffffffu, pv, r);
-        bool ok = ok_c && it.t0 + r < R.T;
-        tqc_cp16(buf + r * (2 * N) + ((c ^ (r & (CH - 1))) << 4),
-                 (const char *)src + (ok ? c * 16 : 0), ok ? 16u : 0u);
-    }
-}
 
 /* The reference path for one vector whose ss is not finite or tiny: the raw row again (non-finite
  * values to +0), then the one-thread encoder. Rare; kept out of line. */
@@ -1047,24 +1043,82 @@ __device__ __noinline__ void tqc_f_slow(const tqc_part &pp, uint32_t norm_kind, 
     tqc_encode_part<N>(pp, norm_kind, x, rec, T, t, pp.bnd);
 }
 
-/* The reference tree sum TS of term(k), k = 0..N-1, as tqc_tree_sum, every step unrolled (nvcc
- * keeps tqc_tree_sum's halving loop as a loop over a local array). POS: every term is +0 or
- * positive, so the first add of each lane partial (0 + a = a) is left out. */
-template <int N, bool POS, typename F> __device__ __forceinline__ float tqc_f_tree(const F &term)
+/* Nibble of coordinate 8i + p in code word i: p, or for 2- and 3-bit codes (PI) even p in
+ * nibbles 0..3 and odd p in 4..7, so that the low two bits of 16 coordinates (words 2j and 2j + 1)
+ * land in their 2-bit plane word with two byte permutes, a shift and a LOP3 (tqc_p_write_planes;
+ * in coordinate order it takes 15 operations). Compile-time, so that the packing stays one IMAD
+ * and one predicated add per code. */
+template <int PI> __device__ __forceinline__ constexpr int tqc_f_nib(int p)
 {
-    float a[16];
+    return PI ? (p & 1 ? 4 + (p >> 1) : p >> 1) : p;
+}
+
+/* Bit b of the eight codes of a PI-ordered word, in coordinate order: even p sit at 4(p/2),
+ * odd p at 16 + 4(p/2); the first step puts odd p next to even p, the next two close the gaps. */
+__device__ __forceinline__ uint32_t tqc_f_pi_bit(uint32_t x, int b)
+{
+    x = (x >> b) & 0x11111111u;
+    x = (x | (x >> 15)) & 0x3333u;
+    x = (x | (x >> 2)) & 0x0f0fu;
+    return (x | (x >> 4)) & 0xffu;
+}
+
+#define TQC_P_WARPS 16 /* one block per SM: 16 x 128 registers x 32 lanes */
+#define TQC_P_THREADS (32 * TQC_P_WARPS)
+
+/* Copies the 16 rows of a 16-token item (2N bytes each, zeros beyond head_dim and T) into buf;
+ * row addresses come from lane 2r by shuffle. */
+template <int N>
+__device__ __forceinline__ void tqc_p_prefetch(const tqc_rec &R, const tqc_f_item &it,
+                                               uint32_t buf, uint32_t lane)
+{
+    constexpr int CH = N / 8, RPP = 32 / CH;
+    const tqc_job &jb = *it.jb;
+    uint32_t t = it.t0 + (lane >> 1);
+    const char *p = t < R.T ? (const char *)jb.data + 2 * tqc_view_index(jb, t, it.h)
+                            : (const char *)jb.data;
+    uint64_t pv = (uint64_t)p;
+    const uint32_t c = lane % CH, ok_c = c * 8 < R.head_dim;
 #pragma unroll
-    for (int l = 0; l < 16; l++) {
-        float lo = POS ? term(l) : __fadd_rn(0.0f, term(l));
-#pragma unroll
-        for (int k = l + 32; k < N; k += 32)
-            lo = __fadd_rn(lo, term(k));
-        float hi = POS ? term(l + 16) : __fadd_rn(0.0f, term(l + 16));
-#pragma unroll
-        for (int k = l + 48; k < N; k += 32)
-            hi = __fadd_rn(hi, term(k));
-        a[l] = __fadd_rn(lo, hi);
+    for (int q = 0; q < 16 / RPP; q++) {
+        uint32_t r = (uint32_t)q * RPP + lane / CH;
+        uint64_t src = __shfl_sync(0xffffffffu, pv, 2 * r);
+        bool ok = ok_c && it.t0 + r < R.T;
+        tqc_cp16(buf + r * (2 * N) + ((c ^ (r & (CH - 1))) << 4),
+                 (const char *)src + (ok ? c * 16 : 0), ok ? 16u : 0u);
     }
+}
+
+/* Item `it`: job, head and first token of its 16-token tile. */
+__device__ __forceinline__ tqc_f_item tqc_p_decode(const tqc_rec &R, const tqc_jobs &J,
+                                                   const tqc_fast &F, uint32_t it,
+                                                   uint32_t n_tiles)
+{
+    uint32_t per_job = R.n_heads * n_tiles, job = tqc_divm(it, F.mag_job);
+    uint32_t rem = it - job * per_job, h = tqc_divm(rem, F.mag_tile);
+    return {&J.job[job], h, (rem - h * n_tiles) * 16};
+}
+
+/* One in-lane FWHT stage of distance H over the lane's HN values (compile-time indices). */
+template <int HN, int H> __device__ __forceinline__ void tqc_p_stage(float (&v)[HN])
+{
+#pragma unroll
+    for (int i = 0; i < HN; i += 2 * H)
+#pragma unroll
+        for (int j = 0; j < H; j++) {
+            float x = v[i + j], y = v[i + j + H];
+            v[i + j] = __fadd_rn(x, y);
+            v[i + j + H] = __fsub_rn(x, y);
+        }
+}
+
+/* The pair's tree sum: own partials a[l] (l < 16) are L_{16 hf + l}; `mask` holds both lanes of
+ * every pair that calls it. */
+__device__ __forceinline__ float tqc_p_tree_tail(float (&a)[16], uint32_t mask)
+{
+#pragma unroll
+    for (int l = 0; l < 16; l++)
+        a[l] = __fadd_rn(a[l], __shfl_xor_sync(mask, a[l], 1));
 #pragma unroll
     for (int l = 0; l < 8; l++)
         a[l] = __fadd_rn(a[l], a[l + 8]);
@@ -1076,49 +1130,95 @@ template <int N, bool POS, typename F> __device__ __forceinline__ float tqc_f_tr
     return __fadd_rn(a[0], a[1]);
 }
 
-/* Code of t from the cell table, and the norm term of that code (t2 table). */
-template <int N, int NORM> struct tqc_f_quant_term {
-    const float (&w)[N];
-    uint32_t (&cpk)[N / 8];
+/* Writes the code planes of token t from the lane's code words (local word u = global word
+ * (u & 1) + 2 hf + 4 (u >> 1), nibble order tqc_f_nib<PI>); `mask` holds both lanes of every pair
+ * that calls it (a 1-bit plane word takes two bytes from each lane). */
+template <int N, int PI>
+__device__ __forceinline__ void tqc_p_write_planes(const tqc_part &pp,
+                                                   const uint32_t (&cpk)[N / 16], uint8_t *rec,
+                                                   uint32_t T, uint32_t t, uint32_t hf,
+                                                   uint32_t mask)
+{
+    constexpr int NU = N / 16;
+    uint32_t *p0 = (uint32_t *)(rec + pp.plane_off[0]) + t;
+    if (!PI && pp.m == 4) {
+        uint32_t *q = p0 + (size_t)(2 * hf) * T;
+#pragma unroll
+        for (int u = 0; u < NU; u++)
+            q[(size_t)((u & 1) + 4 * (u >> 1)) * T] = cpk[u];
+        return;
+    }
+    if (PI) {
+        /* 2-bit word 2v + hf from local words 2v, 2v + 1 */
+        uint32_t *q = p0 + (size_t)hf * T;
+#pragma unroll
+        for (int v = 0; v < NU / 2; v++) {
+            const uint32_t x = __byte_perm(cpk[2 * v], cpk[2 * v + 1], 0x5410);
+            const uint32_t y = __byte_perm(cpk[2 * v], cpk[2 * v + 1], 0x7632);
+            q[(size_t)(2 * v) * T] = (x & 0x33333333u) | ((y << 2) & 0xccccccccu);
+        }
+    }
+    if (pp.m == 1 || pp.m == 3) {
+        /* 1-bit word j1: bytes 2 hf, 2 hf + 1 from local words 2 j1, 2 j1 + 1 */
+        uint32_t *p1 = pp.m == 3 ? (uint32_t *)(rec + pp.plane_off[1]) + t : p0;
+        const int b = pp.m == 3 ? 2 : 0;
+#pragma unroll
+        for (int j1 = 0; j1 < NU / 2; j1++) {
+            uint32_t own = PI ? tqc_f_pi_bit(cpk[2 * j1], b) | tqc_f_pi_bit(cpk[2 * j1 + 1], b) << 8
+                              : tqc_nib_bit(cpk[2 * j1], b) | tqc_nib_bit(cpk[2 * j1 + 1], b) << 8;
+            uint32_t oth = __shfl_xor_sync(mask, own, 1);
+            if (hf == (uint32_t)(j1 & 1))
+                p1[(size_t)j1 * T] = hf ? (oth | own << 16) : (own | oth << 16);
+        }
+    }
+}
+
+/* Code of the lane's value j from the cell table (packed into the lane's code words) and the norm
+ * term of that code: lut[g] = {boundary, codes below}, lut[TQC_F_CELLS + g] = the terms of the
+ * cell's two possible codes. Two 8-byte loads at one address register: a 16-byte entry (one load)
+ * gathers with far more bank conflicts (quarter-warp phases: 7.1 wavefronts per load against 2.7
+ * for each 8-byte one; 14 % slower), and a term looked up by code (a 16-entry table, conflict-free)
+ * makes the chain load-compare-add-load (9 % slower for tq4, 22 % for tq3; both measured with
+ * the one-thread-per-vector kernel this one replaced). */
+template <int N, int NORM, int PI> struct tqc_p_quant_term {
+    const float (&w)[N / 2];
+    uint32_t (&cpk)[N / 16];
     float inv, c, moff;
-    uint32_t lut_base; /* shared address of lut[0] */
-    __device__ __forceinline__ float operator()(int k) const
+    const uint2 *lut;
+    __device__ __forceinline__ float operator()(int j) const
     {
-        float t = __fmul_rn(w[k], inv);
-        float f = __fmaf_rn(t, c, moff);
-        uint32_t a = lut_base + 8u * __float_as_uint(f), bb, base;
-        asm("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(bb), "=r"(base) : "r"(a));
-        /* the code is base, plus one when t is at or above the cell's boundary */
-        const bool up = t >= __uint_as_float(bb);
-        cpk[k >> 3] += base << (4 * (k & 7));
+        float t = __fmul_rn(w[j], inv);
+        const uint32_t g = __float_as_uint(__fmaf_rn(t, c, moff));
+        const uint2 e = lut[g];
+        const bool up = t >= __uint_as_float(e.x);
+        const int sh = 4 * tqc_f_nib<PI>(j & 7);
+        cpk[j >> 3] += e.y << sh;
         if (up)
-            cpk[k >> 3] += 1u << (4 * (k & 7));
+            cpk[j >> 3] += 1u << sh;
         if (NORM == TQ_NORM_PLAIN)
             return 0.0f;
-        float lo, hi;
-        asm("ld.shared.v2.f32 {%0, %1}, [%2 + %3];"
-            : "=f"(lo), "=f"(hi)
-            : "r"(a), "n"(TQC_F_CELLS * 8));
-        float v = up ? hi : lo;
-        return NORM == TQ_NORM_CORRECTED ? v : __fmul_rn(w[k], v);
+        const uint2 f2 = lut[TQC_F_CELLS + g];
+        float v = __uint_as_float(up ? f2.y : f2.x);
+        return NORM == TQ_NORM_CORRECTED ? v : __fmul_rn(w[j], v);
     }
 };
 
-/* Encode: persistent warps over (job, head, 32-token tile) items; NORM the recipe's norm, DT the
- * source dtype (fp16 or bf16). */
-template <int N, int NORM, int DT>
-__global__ void __launch_bounds__(TQC_F_THREADS, 1)
-    tqc_encode_f_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J,
+/* Encode: persistent warps over (job, head, 16-token tile) items, lane 2r + hf on half hf of token
+ * r's vector; NORM the recipe's norm, DT the source dtype (fp16 or bf16), PI the code word order
+ * (tqc_f_nib). */
+template <int N, int NORM, int DT, int PI>
+__global__ void __launch_bounds__(TQC_P_THREADS, 1)
+    tqc_encode_p_kernel(const __grid_constant__ tqc_rec R, const __grid_constant__ tqc_jobs J,
                         const __grid_constant__ tqc_fast F, uint32_t n_tiles, uint32_t n_items)
 {
-    constexpr int CH = N / 8, TILE = 32 * 2 * N;
-    extern __shared__ __align__(16) uint8_t tqc_f_dsm[];
+    constexpr int CH = N / 8, HN = N / 2, TILE = 16 * 2 * N;
+    extern __shared__ __align__(16) uint8_t tqc_p_dsm[];
     __shared__ uint2 lut_s[2 * TQC_F_CELLS]; /* F.lut, then F.t2 */
-    __shared__ uint32_t next_s;              /* the block's next unclaimed item number */
-    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    __shared__ uint32_t next_s;
+    const uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, hf = lane & 1;
     if (tid == 0)
-        next_s = TQC_F_WARPS; /* numbers 0..WARPS-1 go to the warps in order */
-    for (uint32_t i = tid; i < F.cells; i += TQC_F_THREADS) {
+        next_s = TQC_P_WARPS;
+    for (uint32_t i = tid; i < F.cells; i += TQC_P_THREADS) {
         lut_s[i] = F.lut[i];
         if (NORM != TQ_NORM_PLAIN)
             lut_s[TQC_F_CELLS + i] =
@@ -1127,13 +1227,13 @@ __global__ void __launch_bounds__(TQC_F_THREADS, 1)
     __syncthreads();
     const tqc_part &pp = R.part[0];
     const uint32_t T = R.T;
-    const uint32_t stg = (uint32_t)__cvta_generic_to_shared(tqc_f_dsm) + warp * 2 * TILE;
-    const uint8_t *stg_g = tqc_f_dsm + warp * 2 * TILE;
-    const uint32_t lut_base = (uint32_t)__cvta_generic_to_shared(lut_s);
-    /* item number k of this block is item blockIdx.x + k * gridDim.x */
+    const uint32_t stg = (uint32_t)__cvta_generic_to_shared(tqc_p_dsm) + warp * 2 * TILE;
+    const uint8_t *stg_g = tqc_p_dsm + warp * 2 * TILE;
+    const float sgn = hf ? -1.0f : 1.0f;
+    const uint32_t *dxh = F.dx + 8 * hf;
     uint32_t it = blockIdx.x + warp * gridDim.x;
     if (it < n_items)
-        tqc_f_prefetch<N>(R, tqc_f_decode(R, J, it, n_tiles), stg, lane);
+        tqc_p_prefetch<N>(R, tqc_p_decode(R, J, F, it, n_tiles), stg, lane);
     tqc_cp_commit();
     for (uint32_t b = 0; it < n_items; b ^= 1) {
         uint32_t k = 0;
@@ -1141,71 +1241,153 @@ __global__ void __launch_bounds__(TQC_F_THREADS, 1)
             k = atomicAdd(&next_s, 1u);
         const uint32_t nx = blockIdx.x + __shfl_sync(0xffffffffu, k, 0) * gridDim.x;
         if (nx < n_items)
-            tqc_f_prefetch<N>(R, tqc_f_decode(R, J, nx, n_tiles), stg + (b ^ 1) * TILE, lane);
+            tqc_p_prefetch<N>(R, tqc_p_decode(R, J, F, nx, n_tiles), stg + (b ^ 1) * TILE, lane);
         tqc_cp_commit();
-        tqc_cp_wait1(); /* this lane's copies of the current tile are done */
-        __syncwarp();   /* ... and every other lane's */
-        const tqc_f_item cur = tqc_f_decode(R, J, it, n_tiles);
+        tqc_cp_wait1();
+        __syncwarp();
+        const tqc_f_item cur = tqc_p_decode(R, J, F, it, n_tiles);
         const tqc_job &jb = *cur.jb;
-        const uint32_t t = cur.t0 + lane, sw = lane & (CH - 1);
+        const uint32_t r = lane >> 1, t = cur.t0 + r, sw = r & (CH - 1);
         uint8_t *rec = jb.dst + (size_t)cur.h * R.record_size;
         if (cur.h == 0 && cur.t0 == 0)
             for (uint32_t i = lane; i < jb.pad; i += 32)
                 jb.dst[(size_t)R.n_heads * R.record_size + i] = 0;
-        const uint8_t *row = stg_g + b * TILE + lane * (2 * N);
-        float w[N];
+        const uint8_t *row = stg_g + b * TILE + r * (2 * N);
+        float w[HN];
 #pragma unroll
-        for (int c = 0; c < CH; c++) {
-            uint4 u = *(const uint4 *)(row + ((c ^ sw) << 4));
-            uint32_t wd[4] = {u.x ^ F.dx[4 * c], u.y ^ F.dx[4 * c + 1], u.z ^ F.dx[4 * c + 2],
-                              u.w ^ F.dx[4 * c + 3]};
+        for (int i = 0; i < CH / 4; i++) {
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                if (DT == TQ_DTYPE_F16) {
-                    w[8 * c + 2 * e] = tqc_f16_to_f32((uint16_t)(wd[e] & 0xffff));
-                    w[8 * c + 2 * e + 1] = tqc_f16_to_f32((uint16_t)(wd[e] >> 16));
-                } else {
-                    w[8 * c + 2 * e] = __uint_as_float(wd[e] << 16);
-                    w[8 * c + 2 * e + 1] = __uint_as_float(wd[e] & 0xffff0000u);
+            for (int e = 0; e < 2; e++) {
+                const uint32_t c = 4 * i + 2 * hf + e; /* chunk: coordinates 8c .. 8c + 7 */
+                uint4 u = *(const uint4 *)(row + ((c ^ sw) << 4));
+                const int d = 16 * i + 4 * e; /* dx of chunk c: F.dx[4c ..], 4c = d + 8 hf */
+                uint32_t wd[4] = {u.x ^ dxh[d], u.y ^ dxh[d + 1], u.z ^ dxh[d + 2],
+                                  u.w ^ dxh[d + 3]};
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const int j = 16 * i + 8 * e + 2 * q;
+                    if (DT == TQ_DTYPE_F16) {
+                        w[j] = tqc_f16_to_f32((uint16_t)(wd[q] & 0xffff));
+                        w[j + 1] = tqc_f16_to_f32((uint16_t)(wd[q] >> 16));
+                    } else {
+                        w[j] = __uint_as_float(wd[q] << 16);
+                        w[j + 1] = __uint_as_float(wd[q] & 0xffff0000u);
+                    }
                 }
             }
         }
-        tqc_sq_term<N> sq{w};
-        float ss = tqc_f_tree<N, true>(sq); /* squares do not see D's signs */
-        tqc_fwht(w);
+        /* ss: own partials over j = l + 16 m (k = 16 hf + l + 32 m, increasing) */
+        float a[16];
+#pragma unroll
+        for (int l = 0; l < 16; l++) {
+            float s = __fmul_rn(w[l], w[l]);
+#pragma unroll
+            for (int j = l + 16; j < HN; j += 16)
+                s = DT == TQ_DTYPE_F16 ? __fmaf_rn(w[j], w[j], s)
+                                       : __fadd_rn(s, __fmul_rn(w[j], w[j]));
+            a[l] = s;
+        }
+        const float ss = tqc_p_tree_tail(a, 0xffffffffu);
+        /* FWHT: stages 1, 2, 4, 8 (j bits 0..3), 16 across the pair, 32, 64 (j bits 4, 5) */
+        tqc_p_stage<HN, 1>(w);
+        tqc_p_stage<HN, 2>(w);
+        tqc_p_stage<HN, 4>(w);
+        tqc_p_stage<HN, 8>(w);
+#pragma unroll
+        for (int j = 0; j < HN; j++)
+            w[j] = __fmaf_rn(w[j], sgn, __shfl_xor_sync(0xffffffffu, w[j], 1));
+        tqc_p_stage<HN, 16>(w);
+        if constexpr (HN > 32)
+            tqc_p_stage<HN, 32>(w);
         float norm = sqrtf(ss);
         float inv = norm > 0.0f ? __fdiv_rn(1.0f, norm) : 0.0f;
-        /* |t| <= sqrt(n) holds up to rounding unless ss is non-finite or underflowing */
         const bool fast = ss < INFINITY && (ss == 0.0f || ss >= 7.88860905e-31f /* 2^-100 */);
-        if (fast && t < T) {
-            uint32_t cpk[N / 8];
+        /* fast and t are the same in both lanes of a pair: the shuffles below name the pairs that
+         * take the branch */
+        const uint32_t m_fast = __ballot_sync(0xffffffffu, fast);
+        const uint32_t m_out = __ballot_sync(0xffffffffu, fast && t < T);
+        if (fast) {
+            uint32_t cpk[N / 16];
 #pragma unroll
-            for (int i = 0; i < N / 8; i++)
+            for (int i = 0; i < N / 16; i++)
                 cpk[i] = 0;
-            tqc_f_quant_term<N, NORM> term{w, cpk, inv, F.c, F.moff, lut_base};
+            tqc_p_quant_term<N, NORM, PI> term{w, cpk, inv, F.c, F.moff, lut_s};
             float s = norm;
-            if (NORM == TQ_NORM_CORRECTED) {
-                float q = tqc_f_tree<N, true>(term);
-                s = __fdiv_rn(norm, sqrtf(__fmul_rn(q, 1.0f / (float)N))); /* 1/N is exact */
-            } else if (NORM == TQ_NORM_UNBIASED) {
-                float dot = tqc_f_tree<N, false>(term);
-                if (dot > 0.0f)
-                    s = __fdiv_rn(__fmul_rn(ss, (float)N), dot);
+            if (NORM == TQ_NORM_PLAIN) {
+#pragma unroll
+                for (int j = 0; j < HN; j++)
+                    (void)term(j);
             } else {
 #pragma unroll
-                for (int k = 0; k < N; k++)
-                    (void)term(k);
+                for (int l = 0; l < 16; l++) {
+                    float v = NORM == TQ_NORM_CORRECTED ? term(l) : __fadd_rn(0.0f, term(l));
+#pragma unroll
+                    for (int j = l + 16; j < HN; j += 16)
+                        v = __fadd_rn(v, term(j));
+                    a[l] = v;
+                }
+                const float q = tqc_p_tree_tail(a, m_fast);
+                if (NORM == TQ_NORM_CORRECTED)
+                    s = __fdiv_rn(norm, sqrtf(__fmul_rn(q, 1.0f / (float)N)));
+                else if (q > 0.0f)
+                    s = __fdiv_rn(__fmul_rn(ss, (float)N), q);
             }
-            tqc_write_planes<N>(pp, cpk, rec, T, t);
-            ((uint16_t *)(rec + pp.scale_off))[t] = tqc_f32_to_f16(s);
-        } else if (t < T) {
+            if (t < T) {
+                tqc_p_write_planes<N, PI>(pp, cpk, rec, T, t, hf, m_out);
+                if (!hf)
+                    ((uint16_t *)(rec + pp.scale_off))[t] = tqc_f32_to_f16(s);
+            }
+        } else if (t < T && !hf) {
             tqc_f_slow<N>(pp, NORM, row, sw, DT, rec, T, t);
-        } else if (t == T && (T & 1)) {
-            ((uint16_t *)(rec + pp.scale_off))[T] = 0; /* the padding fp16 of an odd T */
         }
-        __syncwarp(); /* the tile's rows are consumed: the next iteration's copy may reuse them */
+        if (t == T && (T & 1) && !hf)
+            ((uint16_t *)(rec + pp.scale_off))[T] = 0; /* the padding fp16 of an odd T */
+        __syncwarp();
         it = nx;
     }
+}
+
+/* Launches tqc_encode_p_kernel over J's jobs (one block per SM at most). @return 0 or an error. */
+template <int N, int NORM, int DT, int PI>
+static int launch_encode_p(const tqc_rec &R, const tqc_jobs &J, const tqc_fast &F,
+                           cudaStream_t s)
+{
+    constexpr int SMEM = TQC_P_WARPS * 2 * 16 * 2 * N;
+    static int ready[64];
+    int dev = 0, rc = tqkv__cuda_err(cudaGetDevice(&dev), "cudaGetDevice");
+    if (rc)
+        return rc;
+    if (dev < 0 || dev >= 64)
+        return TQKV_EINVAL;
+    if (!ready[dev]) {
+        int nsm = 0, nb = 0;
+        rc = tqkv__cuda_err(cudaFuncSetAttribute(tqc_encode_p_kernel<N, NORM, DT, PI>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 SMEM),
+                            "encode_p attribute");
+        if (!rc)
+            rc = tqkv__cuda_err(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev),
+                                "SM count");
+        if (!rc)
+            rc = tqkv__cuda_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                                    &nb, tqc_encode_p_kernel<N, NORM, DT, PI>, TQC_P_THREADS,
+                                    SMEM),
+                                "encode_p occupancy");
+        if (rc)
+            return rc;
+        ready[dev] = 1 + (nsm * (nb > 0 ? nb : 1));
+    }
+    uint32_t n_tiles = (R.T + 15) / 16, n_items = J.n_jobs * R.n_heads * n_tiles;
+    uint32_t blocks = (n_items + TQC_P_WARPS - 1) / TQC_P_WARPS;
+    tqc_fast Fl = F;
+    Fl.mag_job = tqc_divm_magic(R.n_heads * n_tiles);
+    Fl.mag_tile = tqc_divm_magic(n_tiles);
+    if (blocks > (uint32_t)(ready[dev] - 1))
+        blocks = (uint32_t)(ready[dev] - 1);
+    tqc_encode_p_kernel<N, NORM, DT, PI>
+        <<<blocks, TQC_P_THREADS, SMEM, s>>>(R, J, Fl, n_tiles, n_items);
+    TQC_CHECK_LAUNCH("encode_p launch");
+    return 0;
 }
 
 /* Energies of 32 channels of one head: block (head * P/32 + slice, 1, job), one warp, contiguous
@@ -1428,41 +1610,22 @@ static bool tqc_fast_table(tq_codebook_kind cb, uint32_t n, uint32_t m, uint32_t
     return false;
 }
 
-template <int N, int NORM, int DT>
-static int launch_encode_f(const tqc_rec &R, const tqc_jobs &J, const tqc_fast &F,
-                           cudaStream_t s)
+/* launch_encode_p for the recipe's norm and code word order. */
+template <int N, int DT>
+static int launch_encode_p_pi(const tqc_rec &R, const tqc_jobs &J, const tqc_fast &F, bool pi,
+                              cudaStream_t s)
 {
-    constexpr int SMEM = TQC_F_WARPS * 2 * 32 * 2 * N;
-    static int ready[64]; /* per device: 1 + blocks per SM once the attribute is set */
-    int dev = 0, rc = tqkv__cuda_err(cudaGetDevice(&dev), "cudaGetDevice");
-    if (rc)
-        return rc;
-    if (dev < 0 || dev >= 64)
-        return TQKV_EINVAL;
-    if (!ready[dev]) {
-        int nsm = 0, nb = 0;
-        rc = tqkv__cuda_err(cudaFuncSetAttribute(tqc_encode_f_kernel<N, NORM, DT>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 SMEM),
-                            "encode_f attribute");
-        if (!rc)
-            rc = tqkv__cuda_err(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev),
-                                "SM count");
-        if (!rc)
-            rc = tqkv__cuda_err(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                                    &nb, tqc_encode_f_kernel<N, NORM, DT>, TQC_F_THREADS, SMEM),
-                                "encode_f occupancy");
-        if (rc)
-            return rc;
-        ready[dev] = 1 + (nsm * (nb > 0 ? nb : 1));
+    if (pi)
+        switch (R.norm) {
+        case TQ_NORM_PLAIN: return launch_encode_p<N, TQ_NORM_PLAIN, DT, 1>(R, J, F, s);
+        case TQ_NORM_CORRECTED: return launch_encode_p<N, TQ_NORM_CORRECTED, DT, 1>(R, J, F, s);
+        default: return launch_encode_p<N, TQ_NORM_UNBIASED, DT, 1>(R, J, F, s);
+        }
+    switch (R.norm) {
+    case TQ_NORM_PLAIN: return launch_encode_p<N, TQ_NORM_PLAIN, DT, 0>(R, J, F, s);
+    case TQ_NORM_CORRECTED: return launch_encode_p<N, TQ_NORM_CORRECTED, DT, 0>(R, J, F, s);
+    default: return launch_encode_p<N, TQ_NORM_UNBIASED, DT, 0>(R, J, F, s);
     }
-    uint32_t n_tiles = (R.T + 31) / 32, n_items = J.n_jobs * R.n_heads * n_tiles;
-    uint32_t blocks = (n_items + TQC_F_WARPS - 1) / TQC_F_WARPS; /* at most one per SM below */
-    if (blocks > (uint32_t)(ready[dev] - 1))
-        blocks = (uint32_t)(ready[dev] - 1);
-    tqc_encode_f_kernel<N, NORM, DT><<<blocks, TQC_F_THREADS, SMEM, s>>>(R, J, F, n_tiles, n_items);
-    TQC_CHECK_LAUNCH("encode_f launch");
-    return 0;
 }
 
 /* Launches the streaming kernel when it takes R and J (one mse part of 64 or 128 with 1 to 4
@@ -1483,21 +1646,12 @@ static int tqc_encode_fast(const tqc_rec &R, const tqc_jobs &J, uint64_t seed,
     tqkv__rotation_signs(seed, pp.n, 0, D);
     for (uint32_t i = 0; i < pp.n / 2; i++)
         F.dx[i] = D[2 * i] >> 16 | D[2 * i + 1];
-#define TQC_F_NORMS(n, dt)                                                                         \
-    switch (R.norm) {                                                                              \
-    case TQ_NORM_PLAIN: return launch_encode_f<n, TQ_NORM_PLAIN, dt>(R, J, F, s);                  \
-    case TQ_NORM_CORRECTED: return launch_encode_f<n, TQ_NORM_CORRECTED, dt>(R, J, F, s);          \
-    default: return launch_encode_f<n, TQ_NORM_UNBIASED, dt>(R, J, F, s);                          \
-    }
-    if (R.P == 128) {
-        if (J.dtype == TQ_DTYPE_F16)
-            TQC_F_NORMS(128, TQ_DTYPE_F16)
-        TQC_F_NORMS(128, TQ_DTYPE_BF16)
-    }
-    if (J.dtype == TQ_DTYPE_F16)
-        TQC_F_NORMS(64, TQ_DTYPE_F16)
-    TQC_F_NORMS(64, TQ_DTYPE_BF16)
-#undef TQC_F_NORMS
+    const bool pi = pp.m == 2 || pp.m == 3;
+    if (R.P == 128)
+        return J.dtype == TQ_DTYPE_F16 ? launch_encode_p_pi<128, TQ_DTYPE_F16>(R, J, F, pi, s)
+                                       : launch_encode_p_pi<128, TQ_DTYPE_BF16>(R, J, F, pi, s);
+    return J.dtype == TQ_DTYPE_F16 ? launch_encode_p_pi<64, TQ_DTYPE_F16>(R, J, F, pi, s)
+                                   : launch_encode_p_pi<64, TQ_DTYPE_BF16>(R, J, F, pi, s);
 }
 
 /* Whether the cooperative kernel takes R: parts of dimension >= 32 (eight lanes of at least
