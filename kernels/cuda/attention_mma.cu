@@ -86,7 +86,8 @@ template <int KM, bool KQ> struct krec_layout {
  * 6-bit index (two low pairs, two high bits). Entry e is a 256-byte row: the key table's 32
  * copies in its first half, the value table's (when it differs) in the second. */
 template <int M> struct lut_size {
-    static constexpr uint32_t entries = M == 4 || M == kSplit ? 256 : 64, bytes = entries * 256;
+    static constexpr uint32_t entries = M == 4 || M == kSplit ? 256 : 64;
+    static constexpr uint32_t bytes = entries * 256;
 };
 
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -131,11 +132,12 @@ __device__ __forceinline__ uint32_t movmatrix_t(uint32_t x)
     return y;
 }
 
-/* The unnormalised Walsh-Hadamard transform of a 128-float row held by one warp (element
- * 4 lane + i in x[i]), with the same butterflies in the same order as the reference (stage h:
- * x[j] = u + v, x[j + h] = u - v for h = 1, 2, ..., 64): two stages in registers, five by
+/* The unnormalised Walsh-Hadamard transform of a 4 * LANES-float row held by LANES lanes of a
+ * warp (element 4 l + i in lane l's x[i]; LANES = 32: one 128-point row, 16: two 64-point rows,
+ * one per half warp), with the same butterflies in the same order as the reference (stage h:
+ * x[j] = u + v, x[j + h] = u - v for h = 1, 2, ...): two stages in registers, the rest by
  * shuffles, no shared memory and no barrier. */
-__device__ __forceinline__ void warp_fwht128(float (&x)[4], uint32_t lane)
+template <uint32_t LANES> __device__ __forceinline__ void warp_fwht(float (&x)[4], uint32_t lane)
 {
     const float a = x[0] + x[1], b = x[0] - x[1], c = x[2] + x[3], d = x[2] - x[3];
     x[0] = a + c;
@@ -143,7 +145,7 @@ __device__ __forceinline__ void warp_fwht128(float (&x)[4], uint32_t lane)
     x[2] = a - c;
     x[3] = b - d;
 #pragma unroll
-    for (uint32_t m = 1; m < 32; m <<= 1) {
+    for (uint32_t m = 1; m < LANES; m <<= 1) {
         const bool upper = (lane & m) != 0;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -271,21 +273,7 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int i = 0; i < 4; i++)
             x[i] = v[r][4 * lane + i];
-        /* each part's 64-point transform: lanes 0..15 hold part 0, 16..31 part 1 */
-        const float a = x[0] + x[1], b = x[0] - x[1], cc = x[2] + x[3], d = x[2] - x[3];
-        x[0] = a + cc;
-        x[1] = b + d;
-        x[2] = a - cc;
-        x[3] = b - d;
-#pragma unroll
-        for (uint32_t s = 1; s < 16; s <<= 1) {
-            const bool upper = (lane & s) != 0;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float o = __shfl_xor_sync(0xffffffffu, x[i], s);
-                x[i] = upper ? o - x[i] : x[i] + o;
-            }
-        }
+        warp_fwht<16>(x, lane); /* each part's 64 points: lanes 0..15 part 0, 16..31 part 1 */
 #pragma unroll
         for (int i = 0; i < 4; i++)
             v[r][4 * lane + i] = x[i] * 0.125f; /* 1 / sqrt(64) */
@@ -689,12 +677,25 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
                          bt[1][2 * j], bt[0][2 * j + 1], bt[1][2 * j + 1], qs[(2 * j) % (KS ? 16 : 1)],
                          qs[(2 * j + 1) % (KS ? 16 : 1)]);
         } else {
+            /* even and odd k-steps into two sums: two chains of four dependent products
+             * instead of one of eight */
+            float s2[HN][4];
+#pragma unroll
+            for (int hn = 0; hn < HN; hn++)
+#pragma unroll
+                for (int cc = 0; cc < 4; cc++)
+                    s2[hn][cc] = 0.0f;
 #pragma unroll
             for (int j = 0; j < 8; j++)
 #pragma unroll
                 for (int hn = 0; hn < HN; hn++)
-                    mma16816(sacc[ms][hn], bt[0][2 * j], bt[1][2 * j], bt[0][2 * j + 1],
-                             bt[1][2 * j + 1], Q.q[hn][j][0], Q.q[hn][j][1]);
+                    mma16816((j & 1) ? s2[hn] : sacc[ms][hn], bt[0][2 * j], bt[1][2 * j],
+                             bt[0][2 * j + 1], bt[1][2 * j + 1], Q.q[hn][j][0], Q.q[hn][j][1]);
+#pragma unroll
+            for (int hn = 0; hn < HN; hn++)
+#pragma unroll
+                for (int cc = 0; cc < 4; cc++)
+                    sacc[ms][hn][cc] += s2[hn][cc];
         }
         if (KQ) {
 #pragma unroll
@@ -1000,7 +1001,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                 A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(bits) : tqc_f16_to_f32(bits);
             x[i] = __uint_as_float(__float_as_uint(v) ^ ((u & 0x10000u) << 15));
         }
-        warp_fwht128(x, lane); /* rows past the group are zeros */
+        warp_fwht<32>(x, lane); /* rows past the group are zeros */
         *(float4 *)(qr + r * 128 + 4 * lane) = make_float4(x[0], x[1], x[2], x[3]);
     }
     tq_cuda_chunk *sdesc = (tq_cuda_chunk *)(sm + K_::doff(A.share_lut != 0));
@@ -1123,7 +1124,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                 x[3] += v.w * f;
                 L += ml[(w * GH + r) * 2 + 1] * f;
             }
-        warp_fwht128(x, lane);
+        warp_fwht<32>(x, lane);
         const size_t row = (((size_t)seq * A.n_q + h * G + r) * A.n_splits + sp);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
