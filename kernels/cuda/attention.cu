@@ -972,7 +972,7 @@ extern "C" int tq_cuda_attention(const tq_cuda_attn_params *p, uint32_t n_seqs,
                                  uint32_t max_chunks, const void *q, void *out, void *workspace,
                                  size_t workspace_size, void *stream)
 {
-    if (!chunk_indptr || !chunks || !q || !out || !workspace)
+    if (!chunk_indptr || !chunks || !q || !out || !workspace || ((uintptr_t)workspace & 15))
         return TQKV_EINVAL;
     tqc_att A;
     int rc = att_setup(p, n_seqs, max_chunks, &A);

@@ -1,27 +1,31 @@
-/* Decode attention on tensor cores, for the geometry most engines run: head_dim_padded 128, one
- * part per tensor (no outlier split), the recipes of tq4, tq3, tq4-prod and tq3-prod, up to 16
- * query heads per KV head.
+/* Decode attention on tensor cores, for the geometry most engines run: head_dim_padded 128, the
+ * recipes of tq4, tq3, tq4-prod and tq3-prod (one part per tensor, up to 16 query heads per KV
+ * head) and tq3.5 (keys split into 64 outlier channels at 4 bits and 64 at 2, up to 4).
  *
  * Grid (split, KV head, sequence), eight warps. Each warp walks its own 32-token tiles of the
- * block's chunks with its own online softmax (no barrier in the loop; the next tile's bytes are
- * requested from L2 while the current one is computed) and the block merges its eight warps at
- * the end. Per tile, all with mma.sync m16n8k16 (fp16 operands, fp32 sums):
+ * block's chunks with its own online softmax (no barrier in the loop) and the block merges its
+ * eight warps at the end. A tile's code words and scales reach shared memory by cp.async into
+ * the warp's two staging slots (keys, values), each refilled with the next tile's as soon as
+ * its words have been read into registers, so that no load is ever in flight in registers at a
+ * branch. Per tile, all with mma.sync m16n8k16 (fp16 operands, fp32 sums):
  *   - scores S[tokens x heads] = K . Q'^T: the A operand is decoded straight from the code words
  *     into fragments: a byte of codes (two coordinates of one token) indexes a table of half2
  *     centroid pairs in shared memory, replicated once per lane so that the 32 lookups of a warp
  *     never share a bank. The coordinates each lane feeds are a permutation of 0..127 chosen so
- *     that its code words are whole 16-byte loads; the query fragments (B operand, one column per
+ *     that its code words are whole 16-byte reads; the query fragments (B operand, one column per
  *     query head) follow the same permutation, which leaves every dot product unchanged. QJL
  *     signs become +-1 fragments by two bit operations and a second accumulator. The rotated
- *     query q' = H (D . q) / sqrt(128) is computed by each block (MSE keys) or, with its sketch
- *     S q', once per sequence by att_mma_prep (prod keys).
+ *     query q' = H (D . q) / sqrt(128) is computed by each block (MSE keys), with its sketch
+ *     S q' once per sequence by att_mma_prep (prod keys), or per chunk and part by
+ *     att_mma_prep_split (tq3.5, whose channel split is each chunk's own).
  *   - values O^T[128 x heads] += V^T[128 x tokens] . P'^T: P' = p * scale_v, rounded to fp16 and
  *     transposed into the B operand with movmatrix; the A operand takes two tokens per register,
  *     so a lane interleaves the codes of two tokens into table indices. The token order inside a
  *     tile is permuted the same way on both sides, so that each lane's code words of four or
- *     eight consecutive tokens are one 16-byte load.
+ *     eight consecutive tokens are one 16-byte read.
  * No dequantized key or value is written anywhere; values stay rotated and the block rotates its
- * merged sum back (D . H z / n) once, into the same split workspace the general kernel writes. */
+ * merged sum back (D . H z / n) once, into the same split workspace the general kernel writes;
+ * the merge kernel is launched as a programmatic dependent of this one. */
 #include <math.h>
 
 #include "attention.cuh"
@@ -72,7 +76,10 @@ template <int M> struct planes {
 /* Bytes of a key record of T tokens before its first plane word row (mask and scales), and
  * from there to part 1's rows (split keys: part 0's rows and part 1's scale). */
 template <int KM, bool KQ> struct krec_layout {
-    __device__ static uint32_t head(uint32_t H2) { return KM == kSplit ? 16 + H2 : H2 * (KQ ? 2 : 1); }
+    __device__ static uint32_t head(uint32_t H2)
+    {
+        return KM == kSplit ? 16 + H2 : H2 * (KQ ? 2 : 1);
+    }
     __device__ static uint32_t gap(uint32_t T, uint32_t H2)
     {
         return KM == kSplit ? 32 * T + H2 : planes<KM>::w0 * 4 * T;
@@ -171,6 +178,18 @@ __device__ __forceinline__ uint32_t key_channel(uint32_t t4, uint32_t r, uint32_
     if (KM == 4) return 8 * (t4 + 4 * (r >> 2)) + 2 * (r & 3) + e;
     return 32 * t4 + 16 * (r >> 3) + 4 * (r & 3) + 2 * ((r >> 2) & 1) + e;
 }
+/* The inverse for a pair of channels 2m, 2m + 1 (always one register of one lane): the lane
+ * quad position t4 and the decoded register r (= 2 j + hi of k-step j) that hold it. */
+template <int KM> __device__ __forceinline__ void key_word(uint32_t m, uint32_t &t4, uint32_t &r)
+{
+    if (KM == 4) {
+        t4 = (m >> 2) & 3;
+        r = 4 * (m >> 4) + (m & 3);
+    } else {
+        t4 = m >> 4;
+        r = 8 * ((m >> 3) & 1) + 4 * (m & 1) + ((m >> 1) & 3);
+    }
+}
 __device__ __forceinline__ uint32_t sign_channel(uint32_t t4, uint32_t r, uint32_t e)
 {
     return 32 * t4 + r + 16 * e;
@@ -239,8 +258,8 @@ __global__ void __launch_bounds__(128)
     if (c >= indptr[seq + 1]) return;
     const tq_cuda_chunk ck = chunks[c];
     const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
-    const uint32_t *mk = (const uint32_t *)((const uint8_t *)ck.k_section +
-                                            (size_t)h * (16 + 2 * H2 + 48 * T));
+    const uint32_t *mk =
+        (const uint32_t *)((const uint8_t *)ck.k_section + (size_t)h * (16 + 2 * H2 + 48 * T));
     uint32_t m[4], cnt = 0;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -620,11 +639,9 @@ template <bool KQ, bool G16> struct qfrag {
 template <int KM, bool KQ, int VM, bool G16>
 __device__ __forceinline__ void
 compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos &pn, bool vn,
-             const mma_args &A,
-             uint32_t lbk, uint32_t lbk1, uint32_t lbv, int64_t qrow0,
-             const qfrag<KQ, G16> &Q, float (&o)[8][G16 ? 2 : 1][4],
-             float (&m_run)[G16 ? 2 : 1][2], float (&l_run)[G16 ? 2 : 1][2], uint32_t g,
-             uint32_t t4)
+             const mma_args &A, uint32_t lbk, uint32_t lbk1, uint32_t lbv, int64_t qrow0,
+             const qfrag<KQ, G16> &Q, float (&o)[8][G16 ? 2 : 1][4], float (&m_run)[G16 ? 2 : 1][2],
+             float (&l_run)[G16 ? 2 : 1][2], uint32_t g, uint32_t t4)
 {
     constexpr int HN = G16 ? 2 : 1;
     using VS = vstage<KQ, VM, KM == kSplit>;
@@ -649,8 +666,7 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
         }
     }
     __syncwarp();
-    if (vn)
-        stage_keys<KM, KQ>(pn, kslot, lane_of(g, t4), qfrag_row<KS>(A, qrow0, pn.c));
+    if (vn) stage_keys<KM, KQ>(pn, kslot, lane_of(g, t4), qfrag_row<KS>(A, qrow0, pn.c));
     cp_async_commit();
     float sacc[2][HN][4], qacc[TWO ? 2 : 1][HN][4];
 #pragma unroll
@@ -674,8 +690,8 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
 #pragma unroll
             for (int j = 0; j < 8; j++)
                 mma16816(j < 4 ? sacc[ms][0] : qacc[ms % (TWO ? 2 : 1)][0], bt[0][2 * j],
-                         bt[1][2 * j], bt[0][2 * j + 1], bt[1][2 * j + 1], qs[(2 * j) % (KS ? 16 : 1)],
-                         qs[(2 * j + 1) % (KS ? 16 : 1)]);
+                         bt[1][2 * j], bt[0][2 * j + 1], bt[1][2 * j + 1],
+                         qs[(2 * j) % (KS ? 16 : 1)], qs[(2 * j + 1) % (KS ? 16 : 1)]);
         } else {
             /* even and odd k-steps into two sums: two chains of four dependent products
              * instead of one of eight */
@@ -842,15 +858,13 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
                 mma16816(o[mt][hn], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb[ks][hn][0],
                          pb[ks][hn][1]);
     }
-
 }
 
 /* A table's entry e (a byte of two 4-bit codes, or a 6-bit index of two 2-bit codes and their
  * high bits) holds half2(centroid of the first code, centroid of the second), 32 times. A thread
  * computes an entry once and stores its copies 16 bytes at a time, starting at a lane-dependent
  * quarter so that a warp's stores spread over the banks. */
-template <int M>
-__device__ __forceinline__ uint32_t lut_entry(const float *cent, uint32_t e)
+template <int M> __device__ __forceinline__ uint32_t lut_entry(const float *cent, uint32_t e)
 {
     uint32_t lo, hi;
     if (M == 4) {
@@ -885,9 +899,9 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     __host__ __device__ static uint32_t qoff(bool share)
     {
         /* split keys: part 1's table (16 entries) at 64 KiB, after the others */
-        const uint32_t lut = KM == kSplit ? kK1Table + 16 * 256
-                             : lut_size<KM>::bytes > lut_size<VM>::bytes ? lut_size<KM>::bytes
-                                                                          : lut_size<VM>::bytes;
+        constexpr uint32_t big =
+            lut_size<KM>::bytes > lut_size<VM>::bytes ? lut_size<KM>::bytes : lut_size<VM>::bytes;
+        const uint32_t lut = KM == kSplit ? kK1Table + 16 * 256 : big;
         (void)share;
         return lut > merge_bytes ? lut : merge_bytes;
     }
@@ -930,10 +944,11 @@ __global__ void __launch_bounds__(kThreads, 2)
      * the sequence's chunk range) instead of a chain of them. */
     const int32_t ip0 = chunk_indptr[seq], ip1 = chunk_indptr[seq + 1];
     constexpr bool KS = KM == kSplit;
-    const uint32_t kent = lut_entry<KS ? 4 : KM>(A.kcent, tid);
+    constexpr int KT = KS ? 4 : KM; /* split keys: part 0's table is a 4-bit one */
+    const uint32_t kent = lut_entry<KT>(A.kcent, tid);
     const uint32_t vent = A.share_lut ? 0u : lut_entry<VM>(A.vcent, tid);
     const uint32_t k1ent = KS ? lut_entry<2>(A.k1cent, tid) : 0u; /* split keys' part 1 */
-    /* the fragments of chunk c: row qrow0 + c * n_kv of A.qsplit (2 KiB rows) */
+    /* the fragments of chunk c: row qrow0 + c * n_kv of A.qsplit (1 KiB rows) */
     const int64_t qrow0 = ((int64_t)seq * A.max_chunks - ip0) * A.n_kv + h;
     /* MSE keys: the block rotates its heads' queries itself, q' = H (D . q) / sqrt(128), a warp
      * per head row (prod keys take q' and its sketch S q' from att_mma_prep) */
@@ -971,24 +986,25 @@ __global__ void __launch_bounds__(kThreads, 2)
     bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, chunks + cs, cs, h, first);
     /* the warp's staging slots: a tile's keys, its values and scales (cp.async groups are
      * committed in the order K(0), V(0), then per tile i: K(i + 1), V(i + 1)) */
-    const uint32_t kslot =
-        kSmemBase + K_::soff(A.share_lut != 0) + warp * kstage<KM, KQ>::bytes;
+    const uint32_t kslot = kSmemBase + K_::soff(A.share_lut != 0) + warp * kstage<KM, KQ>::bytes;
     const uint32_t vslot =
         kSmemBase + K_::voff(A.share_lut != 0) + warp * vstage<KQ, VM, KM == kSplit>::bytes;
-    if (va)
-        stage_keys<KM, KQ>(pa, kslot, lane, qfrag_row<KS>(A, qrow0, pa.c));
+    if (va) stage_keys<KM, KQ>(pa, kslot, lane, qfrag_row<KS>(A, qrow0, pa.c));
     cp_async_commit();
     if (va) stage_values<KM, KQ, VM>(pa, vslot, lane);
     cp_async_commit();
 
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
-    lut_store<KS ? 4 : KM>((uint32_t *)sm, kent, tid, 0);
+    lut_store<KT>((uint32_t *)sm, kent, tid, 0);
     if (!A.share_lut) lut_store<VM>((uint32_t *)sm, vent, tid, 1);
     if (KS && tid < 16) lut_store<2>((uint32_t *)(sm + kK1Table), k1ent, tid, 0);
     const uint32_t lbk = lane * 4, lbv = (A.share_lut ? 0 : 128) + lane * 4;
     const uint32_t lbk1 = kK1Table + lane * 4;
 
-    float *qr = (float *)(sm + K_::qoff(A.share_lut != 0)); /* [GH][128] */
+    /* MSE keys: the rotated queries go straight into fragment order: lane L = 4 g + t4 of head
+     * tile hn finds its 16 words (k-step j: 2j, 2j + 1) at qfr + (hn * 32 + L) * 16, quads at
+     * columns (k + L / 2) mod 4 (a quarter warp's 16-byte reads then meet no bank twice) */
+    uint32_t *qfr = (uint32_t *)(sm + K_::qoff(A.share_lut != 0)); /* [GH / 8][32][16] */
 #pragma unroll
     for (int rr = 0; rr < QR; rr++) {
         const uint32_t r = warp + kWarps * rr;
@@ -1002,7 +1018,14 @@ __global__ void __launch_bounds__(kThreads, 2)
             x[i] = __uint_as_float(__float_as_uint(v) ^ ((u & 0x10000u) << 15));
         }
         warp_fwht<32>(x, lane); /* rows past the group are zeros */
-        *(float4 *)(qr + r * 128 + 4 * lane) = make_float4(x[0], x[1], x[2], x[3]);
+#pragma unroll
+        for (int pr = 0; pr < 2; pr++) { /* channels 2m, 2m + 1 with m = 2 lane + pr */
+            uint32_t t4q, n;
+            key_word<KM>(2 * lane + pr, t4q, n);
+            const uint32_t L = 4 * (r & 7) + t4q;
+            qfr[((r >> 3) * 32 + L) * 16 + ((((n >> 2) + (L >> 1)) & 3) << 2) + (n & 3)] =
+                pack_half2(x[2 * pr] * 0.08838834764831845f, x[2 * pr + 1] * 0.08838834764831845f);
+        }
     }
     tq_cuda_chunk *sdesc = (tq_cuda_chunk *)(sm + K_::doff(A.share_lut != 0));
     if (has_dsc) sdesc[tid] = dsc;
@@ -1013,30 +1036,36 @@ __global__ void __launch_bounds__(kThreads, 2)
     qfrag<KQ, G16> Q;
 #pragma unroll
     for (int hn = 0; hn < (KS ? 0 : HN); hn++) {
-        const uint32_t r = 8 * hn + g;
-        const bool v = r < A.group;
-        const __half *qp = wq + ((size_t)seq * A.n_q + h * A.group + (v ? r : 0)) * 256;
-        const float *qf = qr + r * 128;
+        if (!KQ) { /* MSE keys: the block's own fragments */
+            const uint32_t L = lane_of(g, t4);
 #pragma unroll
-        for (int j = 0; j < 8; j++)
+            for (uint32_t k = 0; k < 4; k++) {
+                const uint4 w =
+                    *(const uint4 *)(qfr + (hn * 32 + L) * 16 + (((k + (L >> 1)) & 3) << 2));
+                Q.q[hn][2 * k][0] = w.x;
+                Q.q[hn][2 * k][1] = w.y;
+                Q.q[hn][2 * k + 1][0] = w.z;
+                Q.q[hn][2 * k + 1][1] = w.w;
+            }
+        } else { /* prod keys: q' and its sketch from att_mma_prep */
+            const uint32_t r = 8 * hn + g;
+            const bool v = r < A.group;
+            const __half *qp = wq + ((size_t)seq * A.n_q + h * A.group + (v ? r : 0)) * 256;
 #pragma unroll
-            for (int hi = 0; hi < 2; hi++) {
-                const uint32_t rr = 2 * j + hi;
-                const uint32_t k0 = key_channel<KM>(t4, rr, 0), k1 = key_channel<KM>(t4, rr, 1);
-                __half2 x;
-                if (KQ)
-                    x = v ? __halves2half2(qp[k0], qp[k1]) : __float2half2_rn(0.0f);
-                else /* rows past the group are zeros */
-                    x = __floats2half2_rn(qf[k0] * 0.08838834764831845f,
-                                          qf[k1] * 0.08838834764831845f);
-                Q.q[hn][j][hi] = *(uint32_t *)&x;
-                if (KQ) {
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int hi = 0; hi < 2; hi++) {
+                    const uint32_t rr = 2 * j + hi;
+                    const uint32_t k0 = key_channel<KM>(t4, rr, 0);
+                    const uint32_t k1 = key_channel<KM>(t4, rr, 1);
+                    const __half2 x = v ? __halves2half2(qp[k0], qp[k1]) : __float2half2_rn(0.0f);
+                    Q.q[hn][j][hi] = *(uint32_t *)&x;
                     const uint32_t d0 = 128 + sign_channel(t4, rr, 0);
                     const uint32_t d1 = 128 + sign_channel(t4, rr, 1);
-                    __half2 y = v ? __halves2half2(qp[d0], qp[d1]) : __float2half2_rn(0.0f);
+                    const __half2 y = v ? __halves2half2(qp[d0], qp[d1]) : __float2half2_rn(0.0f);
                     Q.s[KQ ? hn : 0][KQ ? j : 0][hi] = *(uint32_t *)&y;
                 }
-            }
+        }
     }
     __syncthreads(); /* tables and descriptors ready */
 
@@ -1060,8 +1089,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         cp_async_wait1(); /* this tile's keys have landed (its values may be in flight) */
         __syncwarp();     /* for every lane's copies */
         compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbk1, lbv, qrow0, Q, o,
-                                      m_run, l_run,
-                                      g, t4);
+                                      m_run, l_run, g, t4);
         pa = pn;
         va = vn;
     }
@@ -1130,8 +1158,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         for (int i = 0; i < 4; i++) {
             const uint32_t j = 4 * lane + i;
             if (j < A.head_dim)
-                ws_o[row * A.head_dim + j] = __uint_as_float(
-                    __float_as_uint(x[i] * (1.0f / 128.0f)) ^ __ldg(A.vdsign + j));
+                ws_o[row * A.head_dim + j] =
+                    __uint_as_float(__float_as_uint(x[i] * (1.0f / 128.0f)) ^ __ldg(A.vdsign + j));
         }
         if (lane == 0) {
             ws_ml[row * 2] = M;

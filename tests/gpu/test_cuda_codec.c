@@ -590,6 +590,10 @@ static void test_bad_arguments(void)
     ASSERT_EQ_U64(tq_cuda_attention_workspace_size(&ap, 1, 1), 0);
     ap.n_q_heads = 4;
     ASSERT_ERR(tq_cuda_attention(&ap, 1, d, d, 1, d, d, d, 1, NULL), TQKV_ENOSPC);
+    /* a workspace that is not 16-byte aligned: refused (its copies are 16-byte vector copies) */
+    const size_t wsz = tq_cuda_attention_workspace_size(&ap, 1, 1);
+    ASSERT_TRUE(wsz > 0 && wsz + 8 <= 4096);
+    ASSERT_ERR(tq_cuda_attention(&ap, 1, d, d, 1, d, d, (char *)d + 8, wsz, NULL), TQKV_EINVAL);
     ASSERT_OK(cudaFree(d));
 }
 
