@@ -41,6 +41,9 @@ constexpr uint32_t kSmemBase = 1024;
 /* Chunk descriptors a block copies into shared memory up front (the rest are read from global
  * memory as they come): the walk from chunk to chunk then waits on no global load. */
 constexpr uint32_t kDesc = 64;
+/* Row stride (floats) of the warps' sums in the merge: odd, so that the fragment stores of a
+ * warp spread over the banks (a row of 128 would put the four t4 columns in one bank). */
+constexpr uint32_t kOs = 129;
 
 /* KM tag of split keys (tq3.5): outlier part 0 of 64 channels at 4 bits and part 1 of the other
  * 64 at 2 bits, each rotated on its own, the channel split per chunk and head (its mask). Their
@@ -160,6 +163,26 @@ template <uint32_t LANES> __device__ __forceinline__ void warp_fwht(float (&x)[4
             x[i] = upper ? o - x[i] : x[i] + o;
         }
     }
+}
+
+/* The same transform of a 128-float row held with element lane + 32 i in x[i]: the stages of
+ * distance 1..16 by shuffles, 32 and 64 in registers (the same butterflies, in the same order). */
+__device__ __forceinline__ void warp_fwht_strided(float (&x)[4], uint32_t lane)
+{
+#pragma unroll
+    for (uint32_t m = 1; m < 32; m <<= 1) {
+        const bool upper = (lane & m) != 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float o = __shfl_xor_sync(0xffffffffu, x[i], m);
+            x[i] = upper ? o - x[i] : x[i] + o;
+        }
+    }
+    const float a = x[0] + x[1], b = x[0] - x[1], c = x[2] + x[3], d = x[2] - x[3];
+    x[0] = a + c;
+    x[1] = b + d;
+    x[2] = a - c;
+    x[3] = b - d;
 }
 
 /* Nibbles 0..3 of the low 16 bits of x (or of the high 16 bits with HI) into bytes 0..3. */
@@ -893,8 +916,8 @@ __device__ __forceinline__ void lut_store(uint32_t *lut, uint32_t v, uint32_t e,
  * loop the same bytes hold the merge of the warps. */
 template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     static constexpr uint32_t GH = G16 ? 16 : 8; /* head columns */
-    /* merge scratch: per warp O[GH][128] and (m, l)[GH] */
-    static constexpr uint32_t merge_bytes = kWarps * (128 * GH + 2 * GH) * 4;
+    /* merge scratch: per warp O[GH][kOs] and (m, l)[GH] */
+    static constexpr uint32_t merge_bytes = kWarps * (kOs * GH + 2 * GH) * 4;
     /* the query rotation (MSE keys: done by each block) after both */
     __host__ __device__ static uint32_t qoff(bool share)
     {
@@ -1110,8 +1133,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         }
     __syncthreads(); /* every warp is done with the tables */
     constexpr uint32_t GH = K_::GH;
-    float *Os = (float *)sm;            /* [warp][GH][128] */
-    float *ml = Os + kWarps * 128 * GH; /* [warp][GH][2] */
+    float *Os = (float *)sm;            /* [warp][GH][kOs] */
+    float *ml = Os + kWarps * kOs * GH; /* [warp][GH][2] */
 #pragma unroll
     for (int mt = 0; mt < 8; mt++)
 #pragma unroll
@@ -1120,7 +1143,7 @@ __global__ void __launch_bounds__(kThreads, 2)
             for (int cc = 0; cc < 4; cc++) {
                 const uint32_t ch = value_channel<VM>(g, mt, cc >> 1);
                 const uint32_t hd = 8 * hn + 2 * t4 + (cc & 1);
-                Os[(warp * GH + hd) * 128 + ch] = o[mt][hn][cc];
+                Os[(warp * GH + hd) * kOs + ch] = o[mt][hn][cc];
             }
     if (g == 0)
 #pragma unroll
@@ -1140,23 +1163,23 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
         for (int w = 0; w < kWarps; w++)
             M = fmaxf(M, ml[(w * GH + r) * 2]);
+        /* lane holds channels lane + 32 i (conflict-free reads, coalesced writes) */
         float x[4] = {0.0f, 0.0f, 0.0f, 0.0f}, L = 0.0f;
         if (M != -INFINITY)
 #pragma unroll
             for (int w = 0; w < kWarps; w++) {
                 const float f = exp2f(ml[(w * GH + r) * 2] - M);
-                const float4 v = *(const float4 *)(Os + (w * GH + r) * 128 + 4 * lane);
-                x[0] += v.x * f;
-                x[1] += v.y * f;
-                x[2] += v.z * f;
-                x[3] += v.w * f;
+                const float *row = Os + (w * GH + r) * kOs + lane;
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    x[i] += row[32 * i] * f;
                 L += ml[(w * GH + r) * 2 + 1] * f;
             }
-        warp_fwht<32>(x, lane);
+        warp_fwht_strided(x, lane);
         const size_t row = (((size_t)seq * A.n_q + h * G + r) * A.n_splits + sp);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const uint32_t j = 4 * lane + i;
+            const uint32_t j = lane + 32 * i;
             if (j < A.head_dim)
                 ws_o[row * A.head_dim + j] =
                     __uint_as_float(__float_as_uint(x[i] * (1.0f / 128.0f)) ^ __ldg(A.vdsign + j));
