@@ -873,7 +873,8 @@ static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max
     A->mma = tqkv__att_mma_eligible(*A) && !p->no_tensor_cores;
     /* split-KV: enough blocks to keep every multiprocessor busy. The general kernel is
      * latency-bound below about 8 resident blocks per multiprocessor; the tensor-core kernel
-     * (one block per KV head and all its query heads) runs 4. */
+     * (one block per KV head and all its query heads, 2 resident per multiprocessor) takes the
+     * split that fills whole waves (att_mma_splits). */
     uint32_t ctas = A->mma ? n_seqs * A->n_kv : n_seqs * A->n_kv * A->n_groups;
     uint32_t per_sm = A->mma ? tqkv__att_mma_blocks_per_sm(*A) : 8;
     uint32_t want = A->mma ? att_mma_splits(ctas, att_sm_count() * per_sm, max_chunks)
