@@ -48,7 +48,7 @@ typedef struct {
 
 /* Whether the tensor-core kernel handles A: head_dim_padded 128, the recipes of tq4, tq3,
  * tq4-prod and tq3-prod (one part per tensor, at most 16 query heads per KV head) and tq3.5
- * (split keys, at most 4). */
+ * (split keys, at most 8). */
 bool tqkv__att_mma_eligible(const tqc_att &A);
 /* Blocks per split the tensor-core kernel wants resident per multiprocessor. */
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A);

@@ -1,6 +1,6 @@
 /* Decode attention on tensor cores, for the geometry most engines run: head_dim_padded 128, the
  * recipes of tq4, tq3, tq4-prod and tq3-prod (one part per tensor, up to 16 query heads per KV
- * head) and tq3.5 (keys split into 64 outlier channels at 4 bits and 64 at 2, up to 4).
+ * head) and tq3.5 (keys split into 64 outlier channels at 4 bits and 64 at 2, up to 8).
  *
  * Grid (split, KV head, sequence), eight warps. Each warp walks its own 32-token tiles of the
  * block's chunks with its own online softmax (no barrier in the loop) and the block merges its
@@ -49,7 +49,16 @@ constexpr uint32_t kOs = 129;
  * 64 at 2 bits, each rotated on its own, the channel split per chunk and head (its mask). Their
  * queries are split and rotated per chunk by att_mma_prep_split into fragment order; the block
  * copies them with the keys. */
-constexpr int kSplit = 42;
+constexpr int kSplit = 42, kSplit8 = 43; /* kSplit8: the same, 5 to 8 query heads per KV head */
+__host__ __device__ constexpr bool splitk(int KM)
+{
+    return KM == kSplit || KM == kSplit8;
+}
+/* Query heads per KV head the split kernel's per-chunk query fragments hold (256 bytes each). */
+__host__ __device__ constexpr uint32_t qheads(int KM)
+{
+    return KM == kSplit8 ? 8 : 4;
+}
 /* Where split keys' part 1 table starts in the window: table addresses take their entry as byte
  * 1 (lut_addr), so a table starts at a multiple of 64 KiB; part 0's and the values' fill the
  * first 64 KiB. */
@@ -73,19 +82,19 @@ struct mma_args {
 /* Planes of an m-bit MSE part at n = 128: [4] = 16 words, [2,1] = 8 + 4, [2] = 8 (per token);
  * split keys: part 0's [4] = 8 words, part 1's [2] = 4 words (n = 64 each). */
 template <int M> struct planes {
-    static constexpr uint32_t w0 = M == kSplit ? 8 : M == 4 ? 16 : 8;
-    static constexpr uint32_t w1 = M == kSplit ? 4 : M == 3 ? 4 : 0;
+    static constexpr uint32_t w0 = splitk(M) ? 8 : M == 4 ? 16 : 8;
+    static constexpr uint32_t w1 = splitk(M) ? 4 : M == 3 ? 4 : 0;
 };
 /* Bytes of a key record of T tokens before its first plane word row (mask and scales), and
  * from there to part 1's rows (split keys: part 0's rows and part 1's scale). */
 template <int KM, bool KQ> struct krec_layout {
     __device__ static uint32_t head(uint32_t H2)
     {
-        return KM == kSplit ? 16 + H2 : H2 * (KQ ? 2 : 1);
+        return splitk(KM) ? 16 + H2 : H2 * (KQ ? 2 : 1);
     }
     __device__ static uint32_t gap(uint32_t T, uint32_t H2)
     {
-        return KM == kSplit ? 32 * T + H2 : planes<KM>::w0 * 4 * T;
+        return splitk(KM) ? 32 * T + H2 : planes<KM>::w0 * 4 * T;
     }
     __device__ static uint32_t size(uint32_t T, uint32_t H2)
     {
@@ -96,7 +105,7 @@ template <int KM, bool KQ> struct krec_layout {
  * 6-bit index (two low pairs, two high bits). Entry e is a 256-byte row: the key table's 32
  * copies in its first half, the value table's (when it differs) in the second. */
 template <int M> struct lut_size {
-    static constexpr uint32_t entries = M == 4 || M == kSplit ? 256 : 64;
+    static constexpr uint32_t entries = M == 4 || splitk(M) ? 256 : 64;
     static constexpr uint32_t bytes = entries * 256;
 };
 
@@ -264,17 +273,17 @@ __global__ void __launch_bounds__(128)
 /* Split keys (tq3.5): a chunk's channel split is its own (the mask of each KV head's record),
  * so the group's queries are split and rotated per (chunk, KV head) here: part p of head r is
  * q'_p = H (D_p . q[channels of part p, increasing]) / sqrt(64), in fp16, written in the order the
- * split kernel's lane L = 4 g + t4 (g < 4) reads its B fragments (head g; word 2 j + hi of k-step
- * j: part 0 for j < 4, part 1 for j >= 4), its four 16-byte quads at columns (k + L / 2) mod 4 so
- * that a quarter warp's reads meet no bank twice: 1 KiB per (chunk, KV head). Heads past the
- * group are zeros. A mask without exactly 64 bits set is read as "first half, second half", as
- * the general kernel does. */
+ * split kernel's lane L = 4 g + t4 (g < qh) reads its B fragments (head g; word 2 j + hi of
+ * k-step j: part 0 for j < 4, part 1 for j >= 4), its four 16-byte quads at columns (k + L / 2)
+ * mod 4 so that a quarter warp's reads meet no bank twice: qh / 4 KiB per (chunk, KV head), qh =
+ * 4 or 8 heads (qheads). Heads past the group are zeros. A mask without exactly 64 bits set is read
+ * as "first half, second half", as the general kernel does. */
 __global__ void __launch_bounds__(128)
     att_mma_prep_split(const __grid_constant__ tqc_att A, const int32_t *indptr,
-                       const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks,
+                       const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks, uint32_t qh,
                        uint32_t *out)
 {
-    __shared__ float v[4][128];
+    __shared__ float v[8][128];
     const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
     const uint32_t lane = tid & 31, warp = tid >> 5;
     const int32_t c = indptr[seq] + (int32_t)blockIdx.x;
@@ -290,8 +299,7 @@ __global__ void __launch_bounds__(128)
         cnt += __popc(m[i]);
     }
     const bool ok = cnt == 64;
-    {
-        const uint32_t r = warp; /* a warp per head of the group (at most 4) */
+    for (uint32_t r = warp; r < qh; r += 4) { /* a warp per head row (qh = 4 or 8) */
         const uint16_t *qp =
             (const uint16_t *)q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
         float x[4];
@@ -321,8 +329,8 @@ __global__ void __launch_bounds__(128)
             v[r][4 * lane + i] = x[i] * 0.125f; /* 1 / sqrt(64) */
     }
     __syncthreads();
-    uint32_t *dst = out + (((size_t)seq * max_chunks + blockIdx.x) * A.n_kv + h) * 256;
-    for (uint32_t w = tid; w < 256; w += 128) { /* lanes 0..15: heads 0..3 */
+    uint32_t *dst = out + (((size_t)seq * max_chunks + blockIdx.x) * A.n_kv + h) * qh * 64;
+    for (uint32_t w = tid; w < qh * 64; w += 128) { /* lanes 0 .. 4 qh - 1: heads 0 .. qh - 1 */
         const uint32_t L = w >> 4, n = w & 15, g = L >> 2, t4 = L & 3;
         const uint32_t j = n >> 1, rr = 2 * (j & 3) + (n & 1);
         const uint32_t ch = j < 4 ? 8 * (t4 + 4 * (rr >> 2)) + 2 * (rr & 3)
@@ -349,7 +357,7 @@ template <bool KQ, int VM, bool KS = false> struct vstage {
 template <int KM, bool KQ> struct kstage {
     static constexpr uint32_t krows = planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0);
     /* split keys: then the chunk's query fragments, 1 KiB (att_mma_prep_split) */
-    static constexpr uint32_t rows = krows + (KM == kSplit ? 8 : 0);
+    static constexpr uint32_t rows = krows + (splitk(KM) ? 2 * qheads(KM) : 0);
     static constexpr uint32_t bytes = rows * 128;
     static_assert(rows % 4 == 0, "a tile's rows are copied 4 rows (32 x 16 bytes) at a time");
     /* 16-byte column swizzle of row r: the lane quad position t4 that reads it, times two, so
@@ -359,7 +367,7 @@ template <int KM, bool KQ> struct kstage {
     __device__ static uint32_t swz(uint32_t r)
     {
         if (r >= krows) return 0; /* query fragments: written pre-swizzled */
-        return 2 * ((KM != 4 && KM != kSplit && r < planes<KM>::w0) ? (r >> 1) & 3 : r & 3);
+        return 2 * ((KM != 4 && !splitk(KM) && r < planes<KM>::w0) ? (r >> 1) & 3 : r & 3);
     }
 };
 
@@ -482,9 +490,9 @@ __device__ __forceinline__ void stage_keys(const tile_pos &p, uint32_t slot, uin
             cp_async4(slot + r * 128 + (col ^ (S::swz(r) << 4)),
                       (r < w0 ? k0 : k1) + ((size_t)r * T + (n ? tok : 0)) * 4, n);
     }
-    if (KM == kSplit) /* 8 rows of query fragments, copied as they are */
+    if (splitk(KM)) /* the rows of query fragments, copied as they are */
 #pragma unroll
-        for (uint32_t j = 0; j < 2; j++)
+        for (uint32_t j = 0; j < qheads(KM) / 2; j++)
             cp_async16(slot + (S::krows + r0 + 4 * j) * 128 + c * 16,
                        qf + (r0 + 4 * j) * 128 + c * 16);
 }
@@ -510,7 +518,7 @@ __device__ __forceinline__ void read_keys(uint4 (&k)[4], uint4 &sw, uint32_t slo
 #pragma unroll
         for (int i = 0; i < 4; i++)
             k[i] = at(t4 + 4 * i);
-    } else if (KM == kSplit) { /* part 0's words t4 and t4 + 4, part 1's word t4 */
+    } else if (splitk(KM)) { /* part 0's words t4 and t4 + 4, part 1's word t4 */
         k[0] = at(t4);
         k[1] = at(t4 + 4);
         k[2] = at(8 + t4);
@@ -530,11 +538,11 @@ __device__ __forceinline__ void read_keys(uint4 (&k)[4], uint4 &sw, uint32_t slo
 template <int KM, bool KQ, int VM>
 __device__ __forceinline__ void stage_values(const tile_pos &p, uint32_t slot, uint32_t lane)
 {
-    using S = vstage<KQ, VM, KM == kSplit>;
+    using S = vstage<KQ, VM, splitk(KM)>;
     const uint32_t T = p.T;
     /* the scale runs: key scales (of part 0), value scales, gammas or part 1's key scales */
-    const uint8_t *run0 = p.krec + (KM == kSplit ? 16 : 0);
-    const uint8_t *run2 = KM == kSplit ? run0 + p.H2 + 32 * T : p.krec + p.H2;
+    const uint8_t *run0 = p.krec + (splitk(KM) ? 16 : 0);
+    const uint8_t *run2 = splitk(KM) ? run0 + p.H2 + 32 * T : p.krec + p.H2;
     const uint8_t *v0 = p.vrec + p.H2; /* the rows lie back to back, T words each */
     if (p.fast) {
         const uint32_t r0 = lane >> 3, c = lane & 7;
@@ -586,7 +594,7 @@ template <int KM>
 __device__ __forceinline__ void decode_key(const uint32_t (&w)[4], uint32_t lb, uint32_t lb1,
                                            uint32_t (&b)[16])
 {
-    if (KM == kSplit) { /* part 0: two words of 4-bit codes; part 1: one of 2-bit (table lb1) */
+    if (splitk(KM)) { /* part 0: two words of 4-bit codes; part 1: one of 2-bit (table lb1) */
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             b[4 * i + 0] = lds(lut_addr<0>(w[i], lb));
@@ -634,10 +642,10 @@ __device__ __forceinline__ void decode_key(const uint32_t (&w)[4], uint32_t lb, 
 }
 
 /* Split keys: the query fragments of chunk c (index in the chunk table). */
-template <bool KS>
+template <int KM, bool KS = splitk(KM)>
 __device__ __forceinline__ const uint8_t *qfrag_row(const mma_args &A, int64_t qrow0, int32_t c)
 {
-    return KS ? A.qsplit + (qrow0 + (int64_t)c * A.n_kv) * 1024 : nullptr;
+    return KS ? A.qsplit + (qrow0 + (int64_t)c * A.n_kv) * (qheads(KM) * 256) : nullptr;
 }
 
 __device__ __forceinline__ uint32_t lane_of(uint32_t g, uint32_t t4)
@@ -667,10 +675,10 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
              float (&l_run)[G16 ? 2 : 1][2], uint32_t g, uint32_t t4)
 {
     constexpr int HN = G16 ? 2 : 1;
-    using VS = vstage<KQ, VM, KM == kSplit>;
+    using VS = vstage<KQ, VM, splitk(KM)>;
     /* ---- scores: the keys leave the slot for registers, and the slot takes the next tile's
      * (every lane's reads are done: the syncwarp) */
-    constexpr bool KS = KM == kSplit, TWO = KQ || KS; /* a second score accumulator */
+    constexpr bool KS = splitk(KM), TWO = KQ || KS; /* a second score accumulator */
     uint4 kw[4], ks;
     read_keys<KM, KQ>(kw, ks, kslot, g, t4);
     /* split keys: this chunk's query fragments (B, k-step j: 2j, 2j+1); heads 4..7 are zeros */
@@ -679,9 +687,9 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
         const uint32_t ln = lane_of(g, t4);
 #pragma unroll
         for (uint32_t k = 0; k < 4; k++) {
-            const uint4 v = g < 4 ? lds128(kslot + kstage<KM, KQ>::krows * 128 + ln * 64 +
-                                           (((k + (ln >> 1)) & 3) << 4))
-                                  : make_uint4(0, 0, 0, 0);
+            const uint4 v = g < qheads(KM) ? lds128(kslot + kstage<KM, KQ>::krows * 128 + ln * 64 +
+                                                    (((k + (ln >> 1)) & 3) << 4))
+                                           : make_uint4(0, 0, 0, 0);
             qs[(4 * k) % (KS ? 16 : 1)] = v.x;
             qs[(4 * k + 1) % (KS ? 16 : 1)] = v.y;
             qs[(4 * k + 2) % (KS ? 16 : 1)] = v.z;
@@ -689,7 +697,7 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
         }
     }
     __syncwarp();
-    if (vn) stage_keys<KM, KQ>(pn, kslot, lane_of(g, t4), qfrag_row<KS>(A, qrow0, pn.c));
+    if (vn) stage_keys<KM, KQ>(pn, kslot, lane_of(g, t4), qfrag_row<KM>(A, qrow0, pn.c));
     cp_async_commit();
     float sacc[2][HN][4], qacc[TWO ? 2 : 1][HN][4];
 #pragma unroll
@@ -924,13 +932,13 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
         /* split keys: part 1's table (16 entries) at 64 KiB, after the others */
         constexpr uint32_t big =
             lut_size<KM>::bytes > lut_size<VM>::bytes ? lut_size<KM>::bytes : lut_size<VM>::bytes;
-        const uint32_t lut = KM == kSplit ? kK1Table + 16 * 256 : big;
+        const uint32_t lut = splitk(KM) ? kK1Table + 16 * 256 : big;
         (void)share;
         return lut > merge_bytes ? lut : merge_bytes;
     }
     __host__ __device__ static uint32_t doff(bool share)
     {
-        return qoff(share) + (KQ || KM == kSplit ? 0 : GH * 128 * 4);
+        return qoff(share) + (KQ || splitk(KM) ? 0 : GH * 128 * 4);
     }
     /* then each warp's key staging slot (kstage) and value staging slot (vstage) */
     __host__ __device__ static uint32_t soff(bool share)
@@ -943,7 +951,7 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     }
     __host__ __device__ static uint32_t smem(bool share)
     {
-        return voff(share) + kWarps * vstage<KQ, VM, KM == kSplit>::bytes;
+        return voff(share) + kWarps * vstage<KQ, VM, splitk(KM)>::bytes;
     }
 };
 
@@ -966,7 +974,7 @@ __global__ void __launch_bounds__(kThreads, 2)
      * block waits on one memory latency (then one more for the chunk descriptors, which need
      * the sequence's chunk range) instead of a chain of them. */
     const int32_t ip0 = chunk_indptr[seq], ip1 = chunk_indptr[seq + 1];
-    constexpr bool KS = KM == kSplit;
+    constexpr bool KS = splitk(KM);
     constexpr int KT = KS ? 4 : KM; /* split keys: part 0's table is a 4-bit one */
     const uint32_t kent = lut_entry<KT>(A.kcent, tid);
     const uint32_t vent = A.share_lut ? 0u : lut_entry<VM>(A.vcent, tid);
@@ -1011,8 +1019,8 @@ __global__ void __launch_bounds__(kThreads, 2)
      * committed in the order K(0), V(0), then per tile i: K(i + 1), V(i + 1)) */
     const uint32_t kslot = kSmemBase + K_::soff(A.share_lut != 0) + warp * kstage<KM, KQ>::bytes;
     const uint32_t vslot =
-        kSmemBase + K_::voff(A.share_lut != 0) + warp * vstage<KQ, VM, KM == kSplit>::bytes;
-    if (va) stage_keys<KM, KQ>(pa, kslot, lane, qfrag_row<KS>(A, qrow0, pa.c));
+        kSmemBase + K_::voff(A.share_lut != 0) + warp * vstage<KQ, VM, splitk(KM)>::bytes;
+    if (va) stage_keys<KM, KQ>(pa, kslot, lane, qfrag_row<KM>(A, qrow0, pa.c));
     cp_async_commit();
     if (va) stage_values<KM, KQ, VM>(pa, vslot, lane);
     cp_async_commit();
@@ -1232,12 +1240,12 @@ int launch_g(const mma_args &M, bool g16, uint32_t n_seqs, const int32_t *indptr
 } // namespace
 
 /* Split keys of tq3.5's shape: part 0 of 64 channels at 4 MSE bits, part 1 of 64 at 2, values
- * one part of 128 at 4 bits, at most 4 query heads per KV head (the per-chunk query fragments
- * of more would not fit two blocks' shared memory in a multiprocessor). */
+ * one part of 128 at 4 bits, at most 8 query heads per KV head (kSplit up to 4; kSplit8's
+ * per-chunk query fragments for 5 to 8 take shared memory for one block per multiprocessor). */
 static bool att_mma_split(const tqc_att &A)
 {
     const tqc_part &k0 = A.K.part[0], &k1 = A.K.part[1], &v = A.V.part[0];
-    return A.K.n_parts == 2 && A.K.mask_words == 4 && A.V.n_parts == 1 && A.group <= 4 &&
+    return A.K.n_parts == 2 && A.K.mask_words == 4 && A.V.n_parts == 1 && A.group <= 8 &&
            k0.n == 64 && k1.n == 64 && k0.m == 4 && k1.m == 2 && !k0.prod && !k1.prod &&
            v.n == 128 && v.m == 4 && !v.prod;
 }
@@ -1262,16 +1270,18 @@ bool tqkv__att_mma_eligible(const tqc_att &A)
     return reserved == (int)kSmemBase;
 }
 
-uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &)
+uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A)
 {
-    return 2;
+    return A.K.n_parts == 2 && A.group > qheads(kSplit) ? 1 : 2;
 }
 
 size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks)
 {
     /* prod keys: att_mma_prep's rotated queries and sketches; split keys: the per-chunk query
      * fragments of att_mma_prep_split (1 KiB per chunk and KV head); other MSE keys none */
-    if (A.K.n_parts == 2) return (size_t)n_seqs * max_chunks * A.n_kv * 1024;
+    if (A.K.n_parts == 2)
+        return (size_t)n_seqs * max_chunks * A.n_kv *
+               (A.group > qheads(kSplit) ? qheads(kSplit8) : qheads(kSplit)) * 256;
     return A.K.part[0].prod ? (size_t)n_seqs * A.n_q * 256 * sizeof(__half) : 0;
 }
 
@@ -1287,7 +1297,8 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
     }
     if (split) {
         att_mma_prep_split<<<dim3(max_chunks, A.n_kv, n_seqs), 128, 0, s>>>(
-            A, indptr, chunks, q, max_chunks, (uint32_t *)ws_q);
+            A, indptr, chunks, q, max_chunks,
+            A.group > qheads(kSplit) ? qheads(kSplit8) : qheads(kSplit), (uint32_t *)ws_q);
         TQC_CHECK_LAUNCH("attention split-query preparation launch");
     }
     mma_args M;
@@ -1324,7 +1335,9 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
         return launch_g<3, true, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
     case 213:
         return launch_g<2, true, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
-    case 9000: /* split keys: at most 4 heads per KV head (att_mma_split) */
+    case 9000: /* split keys: at most 8 heads per KV head (att_mma_split) */
+        if (A.group > qheads(kSplit))
+            return launch<kSplit8, false, 4, false>(M, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
         return launch<kSplit, false, 4, false>(M, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
     default:
         return TQKV_ENOTSUP;

@@ -4,7 +4,7 @@
  * timing (cudaEvent, mean of `iters` launches after warm-up) covers tq_cuda_attention: the
  * split kernel and the merge. Effective bandwidth = encoded K and V bytes read / time. The fp16
  * SDPA baseline is cuda_sdpa_bench.py, run in the same session. One JSON object per line.
- *   [TQ_ATTENTION_GENERAL=1] cuda_attention_bench [iters=50] [presets...] */
+ *   [TQ_ATTENTION_GENERAL=1] [TQ_BENCH_Q_HEADS=32] cuda_attention_bench [iters=50] [presets...] */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -54,7 +54,13 @@ static float rnd(uint64_t *s)
 
 int main(int argc, char **argv)
 {
-    const uint32_t H = 8, NQ = 32, D = 128, CT = 256;
+    /* TQ_BENCH_Q_HEADS: query heads (a multiple of the 8 KV heads; 32 unless set) */
+    const char *nqs = getenv("TQ_BENCH_Q_HEADS");
+    const uint32_t H = 8, NQ = nqs ? (uint32_t)atoi(nqs) : 32, D = 128, CT = 256;
+    if (NQ == 0 || NQ % H || NQ > 128) {
+        fprintf(stderr, "TQ_BENCH_Q_HEADS must be a multiple of %u up to 128\n", H);
+        return 2;
+    }
     int iters = argc > 1 ? atoi(argv[1]) : 50;
     /* TQ_ATTENTION_GENERAL=1: the general CUDA-core kernel even where tensor cores would run */
     const uint8_t general = getenv("TQ_ATTENTION_GENERAL") != NULL;

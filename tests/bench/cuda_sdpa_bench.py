@@ -3,8 +3,9 @@ token per sequence over an fp16 KV cache, 32 query heads, 8 KV heads (GQA throug
 enable_gqa=True: K and V are not repeated), d = 128, for the same (batch, context) shapes.
 Every SDPA backend that accepts the call is timed (CUDA events, mean of `iters` after warm-up);
 "best" is the fastest. Effective bandwidth = fp16 K and V bytes / time. JSON lines.
-    python3 cuda_sdpa_bench.py [iters=50]"""
+    [TQ_BENCH_Q_HEADS=32] python3 cuda_sdpa_bench.py [iters=50]"""
 import json
+import os
 import sys
 
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SHAPES = [(1, 32768), (1, 131072), (8, 32768), (32, 8192)]
-NQ, NKV, D = 32, 8, 128
+NQ, NKV, D = int(os.environ.get("TQ_BENCH_Q_HEADS", "32")), 8, 128  # query heads as the tq bench
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
 
