@@ -457,12 +457,25 @@ __device__ __forceinline__ void cp_async_wait0(void)
     asm volatile("cp.async.wait_group 0;" ::: "memory");
 }
 
+/* Split keys: copies the chunk's query fragments (qheads(KM) * 256 bytes from qf) into the rows
+ * after a key slot's key rows, as they are. */
+template <int KM, bool KQ>
+__device__ __forceinline__ void stage_qfrags(uint32_t slot, uint32_t lane, const uint8_t *qf)
+{
+    const uint32_t r0 = lane >> 3, c = lane & 7;
+#pragma unroll
+    for (uint32_t j = 0; j < qheads(KM) / 2; j++)
+        cp_async16(slot + (kstage<KM, KQ>::krows + r0 + 4 * j) * 128 + c * 16,
+                   qf + (r0 + 4 * j) * 128 + c * 16);
+}
+
 /* Copies a tile's key rows into a staging slot (shared address `slot`) without holding a
  * register: row r at r * 128, its 16-byte column c at (c ^ swz(r)) * 16. A whole aligned tile
  * goes by 16-byte copies (rows * 8 of them over the 32 lanes); a partial or unaligned one word
  * by word, the tokens past the chunk filled with zeros. The rows of the first plane lie back to
  * back (T words each), those after it `gap` bytes further (split keys: past part 0's rows and
- * part 1's scale). Split keys also take the chunk's 2 KiB of query fragments from `qf`. */
+ * part 1's scale). Split keys also take the chunk's query fragments from `qf` (stage_qfrags;
+ * the first tile's come later when qf is null: att_mma_prep_split may still be writing them). */
 template <int KM, bool KQ>
 __device__ __forceinline__ void stage_keys(const tile_pos &p, uint32_t slot, uint32_t lane,
                                            const uint8_t *qf)
@@ -490,11 +503,7 @@ __device__ __forceinline__ void stage_keys(const tile_pos &p, uint32_t slot, uin
             cp_async4(slot + r * 128 + (col ^ (S::swz(r) << 4)),
                       (r < w0 ? k0 : k1) + ((size_t)r * T + (n ? tok : 0)) * 4, n);
     }
-    if (splitk(KM)) /* the rows of query fragments, copied as they are */
-#pragma unroll
-        for (uint32_t j = 0; j < qheads(KM) / 2; j++)
-            cp_async16(slot + (S::krows + r0 + 4 * j) * 128 + c * 16,
-                       qf + (r0 + 4 * j) * 128 + c * 16);
+    if (splitk(KM) && qf) stage_qfrags<KM, KQ>(slot, lane, qf);
 }
 
 __device__ __forceinline__ uint4 lds128(uint32_t addr)
@@ -1020,7 +1029,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const uint32_t kslot = kSmemBase + K_::soff(A.share_lut != 0) + warp * kstage<KM, KQ>::bytes;
     const uint32_t vslot =
         kSmemBase + K_::voff(A.share_lut != 0) + warp * vstage<KQ, VM, splitk(KM)>::bytes;
-    if (va) stage_keys<KM, KQ>(pa, kslot, lane, qfrag_row<KM>(A, qrow0, pa.c));
+    if (va) stage_keys<KM, KQ>(pa, kslot, lane, nullptr); /* split keys: fragments below */
     cp_async_commit();
     if (va) stage_values<KM, KQ, VM>(pa, vslot, lane);
     cp_async_commit();
@@ -1060,10 +1069,17 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     tq_cuda_chunk *sdesc = (tq_cuda_chunk *)(sm + K_::doff(A.share_lut != 0));
     if (has_dsc) sdesc[tid] = dsc;
-    if (KQ)
-        tqc_grid_wait(); /* att_mma_prep's queries (this kernel may start before it ends) */
-    else
+    if (KQ || KS) {
+        /* the preparation kernel's queries (this kernel may start before it ends) */
+        tqc_grid_wait();
+        if (KS) { /* the first tile's query fragments, and everything in flight, before it */
+            if (va) stage_qfrags<KM, KQ>(kslot, lane, qfrag_row<KM>(A, qrow0, pa.c));
+            cp_async_commit();
+            cp_async_wait0();
+        }
+    } else {
         __syncthreads(); /* the rotated queries */
+    }
     qfrag<KQ, G16> Q;
 #pragma unroll
     for (int hn = 0; hn < (KS ? 0 : HN); hn++) {
@@ -1211,8 +1227,9 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return tqkv__cuda_err(e, "attention smem attribute");
     }
-    /* prod keys: a programmatic dependent of att_mma_prep, so that the tables and the first
-     * tiles' loads overlap it (the kernel waits for it before it reads the prepared queries) */
+    /* prod and split keys: a programmatic dependent of att_mma_prep(_split), so that the tables
+     * and the first tiles' copies overlap it (the kernel waits for it before it reads the
+     * prepared queries) */
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[1];
     cfg.gridDim = dim3(M.n_splits, M.n_kv, n_seqs);
@@ -1222,7 +1239,7 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
-    cfg.numAttrs = KQ ? 1 : 0;
+    cfg.numAttrs = KQ || splitk(KM) ? 1 : 0;
     cudaError_t e =
         cudaLaunchKernelEx(&cfg, att_mma_kernel<KM, KQ, VM, G16>, M, indptr, chunks, wq, wo, wml);
     if (e != cudaSuccess) return tqkv__cuda_err(e, "attention (tensor cores) launch");
