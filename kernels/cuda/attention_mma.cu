@@ -515,8 +515,8 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr)
     return v;
 }
 
-/* A lane's key words of the staged tile: tokens 4g .. 4g + 3 (column g) of its rows, as
- * load_keys used to fetch them from global memory; the sign words of prod keys in s. */
+/* A lane's key words of the staged tile: tokens 4g .. 4g + 3 (column g) of its rows (the rows
+ * its decode needs: key_channel); the sign words of prod keys in s. */
 template <int KM, bool KQ>
 __device__ __forceinline__ void read_keys(uint4 (&k)[4], uint4 &sw, uint32_t slot, uint32_t g,
                                           uint32_t t4)
