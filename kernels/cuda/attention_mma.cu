@@ -151,18 +151,20 @@ __device__ __forceinline__ uint32_t movmatrix_t(uint32_t x)
     return y;
 }
 
-/* The unnormalised Walsh-Hadamard transform of a 4 * LANES-float row held by LANES lanes of a
- * warp (element 4 l + i in lane l's x[i]; LANES = 32: one 128-point row, 16: two 64-point rows,
- * one per half warp), with the same butterflies in the same order as the reference (stage h:
- * x[j] = u + v, x[j + h] = u - v for h = 1, 2, ...): two stages in registers, the rest by
- * shuffles, no shared memory and no barrier. */
-template <uint32_t LANES> __device__ __forceinline__ void warp_fwht(float (&x)[4], uint32_t lane)
+/* Stages of the unnormalised Walsh-Hadamard transform as the reference orders them (stage h:
+ * x[j] = u + v, x[j + h] = u - v): the two between a lane's four registers (distances 1 and 2 of
+ * their index), and those between lanes (lane distances 1 .. LANES / 2) by shuffles. */
+__device__ __forceinline__ void fwht_registers(float (&x)[4])
 {
     const float a = x[0] + x[1], b = x[0] - x[1], c = x[2] + x[3], d = x[2] - x[3];
     x[0] = a + c;
     x[1] = b + d;
     x[2] = a - c;
     x[3] = b - d;
+}
+template <uint32_t LANES>
+__device__ __forceinline__ void fwht_shuffles(float (&x)[4], uint32_t lane)
+{
 #pragma unroll
     for (uint32_t m = 1; m < LANES; m <<= 1) {
         const bool upper = (lane & m) != 0;
@@ -173,25 +175,20 @@ template <uint32_t LANES> __device__ __forceinline__ void warp_fwht(float (&x)[4
         }
     }
 }
-
-/* The same transform of a 128-float row held with element lane + 32 i in x[i]: the stages of
- * distance 1..16 by shuffles, 32 and 64 in registers (the same butterflies, in the same order). */
+/* The transform of a 4 * LANES-float row held by LANES lanes (element 4 l + i in lane l's x[i];
+ * LANES = 32: one 128-point row, 16: two 64-point rows, one per half warp), no shared memory
+ * and no barrier. */
+template <uint32_t LANES> __device__ __forceinline__ void warp_fwht(float (&x)[4], uint32_t lane)
+{
+    fwht_registers(x);
+    fwht_shuffles<LANES>(x, lane);
+}
+/* The same for a 128-float row held with element lane + 32 i in x[i] (distances 32 and 64 are
+ * then the registers'). */
 __device__ __forceinline__ void warp_fwht_strided(float (&x)[4], uint32_t lane)
 {
-#pragma unroll
-    for (uint32_t m = 1; m < 32; m <<= 1) {
-        const bool upper = (lane & m) != 0;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float o = __shfl_xor_sync(0xffffffffu, x[i], m);
-            x[i] = upper ? o - x[i] : x[i] + o;
-        }
-    }
-    const float a = x[0] + x[1], b = x[0] - x[1], c = x[2] + x[3], d = x[2] - x[3];
-    x[0] = a + c;
-    x[1] = b + d;
-    x[2] = a - c;
-    x[3] = b - d;
+    fwht_shuffles<32>(x, lane);
+    fwht_registers(x);
 }
 
 /* Nibbles 0..3 of the low 16 bits of x (or of the high 16 bits with HI) into bytes 0..3. */
@@ -415,10 +412,26 @@ __device__ __forceinline__ void half4_to_f32(const uint2 &v, float (&o)[4])
     o[3] = tqc_f16_to_f32((uint16_t)(v.y >> 16));
 }
 
+/* A record's runs of per-token fp16 values: k = 0 the key scales (of part 0), 1 the value
+ * scales, 2 the gammas of prod keys or split keys' part 1 scales. */
+template <int KM, bool KQ>
+__device__ __forceinline__ const uint8_t *scale_run(const tile_pos &p, uint32_t k)
+{
+    const uint8_t *run0 = p.krec + (splitk(KM) ? 16 : 0);
+    if (k == 0) return run0;
+    if (k == 1) return p.vrec;
+    return splitk(KM) ? run0 + p.H2 + 32 * p.T : p.krec + p.H2;
+}
+/* Scale runs a tile has. */
+template <int KM, bool KQ> __host__ __device__ constexpr uint32_t scale_runs()
+{
+    return KQ || splitk(KM) ? 3 : 2;
+}
+
 /* Asks L2 for a tile's value words and scales ahead of their loads (its keys are staged a tile
  * ahead by cp.async): both 128-byte lines a value row of the tile (32 tokens of one word) can
  * touch, one row per lane, and the scale runs. Costs no registers. */
-template <int KQ, int VM>
+template <int KM, bool KQ, int VM>
 __device__ __forceinline__ void prefetch_values(const tile_pos &p, uint32_t lane)
 {
     constexpr uint32_t vrows = planes<VM>::w0 + planes<VM>::w1;
@@ -427,10 +440,9 @@ __device__ __forceinline__ void prefetch_values(const tile_pos &p, uint32_t lane
     const uint32_t row = lane >> 1, end = (lane & 1) * 124;
     const uint8_t *v = p.vrec + p.H2 + ((size_t)row * p.T + p.t0) * 4 + end;
     if (row < vrows) asm volatile("prefetch.global.L2 [%0];" ::"l"(v));
-    if (lane < (KQ ? 3u : 2u)) {
-        const uint8_t *sc = (lane == 0 ? p.vrec : lane == 1 ? p.krec : p.krec + p.H2);
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(sc + (size_t)p.t0 * 2));
-    }
+    if (lane < scale_runs<KM, KQ>())
+        asm volatile(
+            "prefetch.global.L2 [%0];" ::"l"(scale_run<KM, KQ>(p, lane) + (size_t)p.t0 * 2));
 }
 
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src)
@@ -549,9 +561,6 @@ __device__ __forceinline__ void stage_values(const tile_pos &p, uint32_t slot, u
 {
     using S = vstage<KQ, VM, splitk(KM)>;
     const uint32_t T = p.T;
-    /* the scale runs: key scales (of part 0), value scales, gammas or part 1's key scales */
-    const uint8_t *run0 = p.krec + (splitk(KM) ? 16 : 0);
-    const uint8_t *run2 = splitk(KM) ? run0 + p.H2 + 32 * T : p.krec + p.H2;
     const uint8_t *v0 = p.vrec + p.H2; /* the rows lie back to back, T words each */
     if (p.fast) {
         const uint32_t r0 = lane >> 3, c = lane & 7;
@@ -564,7 +573,7 @@ __device__ __forceinline__ void stage_values(const tile_pos &p, uint32_t slot, u
         /* scales: 4 x 16 bytes per run; lane 4 k + c copies run k's column c */
         const uint32_t k = lane >> 2, cc = lane & 3;
         if (k < S::runs) {
-            const uint8_t *src = k == 0 ? run0 : k == 1 ? p.vrec : run2;
+            const uint8_t *src = scale_run<KM, KQ>(p, k);
             cp_async16(slot + S::ksc + k * 64 + cc * 16, src + p.t0 * 2 + cc * 16);
         }
         return;
@@ -583,7 +592,7 @@ __device__ __forceinline__ void stage_values(const tile_pos &p, uint32_t slot, u
     for (uint32_t pass = 0; pass < (S::runs + 1) / 2; pass++) {
         const uint32_t k = pass * 2 + (lane >> 4);
         if (k < S::runs) {
-            const uint8_t *src = k == 0 ? run0 : k == 1 ? p.vrec : run2;
+            const uint8_t *src = scale_run<KM, KQ>(p, k);
             cp_async4(slot + S::ksc + k * 64 + pr * 4, src + (nb ? t2 : 0) * 2, nb);
         }
     }
@@ -1132,7 +1141,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     while (va) {
         tile_pos pn = pa;
         const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first);
-        if (vn) prefetch_values<KQ, VM>(pn, lane); /* into L2 ahead of its copy */
+        if (vn) prefetch_values<KM, KQ, VM>(pn, lane); /* into L2 ahead of its copy */
         cp_async_wait1(); /* this tile's keys have landed (its values may be in flight) */
         __syncwarp();     /* for every lane's copies */
         compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbk1, lbv, qrow0, Q, o,
