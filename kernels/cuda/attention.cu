@@ -801,7 +801,7 @@ static uint32_t att_sm_count(void)
  * costs its chunks plus about two chunks' worth of fixed work (tables, query rotation, merge), so
  * (1, 128K) takes 32 splits of 16 chunks (one wave of 256 blocks on 264 slots), and (8, 32K) 4
  * splits of 32 chunks (one wave) rather than 5 of 26 (320 blocks: a second wave for 56). */
-static uint32_t att_mma_splits(uint32_t ctas, uint32_t slots, uint32_t max_chunks)
+static uint32_t att_mma_splits(uint32_t ctas, uint32_t slots, uint32_t max_chunks, bool whole)
 {
     uint32_t best = 1;
     uint64_t best_cost = UINT64_MAX;
@@ -810,7 +810,9 @@ static uint32_t att_mma_splits(uint32_t ctas, uint32_t slots, uint32_t max_chunk
         if (sp != w)
             continue; /* the same split as a smaller w */
         const uint64_t waves = ((uint64_t)ctas * sp + slots - 1) / slots;
-        const uint64_t cost = waves * (cps + 2);
+        /* whole chunks: nl of them side by side, each over 8 / nl warps */
+        const uint32_t nl = cps >= 8 ? 8 : cps >= 4 ? 4 : cps >= 2 ? 2 : 1;
+        const uint64_t cost = waves * ((whole ? (cps + nl - 1) / nl * nl : cps) + 2);
         if (cost < best_cost) {
             best_cost = cost;
             best = sp;
@@ -877,7 +879,8 @@ static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max
      * split that fills whole waves (att_mma_splits). */
     uint32_t ctas = A->mma ? n_seqs * A->n_kv : n_seqs * A->n_kv * A->n_groups;
     uint32_t per_sm = A->mma ? tqkv__att_mma_blocks_per_sm(*A) : 8;
-    uint32_t want = A->mma ? att_mma_splits(ctas, att_sm_count() * per_sm, max_chunks)
+    uint32_t want = A->mma ? att_mma_splits(ctas, att_sm_count() * per_sm, max_chunks,
+                                            tqkv__att_mma_whole_chunks(*A))
                            : (att_sm_count() * per_sm + ctas - 1) / ctas;
     if (p->max_splits && want > p->max_splits)
         want = p->max_splits;

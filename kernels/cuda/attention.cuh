@@ -50,6 +50,9 @@ typedef struct {
  * tq4-prod and tq3-prod (one part per tensor, at most 16 query heads per KV head) and tq3.5
  * (split keys, at most 8). */
 bool tqkv__att_mma_eligible(const tqc_att &A);
+/* Whether its warps walk whole chunks (tq3.5-prod), so that a block's time follows its chunks
+ * per group of warps rather than its tiles per warp. */
+bool tqkv__att_mma_whole_chunks(const tqc_att &A);
 /* Blocks per split the tensor-core kernel wants resident per multiprocessor. */
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A);
 /* Bytes of workspace it needs beyond the split outputs (prod keys: the prepared queries). */

@@ -64,6 +64,68 @@ __host__ __device__ constexpr uint32_t qheads(int KM)
  * first 64 KiB. */
 constexpr uint32_t kK1Table = 65536;
 
+/* KM and VM tags of tq3.5-prod, split prod keys ("KP"): keys part 0 of 64 outlier channels at 4
+ * MSE bits and QJL signs, part 1 of the other 64 at 1 MSE bit and signs; values split as well,
+ * part 0 at 4 bits, part 1 at 3, each tensor with its own channel split per chunk and head. The
+ * queries are split, rotated and sketched per chunk by att_mma_prep_sp. The value sums are
+ * rotated per chunk, so a warp walks whole chunks (a chunk's tiles split among at most eight
+ * warps) and moves its sums into the original domain each time it leaves one (flush_sp). */
+constexpr int kSplitProd = 44, kSplitV = 45;
+__host__ __device__ constexpr bool splitp(int KM)
+{
+    return KM == kSplitProd;
+}
+/* Record geometry of KP keys and values (T tokens, H2 bytes of a scale run). Keys: mask, part
+ * 0's scale and gamma runs, its [4] plane (8 rows of T words) and signs (2 rows), part 1's scale
+ * and gamma, its [1] plane and signs (2 rows each). Values: mask, part 0's scales and [4] plane,
+ * part 1's scales, [2] plane (4 rows) and [1] plane (2 rows). */
+struct sp_rec {
+    __device__ static uint32_t ksize(uint32_t T, uint32_t H2)
+    {
+        return 16 + 4 * H2 + 56 * T;
+    }
+    __device__ static uint32_t vsize(uint32_t T, uint32_t H2)
+    {
+        return 16 + 2 * H2 + 56 * T;
+    }
+    /* key rows 0..9 from here (row r at 4 r T), and 10..13 from k1 (row r at 4 (r - 10) T) */
+    __device__ static uint32_t k0(uint32_t H2)
+    {
+        return 16 + 2 * H2;
+    }
+    __device__ static uint32_t k1(uint32_t T, uint32_t H2)
+    {
+        return 16 + 4 * H2 + 40 * T;
+    }
+    /* key scale runs: 0 part 0's scales, 1 its gammas, 2 part 1's scales, 3 its gammas */
+    __device__ static uint32_t krun(uint32_t k, uint32_t T, uint32_t H2)
+    {
+        return (k < 2 ? 16 : 16 + 2 * H2 + 40 * T) + (k & 1) * H2;
+    }
+    /* value rows 0..7 from v0, 8..13 from v1 (row r at 4 (r - 8) T) */
+    __device__ static uint32_t v0(uint32_t H2)
+    {
+        return 16 + H2;
+    }
+    __device__ static uint32_t v1(uint32_t T, uint32_t H2)
+    {
+        return 16 + 2 * H2 + 32 * T;
+    }
+    /* value scale runs: part 0's, part 1's */
+    __device__ static uint32_t vrun(uint32_t k, uint32_t T, uint32_t H2)
+    {
+        return k ? 16 + H2 + 32 * T : 16;
+    }
+};
+/* KP staging slots, 16 rows of 128 bytes (32 tokens) each. Keys: rows 0..13 the word rows, 14
+ * and 15 the scale runs 0, 1 and 2, 3 (64 bytes each). Values: rows 0..13 the word rows, 14 the
+ * two scale runs, 15 the record's mask (16 bytes). */
+constexpr uint32_t kSpRows = 14, kSpSlot = 16 * 128;
+/* Table row whose second half holds warp 0's channel map in flush_sp (warp w: row + w). */
+constexpr uint32_t kSpInv = 192;
+/* Query fragments of KP per (sequence, chunk, KV head): 16 lanes x 32 words. */
+constexpr uint32_t kSpQBytes = 2048;
+
 struct mma_args {
     uint32_t n_kv, n_q, group, head_dim, n_splits, cps;
     /* softmax_scale * log2e / sqrt(n); cQ: times sqrt(pi/2) / sqrt(n) for the sketch, or for
@@ -77,6 +139,8 @@ struct mma_args {
     const void *q;      /* the queries (MSE keys: each block rotates its own) */
     uint32_t q_dtype;
     const uint32_t *kdsign;
+    const float *v1cent;      /* KP: the values' part 1 */
+    const uint32_t *v1dsign;  /* KP: the values' part 1 */
 };
 
 /* Planes of an m-bit MSE part at n = 128: [4] = 16 words, [2,1] = 8 + 4, [2] = 8 (per token);
@@ -98,6 +162,7 @@ template <int KM, bool KQ> struct krec_layout {
     }
     __device__ static uint32_t size(uint32_t T, uint32_t H2)
     {
+        if (splitp(KM)) return sp_rec::ksize(T, H2);
         return head(H2) + gap(T, H2) + (planes<KM>::w1 + (KQ ? 4 : 0)) * 4 * T;
     }
 };
@@ -105,7 +170,7 @@ template <int KM, bool KQ> struct krec_layout {
  * 6-bit index (two low pairs, two high bits). Entry e is a 256-byte row: the key table's 32
  * copies in its first half, the value table's (when it differs) in the second. */
 template <int M> struct lut_size {
-    static constexpr uint32_t entries = M == 4 || splitk(M) ? 256 : 64;
+    static constexpr uint32_t entries = M == 4 || splitk(M) || splitp(M) ? 256 : 64;
     static constexpr uint32_t bytes = entries * 256;
 };
 
@@ -231,6 +296,21 @@ __device__ __forceinline__ uint32_t value_channel(uint32_t g, uint32_t mt, uint3
     return 16 * g + 4 * (2 * (mt & 1) + h) + (mt >> 1);
 }
 
+/* KP keys' sign rows and 1-bit code rows (64 channels, two words per token): the channel lane
+ * quad position t4 feeds as register r (0..7) half e, bits 8 (t4 & 1) + r (+ 16) of word t4 / 2. */
+__host__ __device__ constexpr uint32_t sign64_channel(uint32_t t4, uint32_t r, uint32_t e)
+{
+    return 32 * (t4 >> 1) + 8 * (t4 & 1) + r + 16 * e;
+}
+/* KP values, lane group g, m-tile mt, row half h: the channel within its part. M-tiles 0..3 are
+ * part 0 (4-bit word g: codes 2 mt + h), 4..7 part 1 (3-bit: [2] word g / 2, [1] word g / 4). */
+__device__ __forceinline__ uint32_t vsp_channel(uint32_t g, uint32_t mt, uint32_t h)
+{
+    if (mt < 4) return 8 * g + 2 * mt + h;
+    const uint32_t m = mt - 4;
+    return 16 * (g >> 1) + 4 * (2 * (m & 1) + h) + 2 * (g & 1) + (m >> 1);
+}
+
 /* ---- Query preparation: q' = H (D . q) / sqrt(n) and the sketch S q', fp16 ----------------- */
 
 __global__ void __launch_bounds__(128)
@@ -337,6 +417,100 @@ __global__ void __launch_bounds__(128)
     }
 }
 
+/* A split query's place in its part: channel j of a mask m (4 words) with `ok` (64 bits set)
+ * goes to part 0 when its bit is set (position: the set bits below it), else to part 1 at 64 +
+ * the clear bits below it. A mask without exactly 64 bits set is read as "first half, second
+ * half", as the general kernel does. */
+__device__ __forceinline__ uint32_t split_pos(const uint32_t (&m)[4], bool ok, uint32_t j)
+{
+    const uint32_t w = j >> 5, b = j & 31;
+    const uint32_t mw = w == 0 ? m[0] : w == 1 ? m[1] : w == 2 ? m[2] : m[3];
+    uint32_t below = __popc(mw & ((1u << b) - 1));
+#pragma unroll
+    for (uint32_t u = 0; u < 3; u++)
+        below += u < w ? __popc(m[u]) : 0;
+    if (!ok) return j;
+    return ((mw >> b) & 1) ? below : 64 + (j - below);
+}
+
+/* KP (tq3.5-prod) keys: per (chunk, KV head), each of the group's queries (at most 4) split by
+ * the chunk's key mask, each part rotated, q'_p = H (D_p . q_p) / 8, and sketched, s_p = S_p q'_p,
+ * into the B fragments lane L = 4 g + t4 (g < 4: query head g) holds: 32 words, the sums q'_0
+ * (register r = 2 j + hi of k-step j: channels key_channel<4>), s_0, q'_1 and s_1 (channels
+ * sign64_channel), 8 words each, fp16 pairs; 2 KiB per (chunk, KV head), heads past the group
+ * zeros. A block takes kPrepChunks chunks of one sequence and KV head; thread 64 p + k keeps
+ * column k of S_p^T (row k of S_p) in registers for all of them. */
+constexpr uint32_t kPrepChunks = 8;
+__global__ void __launch_bounds__(128)
+    att_mma_prep_sp(const __grid_constant__ tqc_att A, const int32_t *indptr,
+                    const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks,
+                    uint32_t *out)
+{
+    __shared__ float v[4][128], sk[4][128]; /* [head][part * 64 + k]: q'_p, s_p */
+    const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
+    const uint32_t lane = tid & 31, r = tid >> 5, p = tid >> 6, k = tid & 63;
+    const int32_t cb = indptr[seq], ce = indptr[seq + 1];
+    const int32_t c0 = cb + (int32_t)(blockIdx.x * kPrepChunks);
+    if (c0 >= ce) return;
+    float st[64];
+#pragma unroll
+    for (int j = 0; j < 64; j++)
+        st[j] = __ldg(A.K.part[p].St + j * 64 + k); /* S_p[k][j] */
+    const uint16_t *qp =
+        (const uint16_t *)q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
+    const int32_t c1 = min(ce, c0 + (int32_t)kPrepChunks);
+    for (int32_t c = c0; c < c1; c++) {
+        const tq_cuda_chunk ck = chunks[c];
+        const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
+        const uint32_t *mk = (const uint32_t *)((const uint8_t *)ck.k_section +
+                                                (size_t)h * sp_rec::ksize(T, H2));
+        uint32_t m[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            m[i] = mk[i];
+        const bool ok = __popc(m[0]) + __popc(m[1]) + __popc(m[2]) + __popc(m[3]) == 64;
+        /* warp r: head r's parts, each rotated by its 16 lanes */
+        float x[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t j = 4 * lane + i, pos = split_pos(m, ok, j);
+            float val = 0.0f;
+            if (r < A.group && j < A.head_dim)
+                val = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(qp[j]) : tqc_f16_to_f32(qp[j]);
+            v[r][pos] = __uint_as_float(__float_as_uint(val) ^
+                                        __ldg(A.K.part[pos >> 6].dsign + (pos & 63)));
+        }
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            x[i] = v[r][4 * lane + i];
+        warp_fwht<16>(x, lane);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            v[r][4 * lane + i] = x[i] * 0.125f; /* 1 / sqrt(64) */
+        __syncthreads();
+#pragma unroll
+        for (int hd = 0; hd < 4; hd++) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 64; j++)
+                acc += st[j] * v[hd][64 * p + j];
+            sk[hd][64 * p + k] = acc;
+        }
+        __syncthreads();
+        uint32_t *dst = out + (((size_t)seq * max_chunks + (c - cb)) * A.n_kv + h) * 512;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t w = tid + 128 * i, L = w >> 5, n = w & 31, sum = n >> 3, rr = n & 7;
+            const uint32_t g = L >> 2, t4 = L & 3;
+            const float *src = (sum & 1 ? sk[g] : v[g]) + 64 * (sum >> 1);
+            const uint32_t ch = sum == 0 ? key_channel<4>(t4, rr, 0) : sign64_channel(t4, rr, 0);
+            dst[w] = pack_half2(src[ch], src[ch + (sum == 0 ? 1 : 16)]);
+        }
+        __syncthreads();
+    }
+}
+
 /* A tile's value rows and fp16 scales in a warp's value staging slot: the rows (128 bytes each,
  * 16-byte column c of row r at (c ^ (r & 1)) * 16: the eight lanes of a quarter warp, rows g
  * and g + 1 at columns 2 t4 (+1), then hit eight distinct columns), then the key scales, the
@@ -348,6 +522,14 @@ template <bool KQ, int VM, bool KS = false> struct vstage {
     static constexpr uint32_t runs = KQ || KS ? 3 : 2, bytes = ksc + runs * 64;
     static_assert(rows % 4 == 0, "a tile's rows are copied 4 rows (32 x 16 bytes) at a time");
 };
+/* Bytes of a warp's value staging slot. */
+template <int KM, bool KQ, int VM> __host__ __device__ constexpr uint32_t vslot_bytes()
+{
+    if constexpr (splitp(KM))
+        return kSpSlot;
+    else
+        return vstage<KQ, VM, splitk(KM)>::bytes;
+}
 
 /* Key rows of a tile (plane word rows, then the QJL sign rows) and the bytes of one staging slot:
  * the rows of a 32-token tile, 128 bytes each. */
@@ -355,7 +537,7 @@ template <int KM, bool KQ> struct kstage {
     static constexpr uint32_t krows = planes<KM>::w0 + planes<KM>::w1 + (KQ ? 4 : 0);
     /* split keys: then the chunk's query fragments, 1 KiB (att_mma_prep_split) */
     static constexpr uint32_t rows = krows + (splitk(KM) ? 2 * qheads(KM) : 0);
-    static constexpr uint32_t bytes = rows * 128;
+    static constexpr uint32_t bytes = splitp(KM) ? kSpSlot : rows * 128;
     static_assert(rows % 4 == 0, "a tile's rows are copied 4 rows (32 x 16 bytes) at a time");
     /* 16-byte column swizzle of row r: the lane quad position t4 that reads it, times two, so
      * that the eight lanes of a quarter warp (g = 0, 1 or 2, 3; t4 = 0..3) hit eight distinct
@@ -381,17 +563,19 @@ struct tile_pos {
 template <int KM, bool KQ, int VM>
 __device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
                                           const tq_cuda_chunk *chunks, const tq_cuda_chunk *sdesc,
-                                          int32_t cs, uint32_t h, uint32_t first)
+                                          int32_t cs, uint32_t h, uint32_t first, uint32_t tstep,
+                                          int32_t cstep)
 {
-    p.t0 += kWarps * kTile;
+    p.t0 += tstep;
     /* votes: the walk is the same for every lane, and a branch the compiler knows to be uniform
      * needs no reconvergence point (before which it would wait for the loads in flight) */
     while (__any_sync(0xffffffffu, p.t0 >= p.T)) {
-        if (__any_sync(0xffffffffu, ++c >= c1)) return false;
+        if (__any_sync(0xffffffffu, (c += cstep) >= c1)) return false;
         const tq_cuda_chunk ck = c - cs < (int32_t)kDesc ? sdesc[c - cs] : chunks[c];
         const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
         const uint32_t krs = krec_layout<KM, KQ>::size(T, H2);
-        const uint32_t vrs = H2 + (planes<VM>::w0 + planes<VM>::w1) * 4 * T;
+        const uint32_t vrs = splitp(KM) ? sp_rec::vsize(T, H2)
+                                        : H2 + (planes<VM>::w0 + planes<VM>::w1) * 4 * T;
         p.krec = (const uint8_t *)ck.k_section + (size_t)h * krs;
         p.vrec = (const uint8_t *)ck.v_section + (size_t)h * vrs;
         p.T = T;
@@ -435,7 +619,7 @@ template <int KM, bool KQ, int VM>
 __device__ __forceinline__ void prefetch_values(const tile_pos &p, uint32_t lane)
 {
     constexpr uint32_t vrows = planes<VM>::w0 + planes<VM>::w1;
-    if (!p.fast) /* a partial tile's rows could end past the section: no prefetch */
+    if (!p.fast || splitp(KM)) /* a partial tile's rows could end past the section */
         return;
     const uint32_t row = lane >> 1, end = (lane & 1) * 124;
     const uint8_t *v = p.vrec + p.H2 + ((size_t)row * p.T + p.t0) * 4 + end;
@@ -682,6 +866,97 @@ template <bool KQ, bool G16> struct qfrag {
     uint32_t s[KQ ? (G16 ? 2 : 1) : 1][KQ ? 8 : 1][2];
 };
 
+/* Online softmax of one head tile's scores, pv[e][i] (head column 2 t4 + e, token 4 g + i), into
+ * their weights 2^(s - m): the running maximum and sum of each column move, and the value sums
+ * are rescaled when a maximum moved. A partial tile's missing tokens weigh nothing. */
+template <int HN>
+__device__ __forceinline__ void softmax_tile(float (&pv)[2][4], const tile_pos &p_, uint32_t g,
+                                             int hn, float (&o)[8][HN][4], float (&m_run)[HN][2],
+                                             float (&l_run)[HN][2])
+{
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (!p_.fast) pv[e][i] = p_.t0 + 4 * g + i < p_.T ? pv[e][i] : -INFINITY;
+            mx = fmaxf(mx, pv[e][i]);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+        const float mn = fmaxf(m_run[hn][e], mx); /* finite: the tile has a token */
+        const float alpha = ex2(m_run[hn][e] - mn);
+        m_run[hn][e] = mn;
+        float ls = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            pv[e][i] = ex2(pv[e][i] - mn);
+            ls += pv[e][i];
+        }
+        l_run[hn][e] = l_run[hn][e] * alpha + ls;
+        /* the running maximum settles early in a sequence: skip the rescale when no head of
+         * the warp moved (a warp-uniform branch) */
+        if (__any_sync(0xffffffffu, alpha != 1.0f))
+#pragma unroll
+            for (int mt = 0; mt < 8; mt++) {
+                o[mt][hn][e] *= alpha;
+                o[mt][hn][2 + e] *= alpha;
+            }
+    }
+}
+/* The value product's B fragments of k-step ms: the weights times the tokens' value scales, rows
+ * g (tokens 4g + 2ms) and g + 8 (4g + 2ms + 1) of the score m-tile, transposed. */
+__device__ __forceinline__ void pack_weights(const float (&pv)[2][4], const float (&vsc)[4], int ms,
+                                             uint32_t (&pb)[2])
+{
+    pb[0] = movmatrix_t(pack_half2(pv[0][2 * ms] * vsc[2 * ms], pv[1][2 * ms] * vsc[2 * ms]));
+    pb[1] = movmatrix_t(
+        pack_half2(pv[0][2 * ms + 1] * vsc[2 * ms + 1], pv[1][2 * ms + 1] * vsc[2 * ms + 1]));
+}
+/* A lane's value word of token u (0..7) of its eight, held in two 16-byte reads. */
+__device__ __forceinline__ uint32_t word8(const uint4 &lo, const uint4 &hi, int u)
+{
+    return u < 4 ? pick(lo, u) : pick(hi, u - 4);
+}
+/* Byte k of the 6-bit table indices of two tokens' 3-bit codes at coordinate 4k + I of their [2]
+ * words wa, wb, whose high bits are bit I of nibble k of ha, hb (spread_nibbles). */
+template <int I>
+__device__ __forceinline__ uint32_t idx3(uint32_t wa, uint32_t wb, uint32_t ha, uint32_t hb)
+{
+    const uint32_t la = (wa >> (2 * I)) & 0x03030303u;
+    const uint32_t lb = (I == 0 ? wb << 2 : wb >> (2 * I - 2)) & 0x0C0C0C0Cu;
+    const uint32_t xa = (ha << (4 - I)) & 0x10101010u;
+    const uint32_t xb = (hb << (5 - I)) & 0x20202020u;
+    return la | lb | xa | xb;
+}
+
+/* The eight value fragments a byte-pair of 4-bit words gives: r[2B] from the even codes of byte
+ * B of tokens a and b (wa, wb), r[2B + 1] from the odd ones. */
+__device__ __forceinline__ void lookup4(uint32_t wa, uint32_t wb, uint32_t lb, uint32_t (&r)[8])
+{
+    const uint32_t xe = (wa & 0x0F0F0F0Fu) | ((wb << 4) & 0xF0F0F0F0u);
+    const uint32_t xo = ((wa >> 4) & 0x0F0F0F0Fu) | (wb & 0xF0F0F0F0u);
+    r[0] = lds(lut_addr<0>(xe, lb));
+    r[1] = lds(lut_addr<0>(xo, lb));
+    r[2] = lds(lut_addr<1>(xe, lb));
+    r[3] = lds(lut_addr<1>(xo, lb));
+    r[4] = lds(lut_addr<2>(xe, lb));
+    r[5] = lds(lut_addr<2>(xo, lb));
+    r[6] = lds(lut_addr<3>(xe, lb));
+    r[7] = lds(lut_addr<3>(xo, lb));
+}
+/* The four value fragments of 3-bit index x (idx3): bytes 0, 1 into rows g, g + 8 of m-tile a0,
+ * bytes 2, 3 into those of a1, as the k half s of the k-step. */
+__device__ __forceinline__ void lookup3(uint32_t x, uint32_t lb, int s, uint32_t (&a0)[4],
+                                        uint32_t (&a1)[4])
+{
+    a0[2 * s + 0] = lds(lut_addr<0>(x, lb));
+    a0[2 * s + 1] = lds(lut_addr<1>(x, lb));
+    a1[2 * s + 0] = lds(lut_addr<2>(x, lb));
+    a1[2 * s + 1] = lds(lut_addr<3>(x, lb));
+}
+
 /* Scores, online softmax and value sums of one tile into the warp's state.
  * Score product per 16-token m-tile ms: rows g and g + 8 are tokens 4g + 2ms and 4g + 2ms + 1,
  * columns are query heads (2 t4, 2 t4 + 1; + 8 for the second head tile). */
@@ -793,47 +1068,18 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
     for (int hn = 0; hn < HN; hn++) {
         float pv[2][4]; /* [e][i] */
 #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            float mx = -INFINITY;
+        for (int e = 0; e < 2; e++)
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const int ms = i >> 1, rh = i & 1;
                 float sc = sacc[ms][hn][2 * rh + e] * (ksc[i] * A.cK);
                 if (TWO) sc += qacc[ms % (TWO ? 2 : 1)][hn][2 * rh + e] * (kgm[i] * A.cQ);
-                if (!p_.fast) /* a partial tile: its missing tokens weigh nothing */
-                    sc = p_.t0 + 4 * g + i < p_.T ? sc : -INFINITY;
                 pv[e][i] = sc;
-                mx = fmaxf(mx, sc);
             }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-            const float mn = fmaxf(m_run[hn][e], mx); /* finite: the tile has a token */
-            const float alpha = ex2(m_run[hn][e] - mn);
-            m_run[hn][e] = mn;
-            float ls = 0.0f;
+        softmax_tile<HN>(pv, p_, g, hn, o, m_run, l_run);
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float ex = ex2(pv[e][i] - mn);
-                ls += ex;
-                pv[e][i] = ex * vsc[i];
-            }
-            l_run[hn][e] = l_run[hn][e] * alpha + ls;
-            /* the running maximum settles early in a sequence: skip the rescale when no head
-             * of the warp moved (a warp-uniform branch) */
-            if (__any_sync(0xffffffffu, alpha != 1.0f))
-#pragma unroll
-                for (int mt = 0; mt < 8; mt++) {
-                    o[mt][hn][e] *= alpha;
-                    o[mt][hn][2 + e] *= alpha;
-                }
-        }
-        /* rows g (tokens 4g + 2ms) and g + 8 (4g + 2ms + 1) of each m-tile, transposed */
-#pragma unroll
-        for (int ms = 0; ms < 2; ms++) {
-            pb[ms][hn][0] = movmatrix_t(pack_half2(pv[0][2 * ms], pv[1][2 * ms]));
-            pb[ms][hn][1] = movmatrix_t(pack_half2(pv[0][2 * ms + 1], pv[1][2 * ms + 1]));
-        }
+        for (int ms = 0; ms < 2; ms++)
+            pack_weights(pv, vsc, ms, pb[ms][hn]);
     }
 
     /* ---- values: the words leave the slot (rows g and g + 8, or the [1] plane's g / 2; tokens
@@ -862,42 +1108,25 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
 #pragma unroll
                 for (int rw = 0; rw < 2; rw++) { /* word g (row g), word g + 8 (row g + 8) */
                     const uint4 &lo = vw[2 * rw], &hi4 = vw[2 * rw + 1];
-                    const uint32_t wa = ua < 4 ? pick(lo, ua) : pick(hi4, ua - 4);
-                    const uint32_t wb = ub < 4 ? pick(lo, ub) : pick(hi4, ub - 4);
-                    const uint32_t xe = (wa & 0x0F0F0F0Fu) | ((wb << 4) & 0xF0F0F0F0u);
-                    const uint32_t xo = ((wa >> 4) & 0x0F0F0F0Fu) | (wb & 0xF0F0F0F0u);
-                    a[0][2 * s + rw] = lds(lut_addr<0>(xe, lbv));
-                    a[1][2 * s + rw] = lds(lut_addr<0>(xo, lbv));
-                    a[2][2 * s + rw] = lds(lut_addr<1>(xe, lbv));
-                    a[3][2 * s + rw] = lds(lut_addr<1>(xo, lbv));
-                    a[4][2 * s + rw] = lds(lut_addr<2>(xe, lbv));
-                    a[5][2 * s + rw] = lds(lut_addr<2>(xo, lbv));
-                    a[6][2 * s + rw] = lds(lut_addr<3>(xe, lbv));
-                    a[7][2 * s + rw] = lds(lut_addr<3>(xo, lbv));
+                    uint32_t r[8];
+                    lookup4(word8(lo, hi4, ua), word8(lo, hi4, ub), lbv, r);
+#pragma unroll
+                    for (int k = 0; k < 8; k++)
+                        a[k][2 * s + rw] = r[k];
                 }
             } else {
-                const uint32_t wa = ua < 4 ? pick(vw[0], ua) : pick(vw[1], ua - 4);
-                const uint32_t wb = ub < 4 ? pick(vw[0], ub) : pick(vw[1], ub - 4);
-                const uint32_t ha0 = ua < 4 ? pick(vw[2], ua) : pick(vw[3], ua - 4);
-                const uint32_t hb0 = ub < 4 ? pick(vw[2], ub) : pick(vw[3], ub - 4);
+                const uint32_t wa = word8(vw[0], vw[1], ua), wb = word8(vw[0], vw[1], ub);
+                const uint32_t ha0 = word8(vw[2], vw[3], ua), hb0 = word8(vw[2], vw[3], ub);
                 const uint32_t ha =
                     (g & 1) ? spread_nibbles<true>(ha0) : spread_nibbles<false>(ha0);
                 const uint32_t hb =
                     (g & 1) ? spread_nibbles<true>(hb0) : spread_nibbles<false>(hb0);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    /* byte k: channel 16 g + 4 k + i of tokens a, b */
-                    const uint32_t la = (wa >> (2 * i)) & 0x03030303u;
-                    const uint32_t lb2 = (i == 0 ? wb << 2 : wb >> (2 * i - 2)) & 0x0C0C0C0Cu;
-                    const uint32_t xa = (ha << (4 - i)) & 0x10101010u;
-                    const uint32_t xb = (hb << (5 - i)) & 0x20202020u;
-                    const uint32_t x = la | lb2 | xa | xb;
-                    /* m-tile 2i + (k >> 1), row half k & 1 */
-                    a[2 * i][2 * s + 0] = lds(lut_addr<0>(x, lbv));
-                    a[2 * i][2 * s + 1] = lds(lut_addr<1>(x, lbv));
-                    a[2 * i + 1][2 * s + 0] = lds(lut_addr<2>(x, lbv));
-                    a[2 * i + 1][2 * s + 1] = lds(lut_addr<3>(x, lbv));
-                }
+                /* byte k of index i: channel 16 g + 4 k + i of tokens a, b; m-tile 2i + (k >> 1),
+                 * row half k & 1 */
+                lookup3(idx3<0>(wa, wb, ha, hb), lbv, s, a[0], a[1]);
+                lookup3(idx3<1>(wa, wb, ha, hb), lbv, s, a[2], a[3]);
+                lookup3(idx3<2>(wa, wb, ha, hb), lbv, s, a[4], a[5]);
+                lookup3(idx3<3>(wa, wb, ha, hb), lbv, s, a[6], a[7]);
             }
         }
 #pragma unroll
@@ -907,6 +1136,344 @@ compute_tile(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos 
                 mma16816(o[mt][hn], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb[ks][hn][0],
                          pb[ks][hn][1]);
     }
+}
+
+/* ---- tq3.5-prod: split prod keys and split values (KP) ------------------------------------- */
+
+/* Swizzle of KP key row r (16-byte column g ^ swz): part 0's plane rows t4 and t4 + 4, and the
+ * sign-like rows 8 + 2k + t4 / 2, meet eight distinct columns per quarter warp; runs none. */
+__device__ __forceinline__ uint32_t spk_swz(uint32_t r)
+{
+    return r < kSpRows ? 2 * (r & 3) : 0;
+}
+
+/* stage_keys for KP: the tile's 14 key rows and its four scale runs into the key slot. */
+__device__ __forceinline__ void stage_keys_sp(const tile_pos &p, uint32_t slot, uint32_t lane)
+{
+    const uint32_t T = p.T, H2 = p.H2;
+    const uint8_t *k0 = p.krec + sp_rec::k0(H2);
+    const uint8_t *k1 = p.krec + (sp_rec::k1(T, H2) - 40 * T); /* row r at r * 4T */
+    const uint32_t r0 = lane >> 3, c = lane & 7;
+    if (p.fast) {
+        const uint32_t off = (r0 * T + p.t0) * 4 + c * 16;
+#pragma unroll
+        for (uint32_t j = 0; j < 4; j++) {
+            const uint32_t r = r0 + 4 * j;
+            if (r < kSpRows)
+                cp_async16(slot + r * 128 + ((c ^ spk_swz(r)) << 4),
+                           (r < 10 ? k0 : k1) + off + j * 16 * T);
+            else
+                cp_async16(slot + r * 128 + c * 16, p.krec +
+                                                        sp_rec::krun(2 * (r - kSpRows) + (c >> 2), T, H2) +
+                                                        p.t0 * 2 + (c & 3) * 16);
+        }
+        return;
+    }
+    const uint32_t tok = p.t0 + lane, n = tok < T ? 4u : 0u;
+    const uint32_t col = ((lane >> 2) << 4) | ((lane & 3) << 2);
+#pragma unroll
+    for (uint32_t r = 0; r < kSpRows; r++)
+        cp_async4(slot + r * 128 + (col ^ (spk_swz(r) << 4)),
+                  (r < 10 ? k0 : k1) + ((size_t)r * T + (n ? tok : 0)) * 4, n);
+    const uint32_t pr = lane & 15, t2 = p.t0 + 2 * pr;
+    const uint32_t nb = t2 + 1 < T ? 4u : t2 < T ? 2u : 0u;
+#pragma unroll
+    for (uint32_t pass = 0; pass < 2; pass++) { /* runs by token pairs, as stage_values */
+        const uint32_t k = 2 * pass + (lane >> 4);
+        cp_async4(slot + (kSpRows + (k >> 1)) * 128 + (k & 1) * 64 + pr * 4,
+                  p.krec + sp_rec::krun(k, T, H2) + (nb ? t2 : 0) * 2, nb);
+    }
+}
+
+/* stage_values for KP: the tile's 14 value rows, its two scale runs and the record's mask. */
+__device__ __forceinline__ void stage_values_sp(const tile_pos &p, uint32_t slot, uint32_t lane)
+{
+    const uint32_t T = p.T, H2 = p.H2;
+    const uint8_t *v0 = p.vrec + sp_rec::v0(H2);
+    const uint8_t *v1 = p.vrec + (sp_rec::v1(T, H2) - 32 * T); /* row r at r * 4T */
+    const uint32_t r0 = lane >> 3, c = lane & 7;
+    if (p.fast) {
+        const uint32_t off = (r0 * T + p.t0) * 4 + c * 16;
+#pragma unroll
+        for (uint32_t j = 0; j < 4; j++) {
+            const uint32_t r = r0 + 4 * j;
+            if (r < kSpRows)
+                cp_async16(slot + r * 128 + ((c ^ (r & 1)) << 4),
+                           (r < 8 ? v0 : v1) + off + j * 16 * T);
+            else if (r == kSpRows)
+                cp_async16(slot + r * 128 + c * 16,
+                           p.vrec + sp_rec::vrun(c >> 2, T, H2) + p.t0 * 2 + (c & 3) * 16);
+            else if (c == 0)
+                cp_async16(slot + r * 128, p.vrec);
+        }
+        return;
+    }
+    const uint32_t tok = p.t0 + lane, n = tok < T ? 4u : 0u;
+    const uint32_t col = ((lane >> 2) << 4) | ((lane & 3) << 2);
+#pragma unroll
+    for (uint32_t r = 0; r < kSpRows; r++)
+        cp_async4(slot + r * 128 + (col ^ ((r & 1) << 4)),
+                  (r < 8 ? v0 : v1) + ((size_t)r * T + (n ? tok : 0)) * 4, n);
+    const uint32_t pr = lane & 15, t2 = p.t0 + 2 * pr, k = lane >> 4;
+    const uint32_t nb = t2 + 1 < T ? 4u : t2 < T ? 2u : 0u;
+    cp_async4(slot + kSpRows * 128 + k * 64 + pr * 4,
+              p.vrec + sp_rec::vrun(k, T, H2) + (nb ? t2 : 0) * 2, nb);
+    if (lane < 4) cp_async4(slot + (kSpRows + 1) * 128 + lane * 4, p.vrec + lane * 4, 4);
+}
+
+/* KP query fragments of chunk c into registers (lanes of heads 4..7 hold zeros). */
+__device__ __forceinline__ void load_qsp(uint32_t (&Qf)[4][8], const mma_args &A, int64_t qrow0,
+                                         int32_t c, uint32_t lane)
+{
+    const uint4 *src =
+        (const uint4 *)(A.qsplit + (qrow0 + (int64_t)c * A.n_kv) * kSpQBytes + lane * 128);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const uint4 w = lane < 16 ? __ldg(src + k) : make_uint4(0, 0, 0, 0);
+        Qf[k >> 1][4 * (k & 1) + 0] = w.x;
+        Qf[k >> 1][4 * (k & 1) + 1] = w.y;
+        Qf[k >> 1][4 * (k & 1) + 2] = w.z;
+        Qf[k >> 1][4 * (k & 1) + 3] = w.w;
+    }
+}
+
+/* The +-1 fragments of a KP sign-like word (bit set: +1), lane quad position t4's half of it
+ * (sign64_channel): register r takes bits 8 (t4 & 1) + r and + 16. */
+__device__ __forceinline__ void sign_frags(uint32_t w, uint32_t t4, uint32_t (&b)[8])
+{
+    const uint32_t sw = (t4 & 1) ? w >> 8 : w;
+#pragma unroll
+    for (int r = 0; r < 8; r++)
+        b[r] = (~(sw << (15 - r)) & 0x80008000u) | 0x3C003C00u;
+}
+
+/* compute_tile for KP. Scores: four products per m-tile, each four k-steps into its own sum,
+ * weighed per token by part 0's scale (cK), its gamma (cQ), part 1's scale (cK1: cK times the
+ * 1-bit centroid) and its gamma. Values: m-tiles 0..3 part 0 (B: weights times part 0's
+ * scales), 4..7 part 1. With `last` (the warp leaves the chunk after this tile) the record's
+ * mask comes back in vm. */
+__device__ __forceinline__ void
+compute_tile_sp(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos &pn, bool vn,
+                bool last, const mma_args &A, uint32_t lbk, uint32_t lbv, float cK1,
+                const uint32_t (&Qf)[4][8], float (&o)[8][1][4], float (&m_run)[1][2],
+                float (&l_run)[1][2], uint4 &vm, uint32_t g, uint32_t t4)
+{
+    const uint32_t lane = lane_of(g, t4);
+    /* the words of tokens 4g + 2ms, + 1 of key row r (the slot is refilled after the scores:
+     * reading a half per m-tile keeps the registers within bounds) */
+    const auto at = [&](uint32_t r, int ms) {
+        return lds64(kslot + r * 128 + ((g ^ spk_swz(r)) << 4) + 8 * ms);
+    };
+    const float cm[4] = {A.cK, A.cQ, cK1, A.cQ};
+    float pv[2][4]; /* scores [e][i] */
+#pragma unroll
+    for (int ms = 0; ms < 2; ms++) {
+        const uint2 kw0 = at(t4, ms), kw1 = at(t4 + 4, ms);
+        uint2 kws[3]; /* part 0's signs, part 1's codes, part 1's signs */
+#pragma unroll
+        for (uint32_t k = 0; k < 3; k++)
+            kws[k] = at(8 + 2 * k + (t4 >> 1), ms);
+        float acc[4][4];
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+#pragma unroll
+            for (int cc = 0; cc < 4; cc++)
+                acc[k][cc] = 0.0f;
+        uint32_t bt[2][8];
+#pragma unroll
+        for (int rh = 0; rh < 2; rh++) {
+            const uint32_t w0 = rh ? kw0.y : kw0.x, w1 = rh ? kw1.y : kw1.x;
+            bt[rh][0] = lds(lut_addr<0>(w0, lbk));
+            bt[rh][1] = lds(lut_addr<1>(w0, lbk));
+            bt[rh][2] = lds(lut_addr<2>(w0, lbk));
+            bt[rh][3] = lds(lut_addr<3>(w0, lbk));
+            bt[rh][4] = lds(lut_addr<0>(w1, lbk));
+            bt[rh][5] = lds(lut_addr<1>(w1, lbk));
+            bt[rh][6] = lds(lut_addr<2>(w1, lbk));
+            bt[rh][7] = lds(lut_addr<3>(w1, lbk));
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (k > 0)
+#pragma unroll
+                for (int rh = 0; rh < 2; rh++)
+                    sign_frags(rh ? kws[k - 1].y : kws[k - 1].x, t4, bt[rh]);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                mma16816(acc[k], bt[0][2 * j], bt[1][2 * j], bt[0][2 * j + 1], bt[1][2 * j + 1],
+                         Qf[k][2 * j], Qf[k][2 * j + 1]);
+        }
+        /* row half rh: token i = 2 ms + rh; the runs' fp16 pair of tokens 4g + 2ms, + 1 */
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const uint32_t pr = lds(kslot - kSmemBase + (kSpRows + (k >> 1)) * 128 +
+                                    (k & 1) * 64 + 8 * g + 4 * ms);
+            const float lo = tqc_f16_to_f32((uint16_t)(pr & 0xffff)) * cm[k];
+            const float hi = tqc_f16_to_f32((uint16_t)(pr >> 16)) * cm[k];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float a0 = acc[k][e] * lo, a1 = acc[k][2 + e] * hi;
+                pv[e][2 * ms] = k ? pv[e][2 * ms] + a0 : a0;
+                pv[e][2 * ms + 1] = k ? pv[e][2 * ms + 1] + a1 : a1;
+            }
+        }
+    }
+    __syncwarp();
+    if (vn) stage_keys_sp(pn, kslot, lane);
+    cp_async_commit();
+
+    /* ---- this tile's value slot has landed */
+    cp_async_wait1();
+    __syncwarp();
+    float vs0[4], vs1[4];
+    half4_to_f32(lds64(vslot + kSpRows * 128 + 8 * g), vs0);
+    half4_to_f32(lds64(vslot + kSpRows * 128 + 64 + 8 * g), vs1);
+    softmax_tile<1>(pv, p_, g, 0, o, m_run, l_run);
+    uint32_t pb0[2][2], pb1[2][2];
+#pragma unroll
+    for (int ms = 0; ms < 2; ms++) {
+        pack_weights(pv, vs0, ms, pb0[ms]);
+        pack_weights(pv, vs1, ms, pb1[ms]);
+    }
+    /* value words: part 0's row g, part 1's [2] row 8 + g / 2 and [1] row 12 + g / 4, tokens
+     * 8 t4 .. + 7 */
+    uint4 vw[6];
+    {
+        const uint32_t rows[3] = {g, 8 + (g >> 1), 12 + (g >> 2)};
+#pragma unroll
+        for (int k = 0; k < 3; k++) {
+            vw[2 * k] = lds128(vslot + rows[k] * 128 + (((2 * t4) ^ (rows[k] & 1)) << 4));
+            vw[2 * k + 1] = lds128(vslot + rows[k] * 128 + (((2 * t4 + 1) ^ (rows[k] & 1)) << 4));
+        }
+    }
+    if (last) vm = lds128(vslot + (kSpRows + 1) * 128);
+    __syncwarp();
+    if (vn) stage_values_sp(pn, vslot, lane);
+    cp_async_commit();
+
+    /* per k-step, part 0's m-tiles then part 1's (16 fragment registers at a time) */
+    const uint32_t s4 = 4 * (g & 1), s2 = 2 * (g & 1); /* part 1: this lane's half of the word */
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++) {
+        uint32_t a[4][4];
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            uint32_t r[8];
+            lookup4(word8(vw[0], vw[1], 2 * ks + s), word8(vw[0], vw[1], 4 + 2 * ks + s), lbk, r);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                a[k >> 1][2 * s + (k & 1)] = r[k];
+        }
+#pragma unroll
+        for (int mt = 0; mt < 4; mt++)
+            mma16816(o[mt][0], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb0[ks][0], pb0[ks][1]);
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            const int ua = 2 * ks + s, ub = 4 + 2 * ks + s;
+            const uint32_t wa = word8(vw[2], vw[3], ua) >> s4, wb = word8(vw[2], vw[3], ub) >> s4;
+            const uint32_t ha0 = word8(vw[4], vw[5], ua), hb0 = word8(vw[4], vw[5], ub);
+            const uint32_t ha =
+                ((g & 2) ? spread_nibbles<true>(ha0) : spread_nibbles<false>(ha0)) >> s2;
+            const uint32_t hb =
+                ((g & 2) ? spread_nibbles<true>(hb0) : spread_nibbles<false>(hb0)) >> s2;
+            lookup3(idx3<0>(wa, wb, ha, hb), lbv, s, a[0], a[1]);
+            lookup3(idx3<1>(wa, wb, ha, hb), lbv, s, a[2], a[3]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 4; mt++)
+            mma16816(o[4 + mt][0], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb1[ks][0],
+                     pb1[ks][1]);
+    }
+}
+
+/* Byte offset in the window of KP's value sums in the original domain, warp w, head hd, channel
+ * j: the second halves of table rows 64..191, which the tables leave free (part 0's value table
+ * is the keys' table, part 1's has 64 entries), turned by 8 hd words so that the two heads a
+ * lane scatters meet different banks. */
+__device__ __forceinline__ uint32_t sp_acc(uint32_t w, uint32_t hd, uint32_t j)
+{
+    return (64 + w * 16 + hd * 4 + (j >> 5)) * 256 + 128 + (((j + 8 * hd) & 31) << 2);
+}
+
+/* KP: the warp leaves a chunk. Its value sums o (rotated, both parts, this chunk's split) go
+ * back to the original domain, acc = acc * 2^(m_last - m) + D_p . H z_p / 64 at the channels the
+ * chunk's value mask vm gives, and o starts again from zero. dmask: bit 2 mt + h set when D_p
+ * is -1 at the lane's channel vsp_channel(g, mt, h). */
+__device__ __forceinline__ void flush_sp(char *sm, float (&o)[8][1][4], const float (&m_run)[1][2],
+                                         float (&m_last)[2], const uint4 &vm, uint32_t dmask,
+                                         uint32_t warp, uint32_t lane, uint32_t G)
+{
+    const uint32_t g = lane >> 2, t4 = lane & 3;
+    /* the Walsh-Hadamard transform of both parts at once: channel bits h (cc >> 1), mt & 1 and
+     * mt & 2 are the registers', g's three bits the lanes' (distances 4, 8, 16) */
+#pragma unroll
+    for (int mt = 0; mt < 8; mt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const float x = o[mt][0][e], y = o[mt][0][2 + e];
+            o[mt][0][e] = x + y;
+            o[mt][0][2 + e] = x - y;
+        }
+#pragma unroll
+    for (int d = 1; d <= 2; d <<= 1)
+#pragma unroll
+        for (int mt = 0; mt < 8; mt++)
+            if (!(mt & d))
+#pragma unroll
+                for (int cc = 0; cc < 4; cc++) {
+                    const float x = o[mt][0][cc], y = o[mt + d][0][cc];
+                    o[mt][0][cc] = x + y;
+                    o[mt + d][0][cc] = x - y;
+                }
+#pragma unroll
+    for (uint32_t m = 4; m <= 16; m <<= 1) {
+        const bool upper = (lane & m) != 0;
+#pragma unroll
+        for (int mt = 0; mt < 8; mt++)
+#pragma unroll
+            for (int cc = 0; cc < 4; cc++) {
+                const float x = __shfl_xor_sync(0xffffffffu, o[mt][0][cc], m);
+                o[mt][0][cc] = upper ? x - o[mt][0][cc] : o[mt][0][cc] + x;
+            }
+    }
+    /* the chunk's channel map: inv[position in the parts] = channel */
+    uint8_t *inv = (uint8_t *)sm + (kSpInv + warp) * 256 + 128;
+    const uint32_t m[4] = {vm.x, vm.y, vm.z, vm.w};
+    const bool ok = __popc(vm.x) + __popc(vm.y) + __popc(vm.z) + __popc(vm.w) == 64;
+#pragma unroll
+    for (uint32_t i = 0; i < 4; i++) {
+        const uint32_t j = 4 * lane + i;
+        inv[split_pos(m, ok, j)] = (uint8_t)j;
+    }
+    __syncwarp();
+    const uint2 i0 = *(const uint2 *)(inv + 8 * g);            /* part 0: 8g .. 8g + 7 */
+    const uint4 i1 = *(const uint4 *)(inv + 64 + 16 * (g >> 1)); /* part 1: 16 (g / 2) .. + 15 */
+    __syncwarp();
+    float f[2];
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        f[e] = m_last[e] == -INFINITY ? 0.0f : ex2(m_last[e] - m_run[0][e]);
+        m_last[e] = m_run[0][e];
+    }
+#pragma unroll
+    for (int mt = 0; mt < 8; mt++)
+#pragma unroll
+        for (int cc = 0; cc < 4; cc++) {
+            const uint32_t hd = 2 * t4 + (cc & 1), hh = cc >> 1, b = 2 * mt + hh;
+            uint32_t j;
+            if (mt < 4) {
+                j = ((b < 4 ? i0.x : i0.y) >> (8 * (b & 3))) & 0xff;
+            } else {
+                const uint32_t mm = mt - 4, wq = pick(i1, 2 * (mm & 1) + hh) >> (16 * (g & 1));
+                j = (wq >> (8 * (mm >> 1))) & 0xff;
+            }
+            const float sg = __uint_as_float(0x3C800000u | ((dmask << (31 - b)) & 0x80000000u));
+            if (hd < G) {
+                float *a = (float *)(sm + sp_acc(warp, hd, j));
+                *a = *a * f[cc & 1] + o[mt][0][cc] * sg; /* +-1/64 */
+            }
+            o[mt][0][cc] = 0.0f;
+        }
 }
 
 /* A table's entry e (a byte of two 4-bit codes, or a 6-bit index of two 2-bit codes and their
@@ -969,7 +1536,7 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     }
     __host__ __device__ static uint32_t smem(bool share)
     {
-        return voff(share) + kWarps * vstage<KQ, VM, splitk(KM)>::bytes;
+        return voff(share) + kWarps * vslot_bytes<KM, KQ, VM>();
     }
 };
 
@@ -992,10 +1559,11 @@ __global__ void __launch_bounds__(kThreads, 2)
      * block waits on one memory latency (then one more for the chunk descriptors, which need
      * the sequence's chunk range) instead of a chain of them. */
     const int32_t ip0 = chunk_indptr[seq], ip1 = chunk_indptr[seq + 1];
-    constexpr bool KS = splitk(KM);
-    constexpr int KT = KS ? 4 : KM; /* split keys: part 0's table is a 4-bit one */
+    constexpr bool KS = splitk(KM), KP = splitp(KM);
+    constexpr int KT = KS || KP ? 4 : KM; /* split keys: part 0's table is a 4-bit one */
+    constexpr int VT = KP ? 3 : VM; /* KP: the second halves hold the values' part 1 table */
     const uint32_t kent = lut_entry<KT>(A.kcent, tid);
-    const uint32_t vent = A.share_lut ? 0u : lut_entry<VM>(A.vcent, tid);
+    const uint32_t vent = A.share_lut ? 0u : lut_entry<VT>(KP ? A.v1cent : A.vcent, tid);
     const uint32_t k1ent = KS ? lut_entry<2>(A.k1cent, tid) : 0u; /* split keys' part 1 */
     /* the fragments of chunk c: row qrow0 + c * n_kv of A.qsplit (1 KiB rows) */
     const int64_t qrow0 = ((int64_t)seq * A.max_chunks - ip0) * A.n_kv + h;
@@ -1026,26 +1594,60 @@ __global__ void __launch_bounds__(kThreads, 2)
     if (has_dsc) dsc = chunks[cs + tid];
 
     /* the first tile's words are requested before the tables and the query rotation, whose
-     * work then hides their latency (descriptors straight from global memory here) */
-    int32_t c = cs - 1;
-    const uint32_t first = warp * kTile;
+     * work then hides their latency (descriptors straight from global memory here). A warp takes
+     * tiles `first`, + tstep, ... of each chunk, chunks c, c + cstep, ...: every eighth tile of
+     * every chunk, or for KP whole chunks, a chunk's tiles shared by kWarps / nl warps when the
+     * block has fewer than eight (nl chunks walked side by side) */
+    int32_t c = cs - 1, cstep = 1;
+    uint32_t first = warp * kTile, tstep = kWarps * kTile;
+    if (KP) {
+        const int32_t nc = c1 - cs;
+        const uint32_t nl = nc >= 8 ? 8 : nc >= 4 ? 4 : nc >= 2 ? 2 : 1, wpc = kWarps / nl;
+        cstep = (int32_t)nl;
+        c = cs + (int32_t)(warp / wpc) - cstep;
+        first = (warp % wpc) * kTile;
+        tstep = wpc * kTile;
+    }
     tile_pos pa;
     pa.T = 0;
     pa.t0 = 0;
-    bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, chunks + cs, cs, h, first);
+    bool va = next_tile<KM, KQ, VM>(pa, c, c1, chunks, chunks + cs, cs, h, first, tstep, cstep);
     /* the warp's staging slots: a tile's keys, its values and scales (cp.async groups are
      * committed in the order K(0), V(0), then per tile i: K(i + 1), V(i + 1)) */
     const uint32_t kslot = kSmemBase + K_::soff(A.share_lut != 0) + warp * kstage<KM, KQ>::bytes;
     const uint32_t vslot =
-        kSmemBase + K_::voff(A.share_lut != 0) + warp * vstage<KQ, VM, splitk(KM)>::bytes;
-    if (va) stage_keys<KM, KQ>(pa, kslot, lane, nullptr); /* split keys: fragments below */
-    cp_async_commit();
-    if (va) stage_values<KM, KQ, VM>(pa, vslot, lane);
-    cp_async_commit();
+        kSmemBase + K_::voff(A.share_lut != 0) + warp * vslot_bytes<KM, KQ, VM>();
+    if constexpr (KP) {
+        if (va) stage_keys_sp(pa, kslot, lane);
+        cp_async_commit();
+        if (va) stage_values_sp(pa, vslot, lane);
+        cp_async_commit();
+    } else {
+        if (va) stage_keys<KM, KQ>(pa, kslot, lane, nullptr); /* split keys: fragments below */
+        cp_async_commit();
+        if (va) stage_values<KM, KQ, VM>(pa, vslot, lane);
+        cp_async_commit();
+    }
+    /* KP: the 1-bit centroid of part 1's keys, the signs D of the lane's value channels, and
+     * the warp's sums in the original domain, zero (flush_sp) */
+    float cK1 = 0.0f;
+    uint32_t dmask = 0;
+    if constexpr (KP) {
+        cK1 = A.cK * __ldg(A.k1cent + 1);
+#pragma unroll
+        for (uint32_t mt = 0; mt < 8; mt++)
+#pragma unroll
+            for (uint32_t hh = 0; hh < 2; hh++)
+                dmask |= (__ldg((mt < 4 ? A.vdsign : A.v1dsign) + vsp_channel(g, mt, hh)) >> 31)
+                         << (2 * mt + hh);
+#pragma unroll
+        for (uint32_t k = 0; k < 16; k++)
+            *(float *)(sm + sp_acc(warp, k >> 2, 32 * (k & 3) + lane)) = 0.0f;
+    }
 
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
     lut_store<KT>((uint32_t *)sm, kent, tid, 0);
-    if (!A.share_lut) lut_store<VM>((uint32_t *)sm, vent, tid, 1);
+    if (!A.share_lut) lut_store<VT>((uint32_t *)sm, vent, tid, 1);
     if (KS && tid < 16) lut_store<2>((uint32_t *)(sm + kK1Table), k1ent, tid, 0);
     const uint32_t lbk = lane * 4, lbv = (A.share_lut ? 0 : 128) + lane * 4;
     const uint32_t lbk1 = kK1Table + lane * 4;
@@ -1091,7 +1693,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     qfrag<KQ, G16> Q;
 #pragma unroll
-    for (int hn = 0; hn < (KS ? 0 : HN); hn++) {
+    for (int hn = 0; hn < (KS || KP ? 0 : HN); hn++) {
         if (!KQ) { /* MSE keys: the block's own fragments */
             const uint32_t L = lane_of(g, t4);
 #pragma unroll
@@ -1138,14 +1740,32 @@ __global__ void __launch_bounds__(kThreads, 2)
         l_run[hn][0] = l_run[hn][1] = 0.0f;
     }
 
+    uint32_t Qf[KP ? 4 : 1][8]; /* KP: the chunk's query fragments */
+    float m_last[2] = {-INFINITY, -INFINITY}; /* KP: the maximum the flushed sums are at */
+    int32_t qc = -1;
     while (va) {
         tile_pos pn = pa;
-        const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first);
+        const bool vn =
+            next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first, tstep, cstep);
         if (vn) prefetch_values<KM, KQ, VM>(pn, lane); /* into L2 ahead of its copy */
+        if constexpr (KP) {
+            if (pa.c != qc) {
+                load_qsp(Qf, A, qrow0, pa.c, lane);
+                qc = pa.c;
+            }
+        }
         cp_async_wait1(); /* this tile's keys have landed (its values may be in flight) */
         __syncwarp();     /* for every lane's copies */
-        compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbk1, lbv, qrow0, Q, o,
-                                      m_run, l_run, g, t4);
+        if constexpr (KP) {
+            const bool last = !vn || pn.c != pa.c; /* warp-uniform (next_tile's votes) */
+            uint4 vm = make_uint4(0, 0, 0, 0);
+            compute_tile_sp(kslot, vslot, pa, pn, vn, last, A, lbk, lbv, cK1, Qf, o, m_run,
+                            l_run, vm, g, t4);
+            if (last) flush_sp(sm, o, m_run, m_last, vm, dmask, warp, lane, A.group);
+        } else {
+            compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbk1, lbv, qrow0, Q,
+                                          o, m_run, l_run, g, t4);
+        }
         pa = pn;
         va = vn;
     }
@@ -1166,10 +1786,11 @@ __global__ void __launch_bounds__(kThreads, 2)
         }
     __syncthreads(); /* every warp is done with the tables */
     constexpr uint32_t GH = K_::GH;
-    float *Os = (float *)sm;            /* [warp][GH][kOs] */
-    float *ml = Os + kWarps * kOs * GH; /* [warp][GH][2] */
+    float *Os = (float *)sm; /* [warp][GH][kOs] */
+    /* [warp][GH][2]; KP: where the descriptors were (its sums lie in the tables' free halves) */
+    float *ml = KP ? (float *)(sm + K_::doff(false)) : Os + kWarps * kOs * GH;
 #pragma unroll
-    for (int mt = 0; mt < 8; mt++)
+    for (int mt = 0; mt < (KP ? 0 : 8); mt++)
 #pragma unroll
         for (int hn = 0; hn < HN; hn++)
 #pragma unroll
@@ -1205,17 +1826,20 @@ __global__ void __launch_bounds__(kThreads, 2)
                 const float *row = Os + (w * GH + r) * kOs + lane;
 #pragma unroll
                 for (int i = 0; i < 4; i++)
-                    x[i] += row[32 * i] * f;
+                    x[i] += (KP ? *(const float *)(sm + sp_acc(w, r, lane + 32 * i)) : row[32 * i]) *
+                            f;
                 L += ml[(w * GH + r) * 2 + 1] * f;
             }
-        warp_fwht_strided(x, lane);
+        if (!KP) warp_fwht_strided(x, lane); /* KP: flush_sp did it per chunk */
         const size_t row = (((size_t)seq * A.n_q + h * G + r) * A.n_splits + sp);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const uint32_t j = lane + 32 * i;
             if (j < A.head_dim)
                 ws_o[row * A.head_dim + j] =
-                    __uint_as_float(__float_as_uint(x[i] * (1.0f / 128.0f)) ^ __ldg(A.vdsign + j));
+                    KP ? x[i]
+                       : __uint_as_float(__float_as_uint(x[i] * (1.0f / 128.0f)) ^
+                                         __ldg(A.vdsign + j));
         }
         if (lane == 0) {
             ws_ml[row * 2] = M;
@@ -1276,10 +1900,29 @@ static bool att_mma_split(const tqc_att &A)
            v.n == 128 && v.m == 4 && !v.prod;
 }
 
+/* tq3.5-prod: split prod keys (part 0 of 64 at 4 MSE bits + QJL, part 1 of 64 at 1 + QJL),
+ * split values (64 at 4 bits, 64 at 3; part 0's codebook the keys' part 0's), at most 4 query
+ * heads per KV head. */
+static bool att_mma_split_prod(const tqc_att &A)
+{
+    const tqc_part &k0 = A.K.part[0], &k1 = A.K.part[1], &v0 = A.V.part[0], &v1 = A.V.part[1];
+    return A.K.n_parts == 2 && A.V.n_parts == 2 && A.K.mask_words == 4 && A.V.mask_words == 4 &&
+           A.group <= 4 && k0.n == 64 && k1.n == 64 && k0.m == 4 && k1.m == 1 && k0.prod &&
+           k1.prod && v0.n == 64 && v1.n == 64 && v0.m == 4 && v1.m == 3 && !v0.prod &&
+           !v1.prod && v0.cent == k0.cent;
+}
+
+bool tqkv__att_mma_whole_chunks(const tqc_att &A)
+{
+    return att_mma_split_prod(A);
+}
+
 bool tqkv__att_mma_eligible(const tqc_att &A)
 {
-    if (A.P != 128 || A.V.n_parts != 1 || A.group > 16) return false;
-    if (A.K.n_parts != 1 && !att_mma_split(A)) return false;
+    if (A.P != 128 || A.group > 16) return false;
+    const bool kp = att_mma_split_prod(A);
+    if (A.V.n_parts != 1 && !kp) return false;
+    if (A.K.n_parts != 1 && !att_mma_split(A) && !kp) return false;
     const tqc_part &k = A.K.part[0], &v = A.V.part[0];
     if (A.K.n_parts == 1) {
         if (k.n != 128 || v.n != 128 || v.prod) return false;
@@ -1298,13 +1941,14 @@ bool tqkv__att_mma_eligible(const tqc_att &A)
 
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A)
 {
-    return A.K.n_parts == 2 && A.group > qheads(kSplit) ? 1 : 2;
+    return A.K.n_parts == 2 && !att_mma_split_prod(A) && A.group > qheads(kSplit) ? 1 : 2;
 }
 
 size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks)
 {
     /* prod keys: att_mma_prep's rotated queries and sketches; split keys: the per-chunk query
      * fragments of att_mma_prep_split (1 KiB per chunk and KV head); other MSE keys none */
+    if (att_mma_split_prod(A)) return (size_t)n_seqs * max_chunks * A.n_kv * kSpQBytes;
     if (A.K.n_parts == 2)
         return (size_t)n_seqs * max_chunks * A.n_kv *
                (A.group > qheads(kSplit) ? qheads(kSplit8) : qheads(kSplit)) * 256;
@@ -1316,8 +1960,12 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
                          float *ws_o, float *ws_ml, void *ws_q, cudaStream_t s)
 {
     __half *wq = (__half *)ws_q;
-    const bool split = A.K.n_parts == 2;
-    if (A.K.part[0].prod) {
+    const bool kp = att_mma_split_prod(A), split = A.K.n_parts == 2 && !kp;
+    if (kp) {
+        att_mma_prep_sp<<<dim3((max_chunks + kPrepChunks - 1) / kPrepChunks, A.n_kv, n_seqs), 128,
+                          0, s>>>(A, indptr, chunks, q, max_chunks, (uint32_t *)ws_q);
+        TQC_CHECK_LAUNCH("attention split-prod query preparation launch");
+    } else if (A.K.part[0].prod) {
         att_mma_prep<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, q, wq);
         TQC_CHECK_LAUNCH("attention query preparation launch");
     }
@@ -1341,17 +1989,24 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
     M.cK = c * 0.08838834764831845f;                   /* / sqrt(128) */
     M.cQ = c * (float)(1.2533141373155002512 / 128.0); /* sqrt(pi/2) / n */
     if (split) M.cK = M.cQ = c * 0.125f;               /* / sqrt(64), both parts */
+    if (kp) {
+        M.cK = c * 0.125f;                                /* / sqrt(64) */
+        M.cQ = c * (float)(1.2533141373155002512 / 64.0); /* sqrt(pi/2) / n, both parts */
+    }
     M.kcent = A.K.part[0].cent;
     M.vcent = A.V.part[0].cent;
-    M.k1cent = split ? A.K.part[1].cent : nullptr;
-    M.qsplit = split ? (const uint8_t *)ws_q : nullptr;
+    M.k1cent = split || kp ? A.K.part[1].cent : nullptr;
+    M.qsplit = split || kp ? (const uint8_t *)ws_q : nullptr;
+    M.v1cent = kp ? A.V.part[1].cent : nullptr;
+    M.v1dsign = kp ? A.V.part[1].dsign : nullptr;
     M.max_chunks = max_chunks;
     M.vdsign = A.V.part[0].dsign;
-    M.share_lut = A.K.part[0].m == A.V.part[0].m && M.kcent == M.vcent;
+    /* KP: part 0 of the values reads the keys' table; the second halves hold part 1's */
+    M.share_lut = !kp && A.K.part[0].m == A.V.part[0].m && M.kcent == M.vcent;
 
     const uint32_t km = A.K.part[0].m, vm = A.V.part[0].m;
     const bool kq = A.K.part[0].prod != 0, g16 = A.group > 8;
-    const int key = split ? 9000 : km * 100 + (kq ? 10 : 0) + vm;
+    const int key = kp ? 9100 : split ? 9000 : km * 100 + (kq ? 10 : 0) + vm;
     switch (key) { /* the presets' combinations (tqkv__att_mma_eligible admits no other) */
     case 404:
         return launch_g<4, false, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
@@ -1361,6 +2016,9 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
         return launch_g<3, true, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
     case 213:
         return launch_g<2, true, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
+    case 9100: /* tq3.5-prod: at most 4 heads per KV head (att_mma_split_prod) */
+        return launch<kSplitProd, true, kSplitV, false>(M, n_seqs, indptr, chunks, wq, ws_o, ws_ml,
+                                                        s);
     case 9000: /* split keys: at most 8 heads per KV head (att_mma_split) */
         if (A.group > qheads(kSplit))
             return launch<kSplit8, false, 4, false>(M, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
