@@ -787,7 +787,7 @@ static uint32_t att_gt(uint32_t group)
 }
 
 /* Multiprocessors of the current device (132 on an H200 when it cannot be asked). */
-static uint32_t att_sm_count(void)
+uint32_t tqkv__att_sm_count(void)
 {
     int dev = 0, n = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
@@ -879,9 +879,9 @@ static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max
      * split that fills whole waves (att_mma_splits). */
     uint32_t ctas = A->mma ? n_seqs * A->n_kv : n_seqs * A->n_kv * A->n_groups;
     uint32_t per_sm = A->mma ? tqkv__att_mma_blocks_per_sm(*A) : 8;
-    uint32_t want = A->mma ? att_mma_splits(ctas, att_sm_count() * per_sm, max_chunks,
+    uint32_t want = A->mma ? att_mma_splits(ctas, tqkv__att_sm_count() * per_sm, max_chunks,
                                             tqkv__att_mma_whole_chunks(*A))
-                           : (att_sm_count() * per_sm + ctas - 1) / ctas;
+                           : (tqkv__att_sm_count() * per_sm + ctas - 1) / ctas;
     if (p->max_splits && want > p->max_splits)
         want = p->max_splits;
     if (want > max_chunks)

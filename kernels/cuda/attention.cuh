@@ -46,6 +46,9 @@ typedef struct {
     float softmax_scale;
 } tqc_att;
 
+/* Multiprocessors of the current device. */
+uint32_t tqkv__att_sm_count(void);
+
 /* Whether the tensor-core kernel handles A: head_dim_padded 128, the recipes of tq4, tq3,
  * tq4-prod and tq3-prod (one part per tensor, at most 16 query heads per KV head) and tq3.5
  * (split keys, at most 8). */

@@ -433,54 +433,75 @@ __device__ __forceinline__ uint32_t split_pos(const uint32_t (&m)[4], bool ok, u
     return ((mw >> b) & 1) ? below : 64 + (j - below);
 }
 
+/* A float4 load the compiler keeps where it is (not repeated where the value is used). */
+__device__ __forceinline__ float4 ldg_f4(const float *p)
+{
+    float4 v;
+    asm volatile("ld.global.nc.v4.f32 {%0,%1,%2,%3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "l"(p));
+    return v;
+}
+
 /* KP (tq3.5-prod) keys: per (chunk, KV head), each of the group's queries (at most 4) split by
  * the chunk's key mask, each part rotated, q'_p = H (D_p . q_p) / 8, and sketched, s_p = S_p q'_p,
  * into the B fragments lane L = 4 g + t4 (g < 4: query head g) holds: 32 words, the sums q'_0
  * (register r = 2 j + hi of k-step j: channels key_channel<4>), s_0, q'_1 and s_1 (channels
  * sign64_channel), 8 words each, fp16 pairs; 2 KiB per (chunk, KV head), heads past the group
- * zeros. A block takes kPrepChunks chunks of one sequence and KV head; thread 64 p + k keeps
- * column k of S_p^T (row k of S_p) in registers for all of them. */
-constexpr uint32_t kPrepChunks = 8;
+ * zeros. A block takes `per` (at most kPrepMax) chunks of one sequence and KV head: their masks
+ * are read at once, the queries once, and thread 64 p + k keeps row k of S_p in registers. */
+constexpr uint32_t kPrepMax = 16;
 __global__ void __launch_bounds__(128)
     att_mma_prep_sp(const __grid_constant__ tqc_att A, const int32_t *indptr,
                     const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks,
-                    uint32_t *out)
+                    uint32_t per, uint32_t *out)
 {
     __shared__ float v[4][128], sk[4][128]; /* [head][part * 64 + k]: q'_p, s_p */
+    __shared__ uint32_t msk[kPrepMax][4];
     const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
     const uint32_t lane = tid & 31, r = tid >> 5, p = tid >> 6, k = tid & 63;
     const int32_t cb = indptr[seq], ce = indptr[seq + 1];
-    const int32_t c0 = cb + (int32_t)(blockIdx.x * kPrepChunks);
+    const int32_t c0 = cb + (int32_t)(blockIdx.x * per);
     if (c0 >= ce) return;
-    float st[64];
-#pragma unroll
-    for (int j = 0; j < 64; j++)
-        st[j] = __ldg(A.K.part[p].St + j * 64 + k); /* S_p[k][j] */
+    const uint32_t n = (uint32_t)min(ce - c0, (int32_t)per);
+    if (tid < 4 * n) {
+        const tq_cuda_chunk ck = chunks[c0 + (int32_t)(tid >> 2)];
+        const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
+        msk[tid >> 2][tid & 3] = ((const uint32_t *)((const uint8_t *)ck.k_section +
+                                                     (size_t)h * sp_rec::ksize(T, H2)))[tid & 3];
+    }
+    float qv[4]; /* warp r: query head r, channels 4 lane + i */
     const uint16_t *qp =
         (const uint16_t *)q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
-    const int32_t c1 = min(ce, c0 + (int32_t)kPrepChunks);
-    for (int32_t c = c0; c < c1; c++) {
-        const tq_cuda_chunk ck = chunks[c];
-        const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
-        const uint32_t *mk = (const uint32_t *)((const uint8_t *)ck.k_section +
-                                                (size_t)h * sp_rec::ksize(T, H2));
-        uint32_t m[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            m[i] = mk[i];
+    for (int i = 0; i < 4; i++) {
+        const uint32_t j = 4 * lane + i;
+        qv[i] = 0.0f;
+        if (r < A.group && j < A.head_dim)
+            qv[i] = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(qp[j]) : tqc_f16_to_f32(qp[j]);
+    }
+    float st[64];
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const float4 x = ldg_f4(A.K.part[p].S + k * 64 + 4 * j); /* S_p[k][4j ..] */
+        st[4 * j] = x.x;
+        st[4 * j + 1] = x.y;
+        st[4 * j + 2] = x.z;
+        st[4 * j + 3] = x.w;
+    }
+    __syncthreads();
+    for (uint32_t ci = 0; ci < n; ci++) {
+        const uint32_t m[4] = {msk[ci][0], msk[ci][1], msk[ci][2], msk[ci][3]};
         const bool ok = __popc(m[0]) + __popc(m[1]) + __popc(m[2]) + __popc(m[3]) == 64;
         /* warp r: head r's parts, each rotated by its 16 lanes */
-        float x[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const uint32_t j = 4 * lane + i, pos = split_pos(m, ok, j);
-            float val = 0.0f;
-            if (r < A.group && j < A.head_dim)
-                val = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(qp[j]) : tqc_f16_to_f32(qp[j]);
-            v[r][pos] = __uint_as_float(__float_as_uint(val) ^
+            const uint32_t pos = split_pos(m, ok, 4 * lane + i);
+            v[r][pos] = __uint_as_float(__float_as_uint(qv[i]) ^
                                         __ldg(A.K.part[pos >> 6].dsign + (pos & 63)));
         }
         __syncwarp();
+        float x[4];
 #pragma unroll
         for (int i = 0; i < 4; i++)
             x[i] = v[r][4 * lane + i];
@@ -493,15 +514,18 @@ __global__ void __launch_bounds__(128)
         for (int hd = 0; hd < 4; hd++) {
             float acc = 0.0f;
 #pragma unroll
-            for (int j = 0; j < 64; j++)
-                acc += st[j] * v[hd][64 * p + j];
+            for (int j = 0; j < 16; j++) {
+                const float4 w = *(const float4 *)&v[hd][64 * p + 4 * j];
+                acc += st[4 * j] * w.x + st[4 * j + 1] * w.y + st[4 * j + 2] * w.z +
+                       st[4 * j + 3] * w.w;
+            }
             sk[hd][64 * p + k] = acc;
         }
         __syncthreads();
-        uint32_t *dst = out + (((size_t)seq * max_chunks + (c - cb)) * A.n_kv + h) * 512;
+        uint32_t *dst = out + (((size_t)seq * max_chunks + (c0 - cb + ci)) * A.n_kv + h) * 512;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const uint32_t w = tid + 128 * i, L = w >> 5, n = w & 31, sum = n >> 3, rr = n & 7;
+            const uint32_t w = tid + 128 * i, L = w >> 5, nn = w & 31, sum = nn >> 3, rr = nn & 7;
             const uint32_t g = L >> 2, t4 = L & 3;
             const float *src = (sum & 1 ? sk[g] : v[g]) + 64 * (sum >> 1);
             const uint32_t ch = sum == 0 ? key_channel<4>(t4, rr, 0) : sign64_channel(t4, rr, 0);
@@ -1680,9 +1704,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     tq_cuda_chunk *sdesc = (tq_cuda_chunk *)(sm + K_::doff(A.share_lut != 0));
     if (has_dsc) sdesc[tid] = dsc;
+    uint32_t Qf[KP ? 4 : 1][8]; /* KP: the chunk's query fragments */
     if (KQ || KS) {
         /* the preparation kernel's queries (this kernel may start before it ends) */
         tqc_grid_wait();
+        if constexpr (KP) { /* the first chunk's fragments, in flight over the barrier */
+            if (va) load_qsp(Qf, A, qrow0, pa.c, lane);
+        }
         if (KS) { /* the first tile's query fragments, and everything in flight, before it */
             if (va) stage_qfrags<KM, KQ>(kslot, lane, qfrag_row<KM>(A, qrow0, pa.c));
             cp_async_commit();
@@ -1740,20 +1768,12 @@ __global__ void __launch_bounds__(kThreads, 2)
         l_run[hn][0] = l_run[hn][1] = 0.0f;
     }
 
-    uint32_t Qf[KP ? 4 : 1][8]; /* KP: the chunk's query fragments */
     float m_last[2] = {-INFINITY, -INFINITY}; /* KP: the maximum the flushed sums are at */
-    int32_t qc = -1;
     while (va) {
         tile_pos pn = pa;
         const bool vn =
             next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first, tstep, cstep);
         if (vn) prefetch_values<KM, KQ, VM>(pn, lane); /* into L2 ahead of its copy */
-        if constexpr (KP) {
-            if (pa.c != qc) {
-                load_qsp(Qf, A, qrow0, pa.c, lane);
-                qc = pa.c;
-            }
-        }
         cp_async_wait1(); /* this tile's keys have landed (its values may be in flight) */
         __syncwarp();     /* for every lane's copies */
         if constexpr (KP) {
@@ -1761,7 +1781,10 @@ __global__ void __launch_bounds__(kThreads, 2)
             uint4 vm = make_uint4(0, 0, 0, 0);
             compute_tile_sp(kslot, vslot, pa, pn, vn, last, A, lbk, lbv, cK1, Qf, o, m_run,
                             l_run, vm, g, t4);
-            if (last) flush_sp(sm, o, m_run, m_last, vm, dmask, warp, lane, A.group);
+            if (last) { /* the next chunk's fragments are requested first: the flush hides them */
+                if (vn) load_qsp(Qf, A, qrow0, pn.c, lane);
+                flush_sp(sm, o, m_run, m_last, vm, dmask, warp, lane, A.group);
+            }
         } else {
             compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbk1, lbv, qrow0, Q,
                                           o, m_run, l_run, g, t4);
@@ -1962,8 +1985,12 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
     __half *wq = (__half *)ws_q;
     const bool kp = att_mma_split_prod(A), split = A.K.n_parts == 2 && !kp;
     if (kp) {
-        att_mma_prep_sp<<<dim3((max_chunks + kPrepChunks - 1) / kPrepChunks, A.n_kv, n_seqs), 128,
-                          0, s>>>(A, indptr, chunks, q, max_chunks, (uint32_t *)ws_q);
+        /* chunks per preparation block: about two blocks per multiprocessor */
+        const uint64_t cells = (uint64_t)max_chunks * A.n_kv * n_seqs;
+        const uint64_t want = (cells + 2 * tqkv__att_sm_count() - 1) / (2 * tqkv__att_sm_count());
+        const uint32_t per = (uint32_t)(want < 1 ? 1 : want > kPrepMax ? kPrepMax : want);
+        att_mma_prep_sp<<<dim3((max_chunks + per - 1) / per, A.n_kv, n_seqs), 128, 0, s>>>(
+            A, indptr, chunks, q, max_chunks, per, (uint32_t *)ws_q);
         TQC_CHECK_LAUNCH("attention split-prod query preparation launch");
     } else if (A.K.part[0].prod) {
         att_mma_prep<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, q, wq);
