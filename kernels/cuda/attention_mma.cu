@@ -121,7 +121,7 @@ struct sp_rec {
  * and 15 the scale runs 0, 1 and 2, 3 (64 bytes each). Values: rows 0..13 the word rows, 14 the
  * two scale runs, 15 the record's mask (16 bytes). */
 constexpr uint32_t kSpRows = 14, kSpSlot = 16 * 128;
-/* Table row whose second half holds warp 0's channel map in flush_sp (warp w: row + w). */
+/* First table row whose second half holds flush_sp's channel maps (warp w: rows + 2w, + 2w + 1). */
 constexpr uint32_t kSpInv = 192;
 /* Query fragments of KP per (sequence, chunk, KV head): 16 lanes x 32 words. */
 constexpr uint32_t kSpQBytes = 2048;
@@ -139,8 +139,8 @@ struct mma_args {
     const void *q;      /* the queries (MSE keys: each block rotates its own) */
     uint32_t q_dtype;
     const uint32_t *kdsign;
-    const float *v1cent;      /* KP: the values' part 1 */
-    const uint32_t *v1dsign;  /* KP: the values' part 1 */
+    const float *v1cent;     /* KP: the values' part 1 */
+    const uint32_t *v1dsign; /* KP: the values' part 1 */
 };
 
 /* Planes of an m-bit MSE part at n = 128: [4] = 16 words, [2,1] = 8 + 4, [2] = 8 (per token);
@@ -232,12 +232,10 @@ __device__ __forceinline__ void fwht_shuffles(float (&x)[4], uint32_t lane)
 {
 #pragma unroll
     for (uint32_t m = 1; m < LANES; m <<= 1) {
-        const bool upper = (lane & m) != 0;
+        const float sg = (lane & m) ? -1.0f : 1.0f; /* upper lane: other - own, one rounding */
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float o = __shfl_xor_sync(0xffffffffu, x[i], m);
-            x[i] = upper ? o - x[i] : x[i] + o;
-        }
+        for (int i = 0; i < 4; i++)
+            x[i] = fmaf(x[i], sg, __shfl_xor_sync(0xffffffffu, x[i], m));
     }
 }
 /* The transform of a 4 * LANES-float row held by LANES lanes (element 4 l + i in lane l's x[i];
@@ -304,12 +302,28 @@ __host__ __device__ constexpr uint32_t sign64_channel(uint32_t t4, uint32_t r, u
 }
 /* KP values, lane group g, m-tile mt, row half h: the channel within its part. M-tiles 0..3 are
  * part 0 (4-bit word g: codes 2 mt + h), 4..7 part 1 (3-bit: [2] word g / 2, [1] word g / 4). */
-__device__ __forceinline__ uint32_t vsp_channel(uint32_t g, uint32_t mt, uint32_t h)
+__host__ __device__ constexpr uint32_t vsp_channel(uint32_t g, uint32_t mt, uint32_t h)
 {
-    if (mt < 4) return 8 * g + 2 * mt + h;
-    const uint32_t m = mt - 4;
-    return 16 * (g >> 1) + 4 * (2 * (m & 1) + h) + 2 * (g & 1) + (m >> 1);
+    return mt < 4 ? 8 * g + 2 * mt + h
+                  : 16 * (g >> 1) + 4 * (2 * ((mt - 4) & 1) + h) + 2 * (g & 1) + ((mt - 4) >> 1);
 }
+/* The sign mask and flush_sp read part 1's channels as 16 (g / 2) + 4 q + 2 (g & 1) + u, those
+ * of m-tile 4 + 2u + (q >> 1), row half q & 1 (two per 8-byte read); every channel once. */
+constexpr bool vsp_checked()
+{
+    uint32_t seen[8] = {};
+    for (uint32_t g = 0; g < 8; g++)
+        for (uint32_t q = 0; q < 4; q++)
+            for (uint32_t u = 0; u < 2; u++) {
+                const uint32_t ch = vsp_channel(g, 4 + 2 * u + (q >> 1), q & 1);
+                if (ch != 16 * (g >> 1) + 4 * q + 2 * (g & 1) + u || ch >= 64) return false;
+                seen[ch >> 3] |= 1u << (ch & 7);
+            }
+    for (uint32_t i = 0; i < 8; i++)
+        if (seen[i] != 0xff) return false;
+    return true;
+}
+static_assert(vsp_checked(), "KP value channels: part 1's reads");
 
 /* ---- Query preparation: q' = H (D . q) / sqrt(n) and the sketch S q', fp16 ----------------- */
 
@@ -433,33 +447,26 @@ __device__ __forceinline__ uint32_t split_pos(const uint32_t (&m)[4], bool ok, u
     return ((mw >> b) & 1) ? below : 64 + (j - below);
 }
 
-/* A float4 load the compiler keeps where it is (not repeated where the value is used). */
-__device__ __forceinline__ float4 ldg_f4(const float *p)
-{
-    float4 v;
-    asm volatile("ld.global.nc.v4.f32 {%0,%1,%2,%3}, [%4];"
-                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 /* KP (tq3.5-prod) keys: per (chunk, KV head), each of the group's queries (at most 4) split by
  * the chunk's key mask, each part rotated, q'_p = H (D_p . q_p) / 8, and sketched, s_p = S_p q'_p,
  * into the B fragments lane L = 4 g + t4 (g < 4: query head g) holds: 32 words, the sums q'_0
  * (register r = 2 j + hi of k-step j: channels key_channel<4>), s_0, q'_1 and s_1 (channels
- * sign64_channel), 8 words each, fp16 pairs; 2 KiB per (chunk, KV head), heads past the group
- * zeros. A block takes `per` (at most kPrepMax) chunks of one sequence and KV head: their masks
- * are read at once, the queries once, and thread 64 p + k keeps row k of S_p in registers. */
+ * sign64_channel), 8 words each, fp16 pairs, laid out as qsp_row reads them; 2 KiB per (chunk,
+ * KV head), heads past the group zeros. A block takes `per` (at most kPrepMax) chunks of one
+ * sequence and KV head, their masks read at once. The sketches are tensor-core products: warp w
+ * holds m-tiles 2 (w & 1) and + 1 of S_p (p = w / 2) as fp16 A fragments for all the block's
+ * chunks, the rotated queries (fp16, as the score product takes them) are the B operand, one column
+ * per head. */
 constexpr uint32_t kPrepMax = 16;
 __global__ void __launch_bounds__(128)
     att_mma_prep_sp(const __grid_constant__ tqc_att A, const int32_t *indptr,
-                    const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks,
-                    uint32_t per, uint32_t *out)
+                    const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks, uint32_t per,
+                    uint32_t *out)
 {
     __shared__ float v[4][128], sk[4][128]; /* [head][part * 64 + k]: q'_p, s_p */
     __shared__ uint32_t msk[kPrepMax][4];
     const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
-    const uint32_t lane = tid & 31, r = tid >> 5, p = tid >> 6, k = tid & 63;
+    const uint32_t lane = tid & 31, r = tid >> 5, g = lane >> 2, t4 = lane & 3;
     const int32_t cb = indptr[seq], ce = indptr[seq + 1];
     const int32_t c0 = cb + (int32_t)(blockIdx.x * per);
     if (c0 >= ce) return;
@@ -470,65 +477,79 @@ __global__ void __launch_bounds__(128)
         msk[tid >> 2][tid & 3] = ((const uint32_t *)((const uint8_t *)ck.k_section +
                                                      (size_t)h * sp_rec::ksize(T, H2)))[tid & 3];
     }
-    float qv[4]; /* warp r: query head r, channels 4 lane + i */
-    const uint16_t *qp =
-        (const uint16_t *)q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
+    float qv[4];    /* warp r: query head r, channels 4 lane + i */
+    uint32_t ds[4]; /* D's sign bits of part positions 4 lane + i (part lane / 16) */
+    const uint16_t *qp = (const uint16_t *)q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const uint32_t j = 4 * lane + i;
         qv[i] = 0.0f;
+        ds[i] = __ldg(A.K.part[lane >> 4].dsign + (j & 63));
         if (r < A.group && j < A.head_dim)
             qv[i] = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(qp[j]) : tqc_f16_to_f32(qp[j]);
     }
-    float st[64];
+    const uint32_t p = r >> 1; /* this warp's sketch part */
+    uint32_t sa[2][4][4];      /* [m-tile 2 (r & 1) + mi][k-step][A register] */
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        const float4 x = ldg_f4(A.K.part[p].S + k * 64 + 4 * j); /* S_p[k][4j ..] */
-        st[4 * j] = x.x;
-        st[4 * j + 1] = x.y;
-        st[4 * j + 2] = x.z;
-        st[4 * j + 3] = x.w;
-    }
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ks = 0; ks < 4; ks++)
+#pragma unroll
+            for (int ar = 0; ar < 4; ar++) { /* rows g (+ 8), columns 2 t4 (+ 8) */
+                const uint32_t row = 16 * (2 * (r & 1) + mi) + g + 8 * (ar & 1);
+                const uint32_t col = 16 * ks + 2 * t4 + 8 * (ar >> 1);
+                const float2 x = __ldg((const float2 *)(A.K.part[p].S + row * 64 + col));
+                sa[mi][ks][ar] = pack_half2(x.x, x.y);
+            }
     __syncthreads();
     for (uint32_t ci = 0; ci < n; ci++) {
         const uint32_t m[4] = {msk[ci][0], msk[ci][1], msk[ci][2], msk[ci][3]};
         const bool ok = __popc(m[0]) + __popc(m[1]) + __popc(m[2]) + __popc(m[3]) == 64;
         /* warp r: head r's parts, each rotated by its 16 lanes */
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t pos = split_pos(m, ok, 4 * lane + i);
-            v[r][pos] = __uint_as_float(__float_as_uint(qv[i]) ^
-                                        __ldg(A.K.part[pos >> 6].dsign + (pos & 63)));
-        }
+        for (int i = 0; i < 4; i++)
+            v[r][split_pos(m, ok, 4 * lane + i)] = qv[i];
         __syncwarp();
         float x[4];
 #pragma unroll
         for (int i = 0; i < 4; i++)
-            x[i] = v[r][4 * lane + i];
+            x[i] = __uint_as_float(__float_as_uint(v[r][4 * lane + i]) ^ ds[i]);
         warp_fwht<16>(x, lane);
 #pragma unroll
         for (int i = 0; i < 4; i++)
             v[r][4 * lane + i] = x[i] * 0.125f; /* 1 / sqrt(64) */
         __syncthreads();
+        float d[2][4] = {};
 #pragma unroll
-        for (int hd = 0; hd < 4; hd++) {
-            float acc = 0.0f;
+        for (int ks = 0; ks < 4; ks++) {
+            uint32_t b[2] = {0u, 0u};
+            if (g < 4)
 #pragma unroll
-            for (int j = 0; j < 16; j++) {
-                const float4 w = *(const float4 *)&v[hd][64 * p + 4 * j];
-                acc += st[4 * j] * w.x + st[4 * j + 1] * w.y + st[4 * j + 2] * w.z +
-                       st[4 * j + 3] * w.w;
-            }
-            sk[hd][64 * p + k] = acc;
+                for (int hi = 0; hi < 2; hi++) {
+                    const float2 y = *(const float2 *)&v[g][64 * p + 16 * ks + 2 * t4 + 8 * hi];
+                    b[hi] = pack_half2(y.x, y.y);
+                }
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++)
+                mma16816(d[mi], sa[mi][ks][0], sa[mi][ks][1], sa[mi][ks][2], sa[mi][ks][3], b[0],
+                         b[1]);
         }
+        if (t4 < 2) /* columns 2 t4, 2 t4 + 1: heads 0..3 */
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+                for (int cc = 0; cc < 4; cc++)
+                    sk[2 * t4 + (cc & 1)][64 * p + 16 * (2 * (r & 1) + mi) + g + 8 * (cc >> 1)] =
+                        d[mi][cc];
         __syncthreads();
         uint32_t *dst = out + (((size_t)seq * max_chunks + (c0 - cb + ci)) * A.n_kv + h) * 512;
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t w = tid + 128 * i, L = w >> 5, nn = w & 31, sum = nn >> 3, rr = nn & 7;
-            const uint32_t g = L >> 2, t4 = L & 3;
-            const float *src = (sum & 1 ? sk[g] : v[g]) + 64 * (sum >> 1);
-            const uint32_t ch = sum == 0 ? key_channel<4>(t4, rr, 0) : sign64_channel(t4, rr, 0);
+        for (int i = 0; i < 4; i++) { /* word w: 16-byte column k = w / 64 of lane (w / 4) % 16 */
+            const uint32_t w = tid + 128 * i, k = w >> 6, L = (w >> 2) & 15;
+            const uint32_t sum = k >> 1, rr = 4 * (k & 1) + (w & 3);
+            const uint32_t gl = L >> 2, tl = L & 3;
+            const float *src = (sum & 1 ? sk[gl] : v[gl]) + 64 * (sum >> 1);
+            const uint32_t ch = sum == 0 ? key_channel<4>(tl, rr, 0) : sign64_channel(tl, rr, 0);
             dst[w] = pack_half2(src[ch], src[ch + (sum == 0 ? 1 : 16)]);
         }
         __syncthreads();
@@ -598,8 +619,8 @@ __device__ __forceinline__ bool next_tile(tile_pos &p, int32_t &c, int32_t c1,
         const tq_cuda_chunk ck = c - cs < (int32_t)kDesc ? sdesc[c - cs] : chunks[c];
         const uint32_t T = ck.n_tokens, H2 = (T + 1) / 2 * 4;
         const uint32_t krs = krec_layout<KM, KQ>::size(T, H2);
-        const uint32_t vrs = splitp(KM) ? sp_rec::vsize(T, H2)
-                                        : H2 + (planes<VM>::w0 + planes<VM>::w1) * 4 * T;
+        const uint32_t vrs =
+            splitp(KM) ? sp_rec::vsize(T, H2) : H2 + (planes<VM>::w0 + planes<VM>::w1) * 4 * T;
         p.krec = (const uint8_t *)ck.k_section + (size_t)h * krs;
         p.vrec = (const uint8_t *)ck.v_section + (size_t)h * vrs;
         p.T = T;
@@ -656,6 +677,12 @@ __device__ __forceinline__ void prefetch_values(const tile_pos &p, uint32_t lane
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+/* n = 16, or 0 for a zero fill */
+__device__ __forceinline__ void cp_async16z(uint32_t dst, const void *src, uint32_t n)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n)
+                 : "memory");
 }
 /* n = 4, or 0 for a zero fill */
 __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, uint32_t n)
@@ -1178,18 +1205,16 @@ __device__ __forceinline__ void stage_keys_sp(const tile_pos &p, uint32_t slot, 
     const uint8_t *k0 = p.krec + sp_rec::k0(H2);
     const uint8_t *k1 = p.krec + (sp_rec::k1(T, H2) - 40 * T); /* row r at r * 4T */
     const uint32_t r0 = lane >> 3, c = lane & 7;
-    if (p.fast) {
+    if (p.fast) { /* copy j: row lane / 8 + 4 j, column lane % 8 (selects, no branch) */
         const uint32_t off = (r0 * T + p.t0) * 4 + c * 16;
+        const uint8_t *run = p.krec + sp_rec::krun(2 * (r0 & 1) + (c >> 2), T, H2) + p.t0 * 2 +
+                             (c & 3) * 16; /* rows 14, 15 (j = 3, r0 = 2, 3) */
 #pragma unroll
         for (uint32_t j = 0; j < 4; j++) {
             const uint32_t r = r0 + 4 * j;
-            if (r < kSpRows)
-                cp_async16(slot + r * 128 + ((c ^ spk_swz(r)) << 4),
-                           (r < 10 ? k0 : k1) + off + j * 16 * T);
-            else
-                cp_async16(slot + r * 128 + c * 16, p.krec +
-                                                        sp_rec::krun(2 * (r - kSpRows) + (c >> 2), T, H2) +
-                                                        p.t0 * 2 + (c & 3) * 16);
+            const bool words = j < 3 || r0 < 2;
+            cp_async16(slot + r * 128 + ((c ^ (words ? spk_swz(r) : 0)) << 4),
+                       words ? (r < 10 ? k0 : k1) + off + j * 16 * T : run);
         }
         return;
     }
@@ -1216,20 +1241,18 @@ __device__ __forceinline__ void stage_values_sp(const tile_pos &p, uint32_t slot
     const uint8_t *v0 = p.vrec + sp_rec::v0(H2);
     const uint8_t *v1 = p.vrec + (sp_rec::v1(T, H2) - 32 * T); /* row r at r * 4T */
     const uint32_t r0 = lane >> 3, c = lane & 7;
-    if (p.fast) {
+    if (p.fast) { /* as stage_keys_sp; row 15 takes the mask (column 0; the others zeros) */
         const uint32_t off = (r0 * T + p.t0) * 4 + c * 16;
+        const uint8_t *run =
+            r0 == 2 ? p.vrec + sp_rec::vrun(c >> 2, T, H2) + p.t0 * 2 + (c & 3) * 16 : p.vrec;
 #pragma unroll
-        for (uint32_t j = 0; j < 4; j++) {
+        for (uint32_t j = 0; j < 3; j++) {
             const uint32_t r = r0 + 4 * j;
-            if (r < kSpRows)
-                cp_async16(slot + r * 128 + ((c ^ (r & 1)) << 4),
-                           (r < 8 ? v0 : v1) + off + j * 16 * T);
-            else if (r == kSpRows)
-                cp_async16(slot + r * 128 + c * 16,
-                           p.vrec + sp_rec::vrun(c >> 2, T, H2) + p.t0 * 2 + (c & 3) * 16);
-            else if (c == 0)
-                cp_async16(slot + r * 128, p.vrec);
+            cp_async16(slot + r * 128 + ((c ^ (r & 1)) << 4), (r < 8 ? v0 : v1) + off + j * 16 * T);
         }
+        const uint32_t r = r0 + 12;
+        cp_async16z(slot + r * 128 + ((c ^ (r0 < 2 ? r & 1 : 0)) << 4),
+                    r0 < 2 ? v1 + off + 48 * T : run, r0 != 3 || c == 0 ? 16 : 0);
         return;
     }
     const uint32_t tok = p.t0 + lane, n = tok < T ? 4u : 0u;
@@ -1245,20 +1268,28 @@ __device__ __forceinline__ void stage_values_sp(const tile_pos &p, uint32_t slot
     if (lane < 4) cp_async4(slot + (kSpRows + 1) * 128 + lane * 4, p.vrec + lane * 4, 4);
 }
 
-/* KP query fragments of chunk c into registers (lanes of heads 4..7 hold zeros). */
-__device__ __forceinline__ void load_qsp(uint32_t (&Qf)[4][8], const mma_args &A, int64_t qrow0,
-                                         int32_t c, uint32_t lane)
+/* KP query fragments of chunk c: 16-byte column k (0..7) of lane L (< 16) at (16 k + L) * 16
+ * (att_mma_prep_sp), so that a warp's read of one column is 256 contiguous bytes. */
+__device__ __forceinline__ const uint4 *qsp_row(const mma_args &A, int64_t qrow0, int32_t c)
 {
-    const uint4 *src =
-        (const uint4 *)(A.qsplit + (qrow0 + (int64_t)c * A.n_kv) * kSpQBytes + lane * 128);
+    return (const uint4 *)(A.qsplit + (qrow0 + (int64_t)c * A.n_kv) * kSpQBytes);
+}
+/* Sum k's eight B registers (k-step j: 2j, 2j + 1) of lane `lane`; heads 4..7 zeros. */
+__device__ __forceinline__ void load_qsum(uint32_t (&q)[8], const uint4 *row, int k, uint32_t lane)
+{
 #pragma unroll
-    for (int k = 0; k < 8; k++) {
-        const uint4 w = lane < 16 ? __ldg(src + k) : make_uint4(0, 0, 0, 0);
-        Qf[k >> 1][4 * (k & 1) + 0] = w.x;
-        Qf[k >> 1][4 * (k & 1) + 1] = w.y;
-        Qf[k >> 1][4 * (k & 1) + 2] = w.z;
-        Qf[k >> 1][4 * (k & 1) + 3] = w.w;
+    for (int c = 0; c < 2; c++) {
+        const uint4 w = lane < 16 ? __ldg(row + 16 * (2 * k + c) + lane) : make_uint4(0, 0, 0, 0);
+        q[4 * c] = w.x;
+        q[4 * c + 1] = w.y;
+        q[4 * c + 2] = w.z;
+        q[4 * c + 3] = w.w;
     }
+}
+/* Asks L1 for chunk c's query fragments (the warp's next chunk) ahead of their reads. */
+__device__ __forceinline__ void prefetch_qsp(const uint4 *row, uint32_t lane)
+{
+    if (lane < 16) asm volatile("prefetch.global.L1 [%0];" ::"l"(row + 8 * lane));
 }
 
 /* The +-1 fragments of a KP sign-like word (bit set: +1), lane quad position t4's half of it
@@ -1276,11 +1307,12 @@ __device__ __forceinline__ void sign_frags(uint32_t w, uint32_t t4, uint32_t (&b
  * 1-bit centroid) and its gamma. Values: m-tiles 0..3 part 0 (B: weights times part 0's
  * scales), 4..7 part 1. With `last` (the warp leaves the chunk after this tile) the record's
  * mask comes back in vm. */
-__device__ __forceinline__ void
-compute_tile_sp(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos &pn, bool vn,
-                bool last, const mma_args &A, uint32_t lbk, uint32_t lbv, float cK1,
-                const uint32_t (&Qf)[4][8], float (&o)[8][1][4], float (&m_run)[1][2],
-                float (&l_run)[1][2], uint4 &vm, uint32_t g, uint32_t t4)
+__device__ __forceinline__ void compute_tile_sp(uint32_t kslot, uint32_t vslot, const tile_pos &p_,
+                                                const tile_pos &pn, bool vn, bool last,
+                                                const mma_args &A, uint32_t lbk, uint32_t lbv,
+                                                float cK1, const uint4 *qrow, float (&o)[8][1][4],
+                                                float (&m_run)[1][2], float (&l_run)[1][2],
+                                                uint4 &vm, uint32_t g, uint32_t t4)
 {
     const uint32_t lane = lane_of(g, t4);
     /* the words of tokens 4g + 2ms, + 1 of key row r (the slot is refilled after the scores:
@@ -1318,6 +1350,8 @@ compute_tile_sp(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_p
         }
 #pragma unroll
         for (int k = 0; k < 4; k++) {
+            uint32_t qk[8]; /* from L1: holding all four sums would cost 32 registers */
+            load_qsum(qk, qrow, k, lane);
             if (k > 0)
 #pragma unroll
                 for (int rh = 0; rh < 2; rh++)
@@ -1325,13 +1359,13 @@ compute_tile_sp(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_p
 #pragma unroll
             for (int j = 0; j < 4; j++)
                 mma16816(acc[k], bt[0][2 * j], bt[1][2 * j], bt[0][2 * j + 1], bt[1][2 * j + 1],
-                         Qf[k][2 * j], Qf[k][2 * j + 1]);
+                         qk[2 * j], qk[2 * j + 1]);
         }
         /* row half rh: token i = 2 ms + rh; the runs' fp16 pair of tokens 4g + 2ms, + 1 */
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            const uint32_t pr = lds(kslot - kSmemBase + (kSpRows + (k >> 1)) * 128 +
-                                    (k & 1) * 64 + 8 * g + 4 * ms);
+            const uint32_t pr =
+                lds(kslot - kSmemBase + (kSpRows + (k >> 1)) * 128 + (k & 1) * 64 + 8 * g + 4 * ms);
             const float lo = tqc_f16_to_f32((uint16_t)(pr & 0xffff)) * cm[k];
             const float hi = tqc_f16_to_f32((uint16_t)(pr >> 16)) * cm[k];
 #pragma unroll
@@ -1405,25 +1439,58 @@ compute_tile_sp(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_p
         }
 #pragma unroll
         for (int mt = 0; mt < 4; mt++)
-            mma16816(o[4 + mt][0], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb1[ks][0],
-                     pb1[ks][1]);
+            mma16816(o[4 + mt][0], a[mt][0], a[mt][1], a[mt][2], a[mt][3], pb1[ks][0], pb1[ks][1]);
     }
 }
 
-/* Byte offset in the window of KP's value sums in the original domain, warp w, head hd, channel
- * j: the second halves of table rows 64..191, which the tables leave free (part 0's value table
- * is the keys' table, part 1's has 64 entries), turned by 8 hd words so that the two heads a
- * lane scatters meet different banks. */
+/* KP's value sums in the original domain lie in the second halves of table rows 64..191, which
+ * the tables leave free (part 0's value table is the keys' table, part 1's has 64 entries): warp
+ * w, head hd, channel j at window byte sp_base(w, hd) | (sp_off(j) ^ sp_flip(hd)). The flip
+ * moves heads 2, 3 half a row of banks away from heads 0, 1, which a lane scatters with them. */
+__host__ __device__ constexpr uint32_t sp_base(uint32_t w, uint32_t hd)
+{
+    return kSmemBase + (64 + 16 * w + 4 * hd) * 256; /* a multiple of 1024 */
+}
+__host__ __device__ constexpr uint32_t sp_off(uint32_t j)
+{
+    return ((j >> 5) << 8) | 128 | ((j & 31) << 2);
+}
+__host__ __device__ constexpr uint32_t sp_flip(uint32_t hd)
+{
+    return (hd & 2) << 5;
+}
 __device__ __forceinline__ uint32_t sp_acc(uint32_t w, uint32_t hd, uint32_t j)
 {
-    return (64 + w * 16 + hd * 4 + (j >> 5)) * 256 + 128 + (((j + 8 * hd) & 31) << 2);
+    return sp_base(w, hd) | (sp_off(j) ^ sp_flip(hd));
+}
+/* Warp w's channel map of flush_sp, 128 u16 (sp_off of the channel at each part position): the
+ * second halves of table rows kSpInv + 2w and + 1. */
+__device__ __forceinline__ uint32_t sp_inv(uint32_t w, uint32_t pos)
+{
+    return kSmemBase + (kSpInv + 2 * w + (pos >> 6)) * 256 + 128 + (pos & 63) * 2;
+}
+
+__device__ __forceinline__ uint32_t lds_at(uint32_t addr)
+{
+    uint32_t v;
+    asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
+    return v;
+}
+/* acc = acc * f + y at window address a, when `on` (predicated: no branch). */
+__device__ __forceinline__ void acc_update(uint32_t a, float y, float f, bool on)
+{
+    asm volatile("{\n\t.reg .pred p;\n\t.reg .f32 t;\n\tsetp.ne.b32 p, %3, 0;\n\t"
+                 "@p ld.shared.f32 t, [%0];\n\t@p fma.rn.f32 t, t, %2, %1;\n\t"
+                 "@p st.shared.f32 [%0], t;\n\t}" ::"r"(a),
+                 "f"(y), "f"(f), "r"((uint32_t)on)
+                 : "memory");
 }
 
 /* KP: the warp leaves a chunk. Its value sums o (rotated, both parts, this chunk's split) go
  * back to the original domain, acc = acc * 2^(m_last - m) + D_p . H z_p / 64 at the channels the
  * chunk's value mask vm gives, and o starts again from zero. dmask: bit 2 mt + h set when D_p
  * is -1 at the lane's channel vsp_channel(g, mt, h). */
-__device__ __forceinline__ void flush_sp(char *sm, float (&o)[8][1][4], const float (&m_run)[1][2],
+__device__ __forceinline__ void flush_sp(float (&o)[8][1][4], const float (&m_run)[1][2],
                                          float (&m_last)[2], const uint4 &vm, uint32_t dmask,
                                          uint32_t warp, uint32_t lane, uint32_t G)
 {
@@ -1451,27 +1518,32 @@ __device__ __forceinline__ void flush_sp(char *sm, float (&o)[8][1][4], const fl
                 }
 #pragma unroll
     for (uint32_t m = 4; m <= 16; m <<= 1) {
-        const bool upper = (lane & m) != 0;
+        const float sg = (lane & m) ? -1.0f : 1.0f; /* upper lane: other - own */
 #pragma unroll
         for (int mt = 0; mt < 8; mt++)
 #pragma unroll
-            for (int cc = 0; cc < 4; cc++) {
-                const float x = __shfl_xor_sync(0xffffffffu, o[mt][0][cc], m);
-                o[mt][0][cc] = upper ? x - o[mt][0][cc] : o[mt][0][cc] + x;
-            }
+            for (int cc = 0; cc < 4; cc++)
+                o[mt][0][cc] =
+                    fmaf(o[mt][0][cc], sg, __shfl_xor_sync(0xffffffffu, o[mt][0][cc], m));
     }
-    /* the chunk's channel map: inv[position in the parts] = channel */
-    uint8_t *inv = (uint8_t *)sm + (kSpInv + warp) * 256 + 128;
+    /* the chunk's channel map: at each part position, the address offset of its channel */
     const uint32_t m[4] = {vm.x, vm.y, vm.z, vm.w};
     const bool ok = __popc(vm.x) + __popc(vm.y) + __popc(vm.z) + __popc(vm.w) == 64;
 #pragma unroll
     for (uint32_t i = 0; i < 4; i++) {
         const uint32_t j = 4 * lane + i;
-        inv[split_pos(m, ok, j)] = (uint8_t)j;
+        asm volatile("st.shared.u16 [%0], %1;" ::"r"(sp_inv(warp, split_pos(m, ok, j))),
+                     "h"((uint16_t)sp_off(j))
+                     : "memory");
     }
     __syncwarp();
-    const uint2 i0 = *(const uint2 *)(inv + 8 * g);            /* part 0: 8g .. 8g + 7 */
-    const uint4 i1 = *(const uint4 *)(inv + 64 + 16 * (g >> 1)); /* part 1: 16 (g / 2) .. + 15 */
+    /* part 0: positions 8g .. 8g + 7 (register b = 2 mt + h: word b / 2, half b & 1); part 1:
+     * 16 (g / 2) + 4 q + 2 (g & 1) + (mm >> 1) with q = 2 (mm & 1) + h: word q, half mm >> 1 */
+    const uint4 i0 = lds128(sp_inv(warp, 8 * g));
+    uint32_t i1[4];
+#pragma unroll
+    for (uint32_t q = 0; q < 4; q++)
+        i1[q] = lds_at(sp_inv(warp, 64 + 16 * (g >> 1) + 4 * q + 2 * (g & 1)));
     __syncwarp();
     float f[2];
 #pragma unroll
@@ -1479,24 +1551,23 @@ __device__ __forceinline__ void flush_sp(char *sm, float (&o)[8][1][4], const fl
         f[e] = m_last[e] == -INFINITY ? 0.0f : ex2(m_last[e] - m_run[0][e]);
         m_last[e] = m_run[0][e];
     }
+    const uint32_t base[2] = {sp_base(warp, 2 * t4), sp_base(warp, 2 * t4 + 1)};
+    const uint32_t flip = sp_flip(2 * t4);
+    const bool on[2] = {2 * t4 < G, 2 * t4 + 1 < G};
 #pragma unroll
     for (int mt = 0; mt < 8; mt++)
 #pragma unroll
-        for (int cc = 0; cc < 4; cc++) {
-            const uint32_t hd = 2 * t4 + (cc & 1), hh = cc >> 1, b = 2 * mt + hh;
-            uint32_t j;
-            if (mt < 4) {
-                j = ((b < 4 ? i0.x : i0.y) >> (8 * (b & 3))) & 0xff;
-            } else {
-                const uint32_t mm = mt - 4, wq = pick(i1, 2 * (mm & 1) + hh) >> (16 * (g & 1));
-                j = (wq >> (8 * (mm >> 1))) & 0xff;
-            }
+        for (int hh = 0; hh < 2; hh++) {
+            const uint32_t b = 2 * mt + hh;
+            const uint32_t w = mt < 4 ? pick(i0, b >> 1) : i1[2 * ((mt - 4) & 1) + hh];
+            const uint32_t half = mt < 4 ? b & 1 : (mt - 4) >> 1;
+            const uint32_t off = (half ? w >> 16 : w & 0xffff) ^ flip;
             const float sg = __uint_as_float(0x3C800000u | ((dmask << (31 - b)) & 0x80000000u));
-            if (hd < G) {
-                float *a = (float *)(sm + sp_acc(warp, hd, j));
-                *a = *a * f[cc & 1] + o[mt][0][cc] * sg; /* +-1/64 */
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                acc_update(base[e] | off, o[mt][0][2 * hh + e] * sg, f[e], on[e]); /* +-1/64 */
+                o[mt][0][2 * hh + e] = 0.0f;
             }
-            o[mt][0][cc] = 0.0f;
         }
 }
 
@@ -1585,7 +1656,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int32_t ip0 = chunk_indptr[seq], ip1 = chunk_indptr[seq + 1];
     constexpr bool KS = splitk(KM), KP = splitp(KM);
     constexpr int KT = KS || KP ? 4 : KM; /* split keys: part 0's table is a 4-bit one */
-    constexpr int VT = KP ? 3 : VM; /* KP: the second halves hold the values' part 1 table */
+    constexpr int VT = KP ? 3 : VM;       /* KP: the second halves hold the values' part 1 table */
     const uint32_t kent = lut_entry<KT>(A.kcent, tid);
     const uint32_t vent = A.share_lut ? 0u : lut_entry<VT>(KP ? A.v1cent : A.vcent, tid);
     const uint32_t k1ent = KS ? lut_entry<2>(A.k1cent, tid) : 0u; /* split keys' part 1 */
@@ -1658,15 +1729,22 @@ __global__ void __launch_bounds__(kThreads, 2)
     uint32_t dmask = 0;
     if constexpr (KP) {
         cK1 = A.cK * __ldg(A.k1cent + 1);
+        /* part 0: channels 8g + b (bit b = 2 mt + h); part 1: 16 (g / 2) + 4 q + 2 (g & 1) + u
+         * for m-tile 4 + 2u + (q >> 1), h = q & 1 (vsp_channel) */
+        const uint4 d0 = __ldg((const uint4 *)(A.vdsign + 8 * g));
+        const uint4 d1 = __ldg((const uint4 *)(A.vdsign + 8 * g + 4));
 #pragma unroll
-        for (uint32_t mt = 0; mt < 8; mt++)
+        for (uint32_t b = 0; b < 8; b++)
+            dmask |= (pick(b < 4 ? d0 : d1, b & 3) >> 31) << b;
 #pragma unroll
-            for (uint32_t hh = 0; hh < 2; hh++)
-                dmask |= (__ldg((mt < 4 ? A.vdsign : A.v1dsign) + vsp_channel(g, mt, hh)) >> 31)
-                         << (2 * mt + hh);
+        for (uint32_t q = 0; q < 4; q++) {
+            const uint2 d = __ldg((const uint2 *)(A.v1dsign + 16 * (g >> 1) + 4 * q + 2 * (g & 1)));
+            dmask |= (d.x >> 31) << (2 * (4 + (q >> 1)) + (q & 1));
+            dmask |= (d.y >> 31) << (2 * (6 + (q >> 1)) + (q & 1));
+        }
 #pragma unroll
         for (uint32_t k = 0; k < 16; k++)
-            *(float *)(sm + sp_acc(warp, k >> 2, 32 * (k & 3) + lane)) = 0.0f;
+            *(float *)(sm + sp_acc(warp, k >> 2, 32 * (k & 3) + lane) - kSmemBase) = 0.0f;
     }
 
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
@@ -1704,12 +1782,11 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     tq_cuda_chunk *sdesc = (tq_cuda_chunk *)(sm + K_::doff(A.share_lut != 0));
     if (has_dsc) sdesc[tid] = dsc;
-    uint32_t Qf[KP ? 4 : 1][8]; /* KP: the chunk's query fragments */
     if (KQ || KS) {
         /* the preparation kernel's queries (this kernel may start before it ends) */
         tqc_grid_wait();
-        if constexpr (KP) { /* the first chunk's fragments, in flight over the barrier */
-            if (va) load_qsp(Qf, A, qrow0, pa.c, lane);
+        if constexpr (KP) { /* the first chunk's fragments, into L1 over the barrier */
+            if (va) prefetch_qsp(qsp_row(A, qrow0, pa.c), lane);
         }
         if (KS) { /* the first tile's query fragments, and everything in flight, before it */
             if (va) stage_qfrags<KM, KQ>(kslot, lane, qfrag_row<KM>(A, qrow0, pa.c));
@@ -1771,23 +1848,22 @@ __global__ void __launch_bounds__(kThreads, 2)
     float m_last[2] = {-INFINITY, -INFINITY}; /* KP: the maximum the flushed sums are at */
     while (va) {
         tile_pos pn = pa;
-        const bool vn =
-            next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first, tstep, cstep);
+        const bool vn = next_tile<KM, KQ, VM>(pn, c, c1, chunks, sdesc, cs, h, first, tstep, cstep);
         if (vn) prefetch_values<KM, KQ, VM>(pn, lane); /* into L2 ahead of its copy */
         cp_async_wait1(); /* this tile's keys have landed (its values may be in flight) */
         __syncwarp();     /* for every lane's copies */
         if constexpr (KP) {
             const bool last = !vn || pn.c != pa.c; /* warp-uniform (next_tile's votes) */
             uint4 vm = make_uint4(0, 0, 0, 0);
-            compute_tile_sp(kslot, vslot, pa, pn, vn, last, A, lbk, lbv, cK1, Qf, o, m_run,
-                            l_run, vm, g, t4);
+            compute_tile_sp(kslot, vslot, pa, pn, vn, last, A, lbk, lbv, cK1,
+                            qsp_row(A, qrow0, pa.c), o, m_run, l_run, vm, g, t4);
             if (last) { /* the next chunk's fragments are requested first: the flush hides them */
-                if (vn) load_qsp(Qf, A, qrow0, pn.c, lane);
-                flush_sp(sm, o, m_run, m_last, vm, dmask, warp, lane, A.group);
+                if (vn) prefetch_qsp(qsp_row(A, qrow0, pn.c), lane);
+                flush_sp(o, m_run, m_last, vm, dmask, warp, lane, A.group);
             }
         } else {
-            compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbk1, lbv, qrow0, Q,
-                                          o, m_run, l_run, g, t4);
+            compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbk1, lbv, qrow0, Q, o,
+                                          m_run, l_run, g, t4);
         }
         pa = pn;
         va = vn;
@@ -1849,7 +1925,8 @@ __global__ void __launch_bounds__(kThreads, 2)
                 const float *row = Os + (w * GH + r) * kOs + lane;
 #pragma unroll
                 for (int i = 0; i < 4; i++)
-                    x[i] += (KP ? *(const float *)(sm + sp_acc(w, r, lane + 32 * i)) : row[32 * i]) *
+                    x[i] += (KP ? *(const float *)(sm + sp_acc(w, r, lane + 32 * i) - kSmemBase)
+                                : row[32 * i]) *
                             f;
                 L += ml[(w * GH + r) * 2 + 1] * f;
             }
@@ -1931,8 +2008,8 @@ static bool att_mma_split_prod(const tqc_att &A)
     const tqc_part &k0 = A.K.part[0], &k1 = A.K.part[1], &v0 = A.V.part[0], &v1 = A.V.part[1];
     return A.K.n_parts == 2 && A.V.n_parts == 2 && A.K.mask_words == 4 && A.V.mask_words == 4 &&
            A.group <= 4 && k0.n == 64 && k1.n == 64 && k0.m == 4 && k1.m == 1 && k0.prod &&
-           k1.prod && v0.n == 64 && v1.n == 64 && v0.m == 4 && v1.m == 3 && !v0.prod &&
-           !v1.prod && v0.cent == k0.cent;
+           k1.prod && v0.n == 64 && v1.n == 64 && v0.m == 4 && v1.m == 3 && !v0.prod && !v1.prod &&
+           v0.cent == k0.cent;
 }
 
 bool tqkv__att_mma_whole_chunks(const tqc_att &A)
@@ -1985,9 +2062,9 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
     __half *wq = (__half *)ws_q;
     const bool kp = att_mma_split_prod(A), split = A.K.n_parts == 2 && !kp;
     if (kp) {
-        /* chunks per preparation block: about two blocks per multiprocessor */
+        /* chunks per preparation block: about four blocks per multiprocessor */
         const uint64_t cells = (uint64_t)max_chunks * A.n_kv * n_seqs;
-        const uint64_t want = (cells + 2 * tqkv__att_sm_count() - 1) / (2 * tqkv__att_sm_count());
+        const uint64_t want = (cells + 4 * tqkv__att_sm_count() - 1) / (4 * tqkv__att_sm_count());
         const uint32_t per = (uint32_t)(want < 1 ? 1 : want > kPrepMax ? kPrepMax : want);
         att_mma_prep_sp<<<dim3((max_chunks + per - 1) / per, A.n_kv, n_seqs), 128, 0, s>>>(
             A, indptr, chunks, q, max_chunks, per, (uint32_t *)ws_q);
