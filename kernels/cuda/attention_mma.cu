@@ -330,6 +330,10 @@ static_assert(vsp_checked(), "KP value channels: part 1's reads");
 __global__ void __launch_bounds__(128)
     att_mma_prep(const __grid_constant__ tqc_att A, const void *q, __half *wq)
 {
+    /* the split kernel (a programmatic dependent) may be scheduled as soon as every block of
+     * this grid has started: its tables and first copies then overlap this work (it waits for
+     * the whole grid before it reads the queries) */
+    tqc_grid_dependents();
     __shared__ float v[128];
     const uint32_t k = threadIdx.x, hq = blockIdx.x, seq = blockIdx.y;
     const tqc_part &pp = A.K.part[0];
@@ -374,6 +378,7 @@ __global__ void __launch_bounds__(128)
                        const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks, uint32_t qh,
                        uint32_t *out)
 {
+    tqc_grid_dependents(); /* as att_mma_prep */
     __shared__ float v[8][128];
     const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
     const uint32_t lane = tid & 31, warp = tid >> 5;
@@ -463,6 +468,7 @@ __global__ void __launch_bounds__(128)
                     const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks, uint32_t per,
                     uint32_t *out)
 {
+    tqc_grid_dependents();                  /* as att_mma_prep */
     __shared__ float v[4][128], sk[4][128]; /* [head][part * 64 + k]: q'_p, s_p */
     __shared__ uint32_t msk[kPrepMax][4];
     const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
@@ -2062,9 +2068,10 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
     __half *wq = (__half *)ws_q;
     const bool kp = att_mma_split_prod(A), split = A.K.n_parts == 2 && !kp;
     if (kp) {
-        /* chunks per preparation block: about four blocks per multiprocessor */
+        /* chunks per preparation block: about two blocks per multiprocessor, which leaves room
+         * for a block of the split kernel beside them */
         const uint64_t cells = (uint64_t)max_chunks * A.n_kv * n_seqs;
-        const uint64_t want = (cells + 4 * tqkv__att_sm_count() - 1) / (4 * tqkv__att_sm_count());
+        const uint64_t want = (cells + 2 * tqkv__att_sm_count() - 1) / (2 * tqkv__att_sm_count());
         const uint32_t per = (uint32_t)(want < 1 ? 1 : want > kPrepMax ? kPrepMax : want);
         att_mma_prep_sp<<<dim3((max_chunks + per - 1) / per, A.n_kv, n_seqs), 128, 0, s>>>(
             A, indptr, chunks, q, max_chunks, per, (uint32_t *)ws_q);
