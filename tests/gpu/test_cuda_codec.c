@@ -420,12 +420,13 @@ static const att_case g_att[] = {
      * their own) runs on tensor cores up to 4 query heads per KV head (the GQA 1 case above
      * too): whole and partial tiles, one split of 20 chunks (warps walk several chunks each),
      * splits of 3 chunks (two side by side, four warps each, then the third), the general
-     * kernel on the same, and GQA 8 (the general kernel) */
+     * kernel on the same, GQA 8 (the general kernel) and d = 96 (padded to 128) */
     {"tq3.5-prod", 128, 2, 4, 256, 2, {3000, 200}, 0, 0},  /* tensor cores, split prod */
     {"tq3.5-prod", 128, 1, 4, 256, 1, {5000}, 1, 0},       /* one split: chunk after chunk */
     {"tq3.5-prod", 128, 1, 2, 256, 2, {1800, 31}, 3, 0},   /* 3 chunks a split, partial tiles */
     {"tq3.5-prod", 128, 2, 4, 256, 1, {1500}, 0, 1},       /* the general kernel, split prod */
     {"tq3.5-prod", 128, 1, 8, 256, 1, {700}, 0, 0},        /* GQA 8: the general kernel */
+    {"tq3.5-prod", 96, 2, 4, 256, 2, {700, 300}, 0, 0},    /* padded head dim, tensor cores */
 };
 
 static void run_att_case(const att_case *c, tq_dtype qdt)
