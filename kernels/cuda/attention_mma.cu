@@ -71,9 +71,15 @@ constexpr uint32_t kK1Table = 65536;
  * rotated per chunk, so a warp walks whole chunks (a chunk's tiles split among at most eight
  * warps) and moves its sums into the original domain each time it leaves one (flush_sp). */
 constexpr int kSplitProd = 44, kSplitV = 45;
+constexpr int kSplitProd8 = 46; /* the same, 5 to 8 query heads per KV head */
 __host__ __device__ constexpr bool splitp(int KM)
 {
-    return KM == kSplitProd;
+    return KM == kSplitProd || KM == kSplitProd8;
+}
+/* Query heads per KV head a KP kernel's fragments and sums hold. */
+__host__ __device__ constexpr uint32_t sp_heads(int KM)
+{
+    return KM == kSplitProd8 ? 8 : 4;
 }
 /* Record geometry of KP keys and values (T tokens, H2 bytes of a scale run). Keys: mask, part
  * 0's scale and gamma runs, its [4] plane (8 rows of T words) and signs (2 rows), part 1's scale
@@ -123,8 +129,14 @@ struct sp_rec {
 constexpr uint32_t kSpRows = 14, kSpSlot = 16 * 128;
 /* First table row whose second half holds flush_sp's channel maps (warp w: rows + 2w, + 2w + 1). */
 constexpr uint32_t kSpInv = 192;
-/* Query fragments of KP per (sequence, chunk, KV head): 16 lanes x 32 words. */
-constexpr uint32_t kSpQBytes = 2048;
+/* Query fragments of KP per (sequence, chunk, KV head): 4 lanes per head, 32 words each. */
+__host__ __device__ constexpr uint32_t sp_qbytes(int KM)
+{
+    return sp_heads(KM) * 512;
+}
+/* kSplitProd8's value sums in the original domain: 8 warps x 8 heads x 512 bytes at this window
+ * offset (1 KiB aligned), past the staging slots (checked by att_kernel). */
+constexpr uint32_t kSp8Acc = 100352;
 
 struct mma_args {
     uint32_t n_kv, n_q, group, head_dim, n_splits, cps;
@@ -452,25 +464,27 @@ __device__ __forceinline__ uint32_t split_pos(const uint32_t (&m)[4], bool ok, u
     return ((mw >> b) & 1) ? below : 64 + (j - below);
 }
 
-/* KP (tq3.5-prod) keys: per (chunk, KV head), each of the group's queries (at most 4) split by
- * the chunk's key mask, each part rotated, q'_p = H (D_p . q_p) / 8, and sketched, s_p = S_p q'_p,
- * into the B fragments lane L = 4 g + t4 (g < 4: query head g) holds: 32 words, the sums q'_0
- * (register r = 2 j + hi of k-step j: channels key_channel<4>), s_0, q'_1 and s_1 (channels
- * sign64_channel), 8 words each, fp16 pairs, laid out as qsp_row reads them; 2 KiB per (chunk,
- * KV head), heads past the group zeros. A block takes `per` (at most kPrepMax) chunks of one
- * sequence and KV head, their masks read at once. The sketches are tensor-core products: warp w
- * holds m-tiles 2 (w & 1) and + 1 of S_p (p = w / 2) as fp16 A fragments for all the block's
- * chunks, the rotated queries (fp16, as the score product takes them) are the B operand, one column
- * per head. */
+/* KP (tq3.5-prod) keys: per (chunk, KV head), each of the group's queries (at most KH = 4 or 8)
+ * split by the chunk's key mask, each part rotated, q'_p = H (D_p . q_p) / 8, and sketched, s_p =
+ * S_p q'_p, into the B fragments lane L = 4 g + t4 (g < KH: query head g) holds: 32 words, the
+ * sums q'_0 (register r = 2 j + hi of k-step j: channels key_channel<4>), s_0, q'_1 and s_1
+ * (channels sign64_channel), 8 words each, fp16 pairs, laid out as qsp_row reads them; KH / 2 KiB
+ * per (chunk, KV head), heads past the group zeros. A block takes `per` (at most kPrepMax) chunks
+ * of one sequence and KV head, their masks read at once. The sketches are tensor-core products:
+ * warp w holds m-tiles 2 (w & 1) and + 1 of S_p (p = w / 2) as fp16 A fragments for all the
+ * block's chunks, the rotated queries (fp16, as the score product takes them) are the B operand,
+ * one column per head. */
 constexpr uint32_t kPrepMax = 16;
+template <uint32_t KH>
 __global__ void __launch_bounds__(128)
     att_mma_prep_sp(const __grid_constant__ tqc_att A, const int32_t *indptr,
                     const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks, uint32_t per,
                     uint32_t *out)
 {
-    tqc_grid_dependents();                  /* as att_mma_prep */
-    __shared__ float v[4][128], sk[4][128]; /* [head][part * 64 + k]: q'_p, s_p */
+    tqc_grid_dependents();                    /* as att_mma_prep */
+    __shared__ float v[KH][128], sk[KH][128]; /* [head][part * 64 + k]: q'_p, s_p */
     __shared__ uint32_t msk[kPrepMax][4];
+    constexpr uint32_t RR = KH / 4, NL = 4 * KH; /* head rows per warp; fragment lanes */
     const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
     const uint32_t lane = tid & 31, r = tid >> 5, g = lane >> 2, t4 = lane & 3;
     const int32_t cb = indptr[seq], ce = indptr[seq + 1];
@@ -483,16 +497,24 @@ __global__ void __launch_bounds__(128)
         msk[tid >> 2][tid & 3] = ((const uint32_t *)((const uint8_t *)ck.k_section +
                                                      (size_t)h * sp_rec::ksize(T, H2)))[tid & 3];
     }
-    float qv[4];    /* warp r: query head r, channels 4 lane + i */
-    uint32_t ds[4]; /* D's sign bits of part positions 4 lane + i (part lane / 16) */
-    const uint16_t *qp = (const uint16_t *)q + ((size_t)seq * A.n_q + h * A.group + r) * A.head_dim;
+    float qv[RR][4]; /* warp r: query heads r + 4 rr, channels 4 lane + i */
+    uint32_t ds[4];  /* D's sign bits of part positions 4 lane + i (part lane / 16) */
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const uint32_t j = 4 * lane + i;
-        qv[i] = 0.0f;
-        ds[i] = __ldg(A.K.part[lane >> 4].dsign + (j & 63));
-        if (r < A.group && j < A.head_dim)
-            qv[i] = A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(qp[j]) : tqc_f16_to_f32(qp[j]);
+    for (int i = 0; i < 4; i++)
+        ds[i] = __ldg(A.K.part[lane >> 4].dsign + ((4 * lane + i) & 63));
+#pragma unroll
+    for (uint32_t rr = 0; rr < RR; rr++) {
+        const uint32_t hr = r + 4 * rr;
+        const uint16_t *qp =
+            (const uint16_t *)q + ((size_t)seq * A.n_q + h * A.group + hr) * A.head_dim;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t j = 4 * lane + i;
+            qv[rr][i] = 0.0f;
+            if (hr < A.group && j < A.head_dim)
+                qv[rr][i] =
+                    A.q_dtype == TQ_DTYPE_BF16 ? tqc_bf16_to_f32(qp[j]) : tqc_f16_to_f32(qp[j]);
+        }
     }
     const uint32_t p = r >> 1; /* this warp's sketch part */
     uint32_t sa[2][4][4];      /* [m-tile 2 (r & 1) + mi][k-step][A register] */
@@ -511,25 +533,30 @@ __global__ void __launch_bounds__(128)
     for (uint32_t ci = 0; ci < n; ci++) {
         const uint32_t m[4] = {msk[ci][0], msk[ci][1], msk[ci][2], msk[ci][3]};
         const bool ok = __popc(m[0]) + __popc(m[1]) + __popc(m[2]) + __popc(m[3]) == 64;
-        /* warp r: head r's parts, each rotated by its 16 lanes */
+        /* warp r: heads r + 4 rr, their parts each rotated by 16 lanes */
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            v[r][split_pos(m, ok, 4 * lane + i)] = qv[i];
+        for (uint32_t rr = 0; rr < RR; rr++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                v[r + 4 * rr][split_pos(m, ok, 4 * lane + i)] = qv[rr][i];
         __syncwarp();
-        float x[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            x[i] = __uint_as_float(__float_as_uint(v[r][4 * lane + i]) ^ ds[i]);
-        warp_fwht<16>(x, lane);
+        for (uint32_t rr = 0; rr < RR; rr++) {
+            float x[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            v[r][4 * lane + i] = x[i] * 0.125f; /* 1 / sqrt(64) */
+            for (int i = 0; i < 4; i++)
+                x[i] = __uint_as_float(__float_as_uint(v[r + 4 * rr][4 * lane + i]) ^ ds[i]);
+            warp_fwht<16>(x, lane);
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                v[r + 4 * rr][4 * lane + i] = x[i] * 0.125f; /* 1 / sqrt(64) */
+        }
         __syncthreads();
         float d[2][4] = {};
 #pragma unroll
         for (int ks = 0; ks < 4; ks++) {
             uint32_t b[2] = {0u, 0u};
-            if (g < 4)
+            if (g < KH)
 #pragma unroll
                 for (int hi = 0; hi < 2; hi++) {
                     const float2 y = *(const float2 *)&v[g][64 * p + 16 * ks + 2 * t4 + 8 * hi];
@@ -540,7 +567,7 @@ __global__ void __launch_bounds__(128)
                 mma16816(d[mi], sa[mi][ks][0], sa[mi][ks][1], sa[mi][ks][2], sa[mi][ks][3], b[0],
                          b[1]);
         }
-        if (t4 < 2) /* columns 2 t4, 2 t4 + 1: heads 0..3 */
+        if (2 * t4 < KH) /* columns 2 t4, 2 t4 + 1: the heads */
 #pragma unroll
             for (int mi = 0; mi < 2; mi++)
 #pragma unroll
@@ -548,10 +575,11 @@ __global__ void __launch_bounds__(128)
                     sk[2 * t4 + (cc & 1)][64 * p + 16 * (2 * (r & 1) + mi) + g + 8 * (cc >> 1)] =
                         d[mi][cc];
         __syncthreads();
-        uint32_t *dst = out + (((size_t)seq * max_chunks + (c0 - cb + ci)) * A.n_kv + h) * 512;
+        uint32_t *dst =
+            out + (((size_t)seq * max_chunks + (c0 - cb + ci)) * A.n_kv + h) * (KH * 128);
 #pragma unroll
-        for (int i = 0; i < 4; i++) { /* word w: 16-byte column k = w / 64 of lane (w / 4) % 16 */
-            const uint32_t w = tid + 128 * i, k = w >> 6, L = (w >> 2) & 15;
+        for (uint32_t i = 0; i < KH; i++) { /* word w: 16-byte column k of lane L */
+            const uint32_t w = tid + 128 * i, k = w / (4 * NL), L = (w >> 2) % NL;
             const uint32_t sum = k >> 1, rr = 4 * (k & 1) + (w & 3);
             const uint32_t gl = L >> 2, tl = L & 3;
             const float *src = (sum & 1 ? sk[gl] : v[gl]) + 64 * (sum >> 1);
@@ -1274,18 +1302,21 @@ __device__ __forceinline__ void stage_values_sp(const tile_pos &p, uint32_t slot
     if (lane < 4) cp_async4(slot + (kSpRows + 1) * 128 + lane * 4, p.vrec + lane * 4, 4);
 }
 
-/* KP query fragments of chunk c: 16-byte column k (0..7) of lane L (< 16) at (16 k + L) * 16
- * (att_mma_prep_sp), so that a warp's read of one column is 256 contiguous bytes. */
+/* KP query fragments of chunk c: 16-byte column k (0..7) of lane L (< NL = 4 sp_heads) at
+ * (NL k + L) * 16 (att_mma_prep_sp), so that a warp's read of one column is contiguous. */
+template <int KM>
 __device__ __forceinline__ const uint4 *qsp_row(const mma_args &A, int64_t qrow0, int32_t c)
 {
-    return (const uint4 *)(A.qsplit + (qrow0 + (int64_t)c * A.n_kv) * kSpQBytes);
+    return (const uint4 *)(A.qsplit + (qrow0 + (int64_t)c * A.n_kv) * sp_qbytes(KM));
 }
-/* Sum k's eight B registers (k-step j: 2j, 2j + 1) of lane `lane`; heads 4..7 zeros. */
+/* Sum k's eight B registers (k-step j: 2j, 2j + 1) of lane `lane`; heads past sp_heads zeros. */
+template <int KM>
 __device__ __forceinline__ void load_qsum(uint32_t (&q)[8], const uint4 *row, int k, uint32_t lane)
 {
+    constexpr uint32_t NL = 4 * sp_heads(KM);
 #pragma unroll
     for (int c = 0; c < 2; c++) {
-        const uint4 w = lane < 16 ? __ldg(row + 16 * (2 * k + c) + lane) : make_uint4(0, 0, 0, 0);
+        const uint4 w = lane < NL ? __ldg(row + NL * (2 * k + c) + lane) : make_uint4(0, 0, 0, 0);
         q[4 * c] = w.x;
         q[4 * c + 1] = w.y;
         q[4 * c + 2] = w.z;
@@ -1293,9 +1324,9 @@ __device__ __forceinline__ void load_qsum(uint32_t (&q)[8], const uint4 *row, in
     }
 }
 /* Asks L1 for chunk c's query fragments (the warp's next chunk) ahead of their reads. */
-__device__ __forceinline__ void prefetch_qsp(const uint4 *row, uint32_t lane)
+template <int KM> __device__ __forceinline__ void prefetch_qsp(const uint4 *row, uint32_t lane)
 {
-    if (lane < 16) asm volatile("prefetch.global.L1 [%0];" ::"l"(row + 8 * lane));
+    if (lane < 4 * sp_heads(KM)) asm volatile("prefetch.global.L1 [%0];" ::"l"(row + 8 * lane));
 }
 
 /* The +-1 fragments of a KP sign-like word (bit set: +1), lane quad position t4's half of it
@@ -1313,12 +1344,12 @@ __device__ __forceinline__ void sign_frags(uint32_t w, uint32_t t4, uint32_t (&b
  * 1-bit centroid) and its gamma. Values: m-tiles 0..3 part 0 (B: weights times part 0's
  * scales), 4..7 part 1. With `last` (the warp leaves the chunk after this tile) the record's
  * mask comes back in vm. */
-__device__ __forceinline__ void compute_tile_sp(uint32_t kslot, uint32_t vslot, const tile_pos &p_,
-                                                const tile_pos &pn, bool vn, bool last,
-                                                const mma_args &A, uint32_t lbk, uint32_t lbv,
-                                                float cK1, const uint4 *qrow, float (&o)[8][1][4],
-                                                float (&m_run)[1][2], float (&l_run)[1][2],
-                                                uint4 &vm, uint32_t g, uint32_t t4)
+template <int KM>
+__device__ __forceinline__ void
+compute_tile_sp(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_pos &pn, bool vn,
+                bool last, const mma_args &A, uint32_t lbk, uint32_t lbv, float cK1,
+                const uint4 *qrow, float (&o)[8][1][4], float (&m_run)[1][2], float (&l_run)[1][2],
+                uint4 &vm, uint32_t g, uint32_t t4)
 {
     const uint32_t lane = lane_of(g, t4);
     /* the words of tokens 4g + 2ms, + 1 of key row r (the slot is refilled after the scores:
@@ -1357,7 +1388,7 @@ __device__ __forceinline__ void compute_tile_sp(uint32_t kslot, uint32_t vslot, 
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             uint32_t qk[8]; /* from L1: holding all four sums would cost 32 registers */
-            load_qsum(qk, qrow, k, lane);
+            load_qsum<KM>(qk, qrow, k, lane);
             if (k > 0)
 #pragma unroll
                 for (int rh = 0; rh < 2; rh++)
@@ -1449,25 +1480,27 @@ __device__ __forceinline__ void compute_tile_sp(uint32_t kslot, uint32_t vslot, 
     }
 }
 
-/* KP's value sums in the original domain lie in the second halves of table rows 64..191, which
- * the tables leave free (part 0's value table is the keys' table, part 1's has 64 entries): warp
- * w, head hd, channel j at window byte sp_base(w, hd) | (sp_off(j) ^ sp_flip(hd)). The flip
- * moves heads 2, 3 half a row of banks away from heads 0, 1, which a lane scatters with them. */
-__host__ __device__ constexpr uint32_t sp_base(uint32_t w, uint32_t hd)
+/* KP's value sums in the original domain, warp w, head hd, channel j, at window byte
+ * sp_base(w, hd) | (sp_off(j) ^ sp_flip(hd)). kSplitProd: the second halves of table rows
+ * 64..191, which the tables leave free (part 0's value table is the keys' table, part 1's has 64
+ * entries); kSplitProd8: 512-byte rows from kSp8Acc. The flip moves the heads a lane scatters
+ * with the same channel (2 t4, 2 t4 + 1 of lanes t4 = 0..3) to different banks. */
+template <int KM> __host__ __device__ constexpr uint32_t sp_base(uint32_t w, uint32_t hd)
 {
-    return kSmemBase + (64 + 16 * w + 4 * hd) * 256; /* a multiple of 1024 */
+    return KM == kSplitProd8 ? kSmemBase + kSp8Acc + (8 * w + hd) * 512
+                             : kSmemBase + (64 + 16 * w + 4 * hd) * 256; /* 1 KiB aligned */
 }
-__host__ __device__ constexpr uint32_t sp_off(uint32_t j)
+template <int KM> __host__ __device__ constexpr uint32_t sp_off(uint32_t j)
 {
-    return ((j >> 5) << 8) | 128 | ((j & 31) << 2);
+    return KM == kSplitProd8 ? j << 2 : ((j >> 5) << 8) | 128 | ((j & 31) << 2);
 }
-__host__ __device__ constexpr uint32_t sp_flip(uint32_t hd)
+template <int KM> __host__ __device__ constexpr uint32_t sp_flip(uint32_t hd)
 {
-    return (hd & 2) << 5;
+    return KM == kSplitProd8 ? ((hd >> 1) & 3) << 5 : (hd & 2) << 5;
 }
-__device__ __forceinline__ uint32_t sp_acc(uint32_t w, uint32_t hd, uint32_t j)
+template <int KM> __device__ __forceinline__ uint32_t sp_acc(uint32_t w, uint32_t hd, uint32_t j)
 {
-    return sp_base(w, hd) | (sp_off(j) ^ sp_flip(hd));
+    return sp_base<KM>(w, hd) | (sp_off<KM>(j) ^ sp_flip<KM>(hd));
 }
 /* Warp w's channel map of flush_sp, 128 u16 (sp_off of the channel at each part position): the
  * second halves of table rows kSpInv + 2w and + 1. */
@@ -1496,6 +1529,7 @@ __device__ __forceinline__ void acc_update(uint32_t a, float y, float f, bool on
  * back to the original domain, acc = acc * 2^(m_last - m) + D_p . H z_p / 64 at the channels the
  * chunk's value mask vm gives, and o starts again from zero. dmask: bit 2 mt + h set when D_p
  * is -1 at the lane's channel vsp_channel(g, mt, h). */
+template <int KM>
 __device__ __forceinline__ void flush_sp(float (&o)[8][1][4], const float (&m_run)[1][2],
                                          float (&m_last)[2], const uint4 &vm, uint32_t dmask,
                                          uint32_t warp, uint32_t lane, uint32_t G)
@@ -1539,7 +1573,7 @@ __device__ __forceinline__ void flush_sp(float (&o)[8][1][4], const float (&m_ru
     for (uint32_t i = 0; i < 4; i++) {
         const uint32_t j = 4 * lane + i;
         asm volatile("st.shared.u16 [%0], %1;" ::"r"(sp_inv(warp, split_pos(m, ok, j))),
-                     "h"((uint16_t)sp_off(j))
+                     "h"((uint16_t)sp_off<KM>(j))
                      : "memory");
     }
     __syncwarp();
@@ -1557,8 +1591,8 @@ __device__ __forceinline__ void flush_sp(float (&o)[8][1][4], const float (&m_ru
         f[e] = m_last[e] == -INFINITY ? 0.0f : ex2(m_last[e] - m_run[0][e]);
         m_last[e] = m_run[0][e];
     }
-    const uint32_t base[2] = {sp_base(warp, 2 * t4), sp_base(warp, 2 * t4 + 1)};
-    const uint32_t flip = sp_flip(2 * t4);
+    const uint32_t base[2] = {sp_base<KM>(warp, 2 * t4), sp_base<KM>(warp, 2 * t4 + 1)};
+    const uint32_t flip = sp_flip<KM>(2 * t4);
     const bool on[2] = {2 * t4 < G, 2 * t4 + 1 < G};
 #pragma unroll
     for (int mt = 0; mt < 8; mt++)
@@ -1637,12 +1671,25 @@ template <int KM, bool KQ, int VM, bool G16> struct att_kernel {
     }
     __host__ __device__ static uint32_t smem(bool share)
     {
-        return voff(share) + kWarps * vslot_bytes<KM, KQ, VM>();
+        /* kSplitProd8: then its sums in the original domain (kSp8Acc) */
+        const uint32_t end = voff(share) + kWarps * vslot_bytes<KM, KQ, VM>();
+        return KM == kSplitProd8 ? kSp8Acc + kWarps * 8 * 512 : end;
+    }
+    __host__ __device__ static bool smem_ok(bool share)
+    {
+        return KM != kSplitProd8 || voff(share) + kWarps * vslot_bytes<KM, KQ, VM>() <= kSp8Acc;
     }
 };
 
+/* Blocks of a variant resident per multiprocessor: kSplit8 and kSplitProd8 take the shared memory
+ * of two, so their registers need not fit two either. */
+__host__ __device__ constexpr int att_min_blocks(int KM)
+{
+    return KM == kSplit8 || KM == kSplitProd8 ? 1 : 2;
+}
+
 template <int KM, bool KQ, int VM, bool G16>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, att_min_blocks(KM))
     att_mma_kernel(const __grid_constant__ mma_args A, const int32_t *chunk_indptr,
                    const tq_cuda_chunk *chunks, const __half *wq, float *ws_o, float *ws_ml)
 {
@@ -1749,8 +1796,8 @@ __global__ void __launch_bounds__(kThreads, 2)
             dmask |= (d.y >> 31) << (2 * (6 + (q >> 1)) + (q & 1));
         }
 #pragma unroll
-        for (uint32_t k = 0; k < 16; k++)
-            *(float *)(sm + sp_acc(warp, k >> 2, 32 * (k & 3) + lane) - kSmemBase) = 0.0f;
+        for (uint32_t k = 0; k < 4 * sp_heads(KM); k++)
+            *(float *)(sm + sp_acc<KM>(warp, k >> 2, 32 * (k & 3) + lane) - kSmemBase) = 0.0f;
     }
 
     /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
@@ -1792,7 +1839,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         /* the preparation kernel's queries (this kernel may start before it ends) */
         tqc_grid_wait();
         if constexpr (KP) { /* the first chunk's fragments, into L1 over the barrier */
-            if (va) prefetch_qsp(qsp_row(A, qrow0, pa.c), lane);
+            if (va) prefetch_qsp<KM>(qsp_row<KM>(A, qrow0, pa.c), lane);
         }
         if (KS) { /* the first tile's query fragments, and everything in flight, before it */
             if (va) stage_qfrags<KM, KQ>(kslot, lane, qfrag_row<KM>(A, qrow0, pa.c));
@@ -1861,11 +1908,11 @@ __global__ void __launch_bounds__(kThreads, 2)
         if constexpr (KP) {
             const bool last = !vn || pn.c != pa.c; /* warp-uniform (next_tile's votes) */
             uint4 vm = make_uint4(0, 0, 0, 0);
-            compute_tile_sp(kslot, vslot, pa, pn, vn, last, A, lbk, lbv, cK1,
-                            qsp_row(A, qrow0, pa.c), o, m_run, l_run, vm, g, t4);
+            compute_tile_sp<KM>(kslot, vslot, pa, pn, vn, last, A, lbk, lbv, cK1,
+                                qsp_row<KM>(A, qrow0, pa.c), o, m_run, l_run, vm, g, t4);
             if (last) { /* the next chunk's fragments are requested first: the flush hides them */
-                if (vn) prefetch_qsp(qsp_row(A, qrow0, pn.c), lane);
-                flush_sp(o, m_run, m_last, vm, dmask, warp, lane, A.group);
+                if (vn) prefetch_qsp<KM>(qsp_row<KM>(A, qrow0, pn.c), lane);
+                flush_sp<KM>(o, m_run, m_last, vm, dmask, warp, lane, A.group);
             }
         } else {
             compute_tile<KM, KQ, VM, G16>(kslot, vslot, pa, pn, vn, A, lbk, lbk1, lbv, qrow0, Q, o,
@@ -1931,7 +1978,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                 const float *row = Os + (w * GH + r) * kOs + lane;
 #pragma unroll
                 for (int i = 0; i < 4; i++)
-                    x[i] += (KP ? *(const float *)(sm + sp_acc(w, r, lane + 32 * i) - kSmemBase)
+                    x[i] += (KP ? *(const float *)(sm + sp_acc<KM>(w, r, lane + 32 * i) - kSmemBase)
                                 : row[32 * i]) *
                             f;
                 L += ml[(w * GH + r) * 2 + 1] * f;
@@ -1960,6 +2007,7 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
 {
     using K_ = att_kernel<KM, KQ, VM, G16>;
     const uint32_t smem = K_::smem(M.share_lut != 0);
+    if (!K_::smem_ok(M.share_lut != 0)) return TQKV_EINTERNAL; /* kSp8Acc overlaps the slots */
     if (smem > 48 * 1024) {
         cudaError_t e =
             cudaFuncSetAttribute(att_mma_kernel<KM, KQ, VM, G16>,
@@ -2007,13 +2055,14 @@ static bool att_mma_split(const tqc_att &A)
 }
 
 /* tq3.5-prod: split prod keys (part 0 of 64 at 4 MSE bits + QJL, part 1 of 64 at 1 + QJL),
- * split values (64 at 4 bits, 64 at 3; part 0's codebook the keys' part 0's), at most 4 query
- * heads per KV head. */
+ * split values (64 at 4 bits, 64 at 3; part 0's codebook the keys' part 0's), at most 8 query
+ * heads per KV head (kSplitProd up to 4, kSplitProd8's sums and fragments taking the shared
+ * memory of a second block per multiprocessor for 5 to 8). */
 static bool att_mma_split_prod(const tqc_att &A)
 {
     const tqc_part &k0 = A.K.part[0], &k1 = A.K.part[1], &v0 = A.V.part[0], &v1 = A.V.part[1];
     return A.K.n_parts == 2 && A.V.n_parts == 2 && A.K.mask_words == 4 && A.V.mask_words == 4 &&
-           A.group <= 4 && k0.n == 64 && k1.n == 64 && k0.m == 4 && k1.m == 1 && k0.prod &&
+           A.group <= 8 && k0.n == 64 && k1.n == 64 && k0.m == 4 && k1.m == 1 && k0.prod &&
            k1.prod && v0.n == 64 && v1.n == 64 && v0.m == 4 && v1.m == 3 && !v0.prod && !v1.prod &&
            v0.cent == k0.cent;
 }
@@ -2047,14 +2096,16 @@ bool tqkv__att_mma_eligible(const tqc_att &A)
 
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A)
 {
-    return A.K.n_parts == 2 && !att_mma_split_prod(A) && A.group > qheads(kSplit) ? 1 : 2;
+    return A.K.n_parts == 2 && A.group > 4 ? 1 : 2; /* kSplit8, kSplitProd8 */
 }
 
 size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks)
 {
     /* prod keys: att_mma_prep's rotated queries and sketches; split keys: the per-chunk query
      * fragments of att_mma_prep_split (1 KiB per chunk and KV head); other MSE keys none */
-    if (att_mma_split_prod(A)) return (size_t)n_seqs * max_chunks * A.n_kv * kSpQBytes;
+    if (att_mma_split_prod(A))
+        return (size_t)n_seqs * max_chunks * A.n_kv *
+               sp_qbytes(A.group > 4 ? kSplitProd8 : kSplitProd);
     if (A.K.n_parts == 2)
         return (size_t)n_seqs * max_chunks * A.n_kv *
                (A.group > qheads(kSplit) ? qheads(kSplit8) : qheads(kSplit)) * 256;
@@ -2073,8 +2124,13 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
         const uint64_t cells = (uint64_t)max_chunks * A.n_kv * n_seqs;
         const uint64_t want = (cells + 2 * tqkv__att_sm_count() - 1) / (2 * tqkv__att_sm_count());
         const uint32_t per = (uint32_t)(want < 1 ? 1 : want > kPrepMax ? kPrepMax : want);
-        att_mma_prep_sp<<<dim3((max_chunks + per - 1) / per, A.n_kv, n_seqs), 128, 0, s>>>(
-            A, indptr, chunks, q, max_chunks, per, (uint32_t *)ws_q);
+        const dim3 grid((max_chunks + per - 1) / per, A.n_kv, n_seqs);
+        if (A.group > 4)
+            att_mma_prep_sp<8>
+                <<<grid, 128, 0, s>>>(A, indptr, chunks, q, max_chunks, per, (uint32_t *)ws_q);
+        else
+            att_mma_prep_sp<4>
+                <<<grid, 128, 0, s>>>(A, indptr, chunks, q, max_chunks, per, (uint32_t *)ws_q);
         TQC_CHECK_LAUNCH("attention split-prod query preparation launch");
     } else if (A.K.part[0].prod) {
         att_mma_prep<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, q, wq);
@@ -2127,7 +2183,10 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
         return launch_g<3, true, 4>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
     case 213:
         return launch_g<2, true, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
-    case 9100: /* tq3.5-prod: at most 4 heads per KV head (att_mma_split_prod) */
+    case 9100: /* tq3.5-prod: at most 8 heads per KV head (att_mma_split_prod) */
+        if (A.group > 4)
+            return launch<kSplitProd8, true, kSplitV, false>(M, n_seqs, indptr, chunks, wq, ws_o,
+                                                             ws_ml, s);
         return launch<kSplitProd, true, kSplitV, false>(M, n_seqs, indptr, chunks, wq, ws_o, ws_ml,
                                                         s);
     case 9000: /* split keys: at most 8 heads per KV head (att_mma_split) */

@@ -417,15 +417,16 @@ static const att_case g_att[] = {
     {"tq3.5", 128, 2, 4, 256, 1, {1500}, 0, 1},            /* the general kernel, split keys */
     {"tq3.5", 128, 1, 6, 256, 2, {1500, 77}, 0, 0},        /* 5..8 heads: one block per SM */
     /* tq3.5-prod (split prod keys, split values: each chunk's value sums are rotated back on
-     * their own) runs on tensor cores up to 4 query heads per KV head (the GQA 1 case above
+     * their own) runs on tensor cores up to 8 query heads per KV head (the GQA 1 case above
      * too): whole and partial tiles, one split of 20 chunks (warps walk several chunks each),
      * splits of 3 chunks (two side by side, four warps each, then the third), the general
-     * kernel on the same, GQA 8 (the general kernel) and d = 96 (padded to 128) */
+     * kernel on the same, 5..8 heads (one block per SM) and d = 96 (padded to 128) */
     {"tq3.5-prod", 128, 2, 4, 256, 2, {3000, 200}, 0, 0},  /* tensor cores, split prod */
     {"tq3.5-prod", 128, 1, 4, 256, 1, {5000}, 1, 0},       /* one split: chunk after chunk */
     {"tq3.5-prod", 128, 1, 2, 256, 2, {1800, 31}, 3, 0},   /* 3 chunks a split, partial tiles */
     {"tq3.5-prod", 128, 2, 4, 256, 1, {1500}, 0, 1},       /* the general kernel, split prod */
-    {"tq3.5-prod", 128, 1, 8, 256, 1, {700}, 0, 0},        /* GQA 8: the general kernel */
+    {"tq3.5-prod", 128, 1, 8, 256, 1, {700}, 0, 0},        /* GQA 8: one block per SM */
+    {"tq3.5-prod", 128, 2, 6, 256, 2, {2100, 90}, 1, 0},   /* GQA 6, one split, partial tiles */
     {"tq3.5-prod", 96, 2, 4, 256, 2, {700, 300}, 0, 0},    /* padded head dim, tensor cores */
 };
 
@@ -524,11 +525,11 @@ static void run_att_case(const att_case *c, tq_dtype qdt)
     while (P < D)
         P *= 2;
     const int split = strcmp(c->preset, "tq3.5") == 0; /* split keys: up to 8 heads */
-    const int split_prod = strcmp(c->preset, "tq3.5-prod") == 0; /* up to 4 */
+    const int split_prod = strcmp(c->preset, "tq3.5-prod") == 0; /* up to 8 heads */
     const int tensor_cores =
         !c->general && P == 128 &&
         ((p.v.n_out == 0 && ((p.k.n_out == 0 && c->group <= 16) || (split && c->group <= 8))) ||
-         (split_prod && c->group <= 4));
+         (split_prod && c->group <= 8));
     double worst = 0.0, bound = qdt == TQ_DTYPE_BF16 ? 8e-3 : tensor_cores ? 4e-3 : 1.5e-3;
     for (size_t r = 0; r < (size_t)c->n_seqs * NQ; r++) {
         double num = 0.0, den = 0.0;
