@@ -874,6 +874,15 @@ __device__ __forceinline__ uint2 lds64(uint32_t addr)
     return v;
 }
 
+/* The four table entries bytes 0..3 of index word x select, into r[0..3]. */
+__device__ __forceinline__ void lookup_bytes(uint32_t x, uint32_t lb, uint32_t *r)
+{
+    r[0] = lds(lut_addr<0>(x, lb));
+    r[1] = lds(lut_addr<1>(x, lb));
+    r[2] = lds(lut_addr<2>(x, lb));
+    r[3] = lds(lut_addr<3>(x, lb));
+}
+
 /* Decodes the 16 fragment registers (32 coordinates, key_channel order) of one token's key
  * words w (KM = 4: four words of 8 codes; 3 and 2: two words of the [2] plane and, for 3, the
  * token's [1] word). */
@@ -882,30 +891,14 @@ __device__ __forceinline__ void decode_key(const uint32_t (&w)[4], uint32_t lb, 
                                            uint32_t (&b)[16])
 {
     if (splitk(KM)) { /* part 0: two words of 4-bit codes; part 1: one of 2-bit (table lb1) */
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            b[4 * i + 0] = lds(lut_addr<0>(w[i], lb));
-            b[4 * i + 1] = lds(lut_addr<1>(w[i], lb));
-            b[4 * i + 2] = lds(lut_addr<2>(w[i], lb));
-            b[4 * i + 3] = lds(lut_addr<3>(w[i], lb));
-        }
-        const uint32_t ia = w[2] & 0x0F0F0F0Fu, ib = (w[2] >> 4) & 0x0F0F0F0Fu;
-        b[8] = lds(lut_addr<0>(ia, lb1));
-        b[9] = lds(lut_addr<1>(ia, lb1));
-        b[10] = lds(lut_addr<2>(ia, lb1));
-        b[11] = lds(lut_addr<3>(ia, lb1));
-        b[12] = lds(lut_addr<0>(ib, lb1));
-        b[13] = lds(lut_addr<1>(ib, lb1));
-        b[14] = lds(lut_addr<2>(ib, lb1));
-        b[15] = lds(lut_addr<3>(ib, lb1));
+        lookup_bytes(w[0], lb, b);
+        lookup_bytes(w[1], lb, b + 4);
+        lookup_bytes(w[2] & 0x0F0F0F0Fu, lb1, b + 8);
+        lookup_bytes((w[2] >> 4) & 0x0F0F0F0Fu, lb1, b + 12);
     } else if (KM == 4) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            b[4 * i + 0] = lds(lut_addr<0>(w[i], lb));
-            b[4 * i + 1] = lds(lut_addr<1>(w[i], lb));
-            b[4 * i + 2] = lds(lut_addr<2>(w[i], lb));
-            b[4 * i + 3] = lds(lut_addr<3>(w[i], lb));
-        }
+        for (int i = 0; i < 4; i++)
+            lookup_bytes(w[i], lb, b + 4 * i);
     } else {
 #pragma unroll
         for (int hh = 0; hh < 2; hh++) {
@@ -916,14 +909,8 @@ __device__ __forceinline__ void decode_key(const uint32_t (&w)[4], uint32_t lb, 
                 ia |= (hs << 4) & 0x30303030u;
                 ib |= (hs << 2) & 0x30303030u;
             }
-            b[8 * hh + 0] = lds(lut_addr<0>(ia, lb));
-            b[8 * hh + 1] = lds(lut_addr<1>(ia, lb));
-            b[8 * hh + 2] = lds(lut_addr<2>(ia, lb));
-            b[8 * hh + 3] = lds(lut_addr<3>(ia, lb));
-            b[8 * hh + 4] = lds(lut_addr<0>(ib, lb));
-            b[8 * hh + 5] = lds(lut_addr<1>(ib, lb));
-            b[8 * hh + 6] = lds(lut_addr<2>(ib, lb));
-            b[8 * hh + 7] = lds(lut_addr<3>(ib, lb));
+            lookup_bytes(ia, lb, b + 8 * hh);
+            lookup_bytes(ib, lb, b + 8 * hh + 4);
         }
     }
 }
@@ -1020,26 +1007,26 @@ __device__ __forceinline__ uint32_t idx3(uint32_t wa, uint32_t wb, uint32_t ha, 
  * B of tokens a and b (wa, wb), r[2B + 1] from the odd ones. */
 __device__ __forceinline__ void lookup4(uint32_t wa, uint32_t wb, uint32_t lb, uint32_t (&r)[8])
 {
-    const uint32_t xe = (wa & 0x0F0F0F0Fu) | ((wb << 4) & 0xF0F0F0F0u);
-    const uint32_t xo = ((wa >> 4) & 0x0F0F0F0Fu) | (wb & 0xF0F0F0F0u);
-    r[0] = lds(lut_addr<0>(xe, lb));
-    r[1] = lds(lut_addr<0>(xo, lb));
-    r[2] = lds(lut_addr<1>(xe, lb));
-    r[3] = lds(lut_addr<1>(xo, lb));
-    r[4] = lds(lut_addr<2>(xe, lb));
-    r[5] = lds(lut_addr<2>(xo, lb));
-    r[6] = lds(lut_addr<3>(xe, lb));
-    r[7] = lds(lut_addr<3>(xo, lb));
+    uint32_t e[4], o[4];
+    lookup_bytes((wa & 0x0F0F0F0Fu) | ((wb << 4) & 0xF0F0F0F0u), lb, e);
+    lookup_bytes(((wa >> 4) & 0x0F0F0F0Fu) | (wb & 0xF0F0F0F0u), lb, o);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        r[2 * k] = e[k];
+        r[2 * k + 1] = o[k];
+    }
 }
 /* The four value fragments of 3-bit index x (idx3): bytes 0, 1 into rows g, g + 8 of m-tile a0,
  * bytes 2, 3 into those of a1, as the k half s of the k-step. */
 __device__ __forceinline__ void lookup3(uint32_t x, uint32_t lb, int s, uint32_t (&a0)[4],
                                         uint32_t (&a1)[4])
 {
-    a0[2 * s + 0] = lds(lut_addr<0>(x, lb));
-    a0[2 * s + 1] = lds(lut_addr<1>(x, lb));
-    a1[2 * s + 0] = lds(lut_addr<2>(x, lb));
-    a1[2 * s + 1] = lds(lut_addr<3>(x, lb));
+    uint32_t r[4];
+    lookup_bytes(x, lb, r);
+    a0[2 * s + 0] = r[0];
+    a0[2 * s + 1] = r[1];
+    a1[2 * s + 0] = r[2];
+    a1[2 * s + 1] = r[3];
 }
 
 /* Scores, online softmax and value sums of one tile into the warp's state.
@@ -1375,15 +1362,8 @@ compute_tile_sp(uint32_t kslot, uint32_t vslot, const tile_pos &p_, const tile_p
         uint32_t bt[2][8];
 #pragma unroll
         for (int rh = 0; rh < 2; rh++) {
-            const uint32_t w0 = rh ? kw0.y : kw0.x, w1 = rh ? kw1.y : kw1.x;
-            bt[rh][0] = lds(lut_addr<0>(w0, lbk));
-            bt[rh][1] = lds(lut_addr<1>(w0, lbk));
-            bt[rh][2] = lds(lut_addr<2>(w0, lbk));
-            bt[rh][3] = lds(lut_addr<3>(w0, lbk));
-            bt[rh][4] = lds(lut_addr<0>(w1, lbk));
-            bt[rh][5] = lds(lut_addr<1>(w1, lbk));
-            bt[rh][6] = lds(lut_addr<2>(w1, lbk));
-            bt[rh][7] = lds(lut_addr<3>(w1, lbk));
+            lookup_bytes(rh ? kw0.y : kw0.x, lbk, bt[rh]);
+            lookup_bytes(rh ? kw1.y : kw1.x, lbk, bt[rh] + 4);
         }
 #pragma unroll
         for (int k = 0; k < 4; k++) {
