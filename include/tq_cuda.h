@@ -134,8 +134,9 @@ size_t tq_cuda_attention_workspace_size(const tq_cuda_attn_params *p, uint32_t n
  * Scores use the rotated query (and its QJL sketch for prod keys) against codebook values;
  * values are accumulated rotated and rotated back once per split (per chunk for outlier
  * recipes). Long sequences are split over several thread blocks and merged by log-sum-exp.
- * head_dim_padded 128 with tq4, tq3, tq4-prod, tq3-prod (up to 16 query heads per KV head) or
- * tq3.5 (up to 8) runs on tensor cores (fp16 operands, fp32 sums); the rest on CUDA cores.
+ * head_dim_padded 128 with tq4, tq3, tq4-prod, tq3-prod (up to 16 query heads per KV head),
+ * tq3.5 or tq3.5-prod (up to 8) runs on tensor cores (fp16 operands, fp32 sums); the rest on
+ * CUDA cores.
  * @return 0, TQKV_EINVAL (null or misaligned pointers, bad parameters), TQKV_ENOSPC (workspace
  * too small), TQKV_ENOTSUP, TQKV_ECUDA. */
 int tq_cuda_attention(const tq_cuda_attn_params *p, uint32_t n_seqs, const int32_t *chunk_indptr,

@@ -1,6 +1,6 @@
 /* Internals shared by the two decode-attention kernels: the general one (attention.cu: any head
  * dimension, outlier splits, one thread per token on CUDA cores) and the tensor-core one
- * (attention_mma.cu: head_dim_padded 128, one part per tensor, the presets most engines run).
+ * (attention_mma.cu: head_dim_padded 128, the presets most engines run).
  * tq_cuda_attention (attention.cu) validates the parameters once, picks the kernel, and both
  * write the same split workspace that the log-sum-exp merge reads. */
 #ifndef TQC_ATTENTION_CUH
@@ -50,8 +50,8 @@ typedef struct {
 uint32_t tqkv__att_sm_count(void);
 
 /* Whether the tensor-core kernel handles A: head_dim_padded 128, the recipes of tq4, tq3,
- * tq4-prod and tq3-prod (one part per tensor, at most 16 query heads per KV head) and tq3.5
- * (split keys, at most 8). */
+ * tq4-prod and tq3-prod (one part per tensor, at most 16 query heads per KV head), tq3.5 (split
+ * keys) and tq3.5-prod (split prod keys and split values), at most 8. */
 bool tqkv__att_mma_eligible(const tqc_att &A);
 /* Whether its warps walk whole chunks (tq3.5-prod), so that a block's time follows its chunks
  * per group of warps rather than its tiles per warp. */

@@ -1,6 +1,7 @@
 /* Decode attention on tensor cores, for the geometry most engines run: head_dim_padded 128, the
  * recipes of tq4, tq3, tq4-prod and tq3-prod (one part per tensor, up to 16 query heads per KV
- * head) and tq3.5 (keys split into 64 outlier channels at 4 bits and 64 at 2, up to 8).
+ * head), tq3.5 (keys split into 64 outlier channels at 4 bits and 64 at 2, up to 8) and
+ * tq3.5-prod (split prod keys and split values, up to 8; see kSplitProd).
  *
  * Grid (split, KV head, sequence), eight warps. Each warp walks its own 32-token tiles of the
  * block's chunks with its own online softmax (no barrier in the loop) and the block merges its
@@ -1919,7 +1920,7 @@ __global__ void __launch_bounds__(kThreads, att_min_blocks(KM))
     __syncthreads(); /* every warp is done with the tables */
     constexpr uint32_t GH = K_::GH;
     float *Os = (float *)sm; /* [warp][GH][kOs] */
-    /* [warp][GH][2]; KP: where the descriptors were (its sums lie in the tables' free halves) */
+    /* [warp][GH][2]; KP: where the descriptors were (its sums lie elsewhere: sp_base) */
     float *ml = KP ? (float *)(sm + K_::doff(false)) : Os + kWarps * kOs * GH;
 #pragma unroll
     for (int mt = 0; mt < (KP ? 0 : 8); mt++)
