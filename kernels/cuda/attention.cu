@@ -810,8 +810,7 @@ static uint32_t att_mma_splits(uint32_t ctas, uint32_t slots, uint32_t max_chunk
         if (sp != w)
             continue; /* the same split as a smaller w */
         const uint64_t waves = ((uint64_t)ctas * sp + slots - 1) / slots;
-        /* whole chunks: nl of them side by side, each over 8 / nl warps */
-        const uint32_t nl = cps >= 8 ? 8 : cps >= 4 ? 4 : cps >= 2 ? 2 : 1;
+        const uint32_t nl = tqc_chunk_lanes(cps); /* whole chunks: nl side by side */
         const uint64_t cost = waves * ((whole ? (cps + nl - 1) / nl * nl : cps) + 2);
         if (cost < best_cost) {
             best_cost = cost;

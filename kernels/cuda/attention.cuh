@@ -49,6 +49,14 @@ typedef struct {
 /* Multiprocessors of the current device. */
 uint32_t tqkv__att_sm_count(void);
 
+/* Chunks a tensor-core block walking whole chunks (tq3.5-prod) takes side by side, out of the nc
+ * it holds: each over 8 / lanes of its eight warps. Its split choice and its walk both follow it.
+ */
+__host__ __device__ inline uint32_t tqc_chunk_lanes(int64_t nc)
+{
+    return nc >= 8 ? 8 : nc >= 4 ? 4 : nc >= 2 ? 2 : 1;
+}
+
 /* Whether the tensor-core kernel handles A: head_dim_padded 128, the recipes of tq4, tq3,
  * tq4-prod and tq3-prod (one part per tensor, at most 16 query heads per KV head), tq3.5 (split
  * keys) and tq3.5-prod (split prod keys and split values), at most 8. */

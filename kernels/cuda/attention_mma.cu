@@ -1731,7 +1731,7 @@ __global__ void __launch_bounds__(kThreads, att_min_blocks(KM))
     uint32_t first = warp * kTile, tstep = kWarps * kTile;
     if (KP) {
         const int32_t nc = c1 - cs;
-        const uint32_t nl = nc >= 8 ? 8 : nc >= 4 ? 4 : nc >= 2 ? 2 : 1, wpc = kWarps / nl;
+        const uint32_t nl = tqc_chunk_lanes(nc), wpc = kWarps / nl;
         cstep = (int32_t)nl;
         c = cs + (int32_t)(warp / wpc) - cstep;
         first = (warp % wpc) * kTile;
@@ -2077,7 +2077,7 @@ bool tqkv__att_mma_eligible(const tqc_att &A)
 
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A)
 {
-    return A.K.n_parts == 2 && A.group > 4 ? 1 : 2; /* kSplit8, kSplitProd8 */
+    return A.K.n_parts == 2 && A.group > qheads(kSplit) ? 1 : 2; /* kSplit8, kSplitProd8 */
 }
 
 size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks)
@@ -2086,7 +2086,7 @@ size_t tqkv__att_mma_extra(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunk
      * fragments of att_mma_prep_split (1 KiB per chunk and KV head); other MSE keys none */
     if (att_mma_split_prod(A))
         return (size_t)n_seqs * max_chunks * A.n_kv *
-               sp_qbytes(A.group > 4 ? kSplitProd8 : kSplitProd);
+               sp_qbytes(A.group > sp_heads(kSplitProd) ? kSplitProd8 : kSplitProd);
     if (A.K.n_parts == 2)
         return (size_t)n_seqs * max_chunks * A.n_kv *
                (A.group > qheads(kSplit) ? qheads(kSplit8) : qheads(kSplit)) * 256;
@@ -2106,7 +2106,7 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
         const uint64_t want = (cells + 2 * tqkv__att_sm_count() - 1) / (2 * tqkv__att_sm_count());
         const uint32_t per = (uint32_t)(want < 1 ? 1 : want > kPrepMax ? kPrepMax : want);
         const dim3 grid((max_chunks + per - 1) / per, A.n_kv, n_seqs);
-        if (A.group > 4)
+        if (A.group > sp_heads(kSplitProd))
             att_mma_prep_sp<8>
                 <<<grid, 128, 0, s>>>(A, indptr, chunks, q, max_chunks, per, (uint32_t *)ws_q);
         else
@@ -2165,7 +2165,7 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
     case 213:
         return launch_g<2, true, 3>(M, g16, n_seqs, indptr, chunks, wq, ws_o, ws_ml, s);
     case 9100: /* tq3.5-prod: at most 8 heads per KV head (att_mma_split_prod) */
-        if (A.group > 4)
+        if (A.group > sp_heads(kSplitProd))
             return launch<kSplitProd8, true, kSplitV, false>(M, n_seqs, indptr, chunks, wq, ws_o,
                                                              ws_ml, s);
         return launch<kSplitProd, true, kSplitV, false>(M, n_seqs, indptr, chunks, wq, ws_o, ws_ml,
