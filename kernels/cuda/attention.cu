@@ -679,6 +679,68 @@ __global__ void __launch_bounds__(TQC_ATT_THREADS)
 }
 
 #define TQC_MERGE_BATCH 1024
+#define TQC_MERGE_FAST 32 /* splits the one-load merge takes (tqc_merge_fast) */
+
+/* Output coordinate j of query head hq: the four warps' sums over L, in the query dtype. */
+__device__ __forceinline__ void tqc_merge_store(const tqc_att &A,
+                                                const float (*part)[TQ_MAX_HEAD_DIM], float inv,
+                                                uint32_t seq, uint32_t hq, uint32_t j, void *out)
+{
+    const float o = (part[0][j] + part[1][j] + part[2][j] + part[3][j]) * inv;
+    const size_t oi = ((size_t)seq * A.n_q + hq) * A.head_dim + j;
+    if (A.q_dtype == TQ_DTYPE_BF16)
+        ((uint16_t *)out)[oi] = tqc_f32_to_bf16(o);
+    else
+        ((uint16_t *)out)[oi] = tqc_f32_to_f16(o);
+}
+
+/* The merge of at most TQC_MERGE_FAST splits of 128-float rows with one round of loads, where the
+ * general one below takes two rounds and two more barriers: every warp loads all the (m, l)
+ * pairs (lane s: split s) and its own rows (splits w, w + 4, ...) at once, then computes the
+ * maximum and the weights itself. Leaves the warp's weighted sums in part[warp]; returns L. */
+__device__ __forceinline__ float tqc_merge_fast(const float *ws_o, const float *ml2, size_t base,
+                                                uint32_t S, uint32_t lane, uint32_t warp,
+                                                float (*part)[TQ_MAX_HEAD_DIM])
+{
+    constexpr int R = TQC_MERGE_FAST / 4; /* rows per warp */
+    float m = -INFINITY, l = 0.0f;
+    if (lane < S) {
+        m = ml2[2 * lane];
+        l = ml2[2 * lane + 1];
+    }
+    float r[R][4];
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        const uint32_t sp = warp + 4 * i;
+        const float *row = ws_o + (base + sp) * 128 + lane;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            r[i][k] = sp < S ? row[32 * k] : 0.0f;
+    }
+    if (!(l > 0.0f))
+        m = -INFINITY; /* an empty split (no tokens) weighs nothing */
+    float M = m;
+#pragma unroll
+    for (int k = 16; k; k >>= 1)
+        M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, k));
+    const float w = m == -INFINITY ? 0.0f : exp2f(m - M);
+    float L = l * w;
+#pragma unroll
+    for (int k = 16; k; k >>= 1)
+        L += __shfl_xor_sync(0xffffffffu, L, k);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        const float wi = __shfl_sync(0xffffffffu, w, (warp + 4 * i) & 31);
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            acc[k] += r[i][k] * wi;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        part[warp][lane + 32 * k] = acc[k];
+    return L;
+}
 
 /* Merge: block (query head, sequence) of 128 threads. Each batch of splits' (m, l) is staged in
  * shared memory in one pass and warp 0 turns it into weights 2^(m_s - M); then warp w sums the
@@ -698,6 +760,13 @@ __global__ void __launch_bounds__(128)
     tqc_grid_wait(); /* launched ahead of the split kernel's end (att_merge_launch) */
     const float *ml2 = ws_ml + base * 2; /* (m, l) per split; only 4-byte aligned */
     float M = -INFINITY, L = 0.0f;
+    if (S <= TQC_MERGE_FAST && D == 128) {
+        L = tqc_merge_fast(ws_o, ml2, base, S, lane, warp, part);
+        __syncthreads();
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        tqc_merge_store(A, part, inv, seq, hq, tid, out);
+        return;
+    }
     float acc[TQ_MAX_HEAD_DIM / 32];
 #pragma unroll
     for (int k = 0; k < TQ_MAX_HEAD_DIM / 32; k++)
@@ -769,14 +838,8 @@ __global__ void __launch_bounds__(128)
             part[warp][lane + 32 * k] = acc[k];
     __syncthreads();
     const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-    for (uint32_t j = tid; j < D; j += blockDim.x) {
-        const float o = (part[0][j] + part[1][j] + part[2][j] + part[3][j]) * inv;
-        const size_t oi = ((size_t)seq * A.n_q + hq) * D + j;
-        if (A.q_dtype == TQ_DTYPE_BF16)
-            ((uint16_t *)out)[oi] = tqc_f32_to_bf16(o);
-        else
-            ((uint16_t *)out)[oi] = tqc_f32_to_f16(o);
-    }
+    for (uint32_t j = tid; j < D; j += blockDim.x)
+        tqc_merge_store(A, part, inv, seq, hq, j, out);
 }
 
 /* ---- Host --------------------------------------------------------------------------------- */
@@ -798,10 +861,11 @@ uint32_t tqkv__att_sm_count(void)
 
 /* Splits per (sequence, KV head) for the tensor-core kernel, whose blocks all take about the same
  * time: the count whose waves of blocks over the `slots` resident at once finish first. A block
- * costs its chunks plus about two chunks' worth of fixed work (tables, query rotation, merge), so
- * (1, 128K) takes 32 splits of 16 chunks (one wave of 256 blocks on 264 slots), and (8, 32K) 4
- * splits of 32 chunks (one wave) rather than 5 of 26 (320 blocks: a second wave for 56). */
-static uint32_t att_mma_splits(uint32_t ctas, uint32_t slots, uint32_t max_chunks, bool whole)
+ * costs its chunks, rounded up to whole rounds of the nl its warps walk side by side, plus about
+ * two chunks' worth of fixed work (tables, query rotation, merge), so (1, 128K) takes 32 splits
+ * of 16 chunks (one wave of 256 blocks on 264 slots), and (8, 32K) 4 splits of 32 chunks (one
+ * wave) rather than 5 of 26 (320 blocks: a second wave for 56). */
+static uint32_t att_mma_splits(uint32_t ctas, uint32_t slots, uint32_t max_chunks)
 {
     uint32_t best = 1;
     uint64_t best_cost = UINT64_MAX;
@@ -810,8 +874,8 @@ static uint32_t att_mma_splits(uint32_t ctas, uint32_t slots, uint32_t max_chunk
         if (sp != w)
             continue; /* the same split as a smaller w */
         const uint64_t waves = ((uint64_t)ctas * sp + slots - 1) / slots;
-        const uint32_t nl = tqc_chunk_lanes(cps); /* whole chunks: nl side by side */
-        const uint64_t cost = waves * ((whole ? (cps + nl - 1) / nl * nl : cps) + 2);
+        const uint32_t nl = tqc_chunk_lanes(cps);
+        const uint64_t cost = waves * ((cps + nl - 1) / nl * nl + 2);
         if (cost < best_cost) {
             best_cost = cost;
             best = sp;
@@ -878,8 +942,7 @@ static int att_setup(const tq_cuda_attn_params *p, uint32_t n_seqs, uint32_t max
      * split that fills whole waves (att_mma_splits). */
     uint32_t ctas = A->mma ? n_seqs * A->n_kv : n_seqs * A->n_kv * A->n_groups;
     uint32_t per_sm = A->mma ? tqkv__att_mma_blocks_per_sm(*A) : 8;
-    uint32_t want = A->mma ? att_mma_splits(ctas, tqkv__att_sm_count() * per_sm, max_chunks,
-                                            tqkv__att_mma_whole_chunks(*A))
+    uint32_t want = A->mma ? att_mma_splits(ctas, tqkv__att_sm_count() * per_sm, max_chunks)
                            : (tqkv__att_sm_count() * per_sm + ctas - 1) / ctas;
     if (p->max_splits && want > p->max_splits)
         want = p->max_splits;

@@ -49,7 +49,7 @@ typedef struct {
 /* Multiprocessors of the current device. */
 uint32_t tqkv__att_sm_count(void);
 
-/* Chunks a tensor-core block walking whole chunks (tq3.5-prod) takes side by side, out of the nc
+/* Chunks a tensor-core block (whose warps walk whole chunks) takes side by side, out of the nc
  * it holds: each over 8 / lanes of its eight warps. Its split choice and its walk both follow it.
  */
 __host__ __device__ inline uint32_t tqc_chunk_lanes(int64_t nc)
@@ -61,9 +61,6 @@ __host__ __device__ inline uint32_t tqc_chunk_lanes(int64_t nc)
  * tq4-prod and tq3-prod (one part per tensor, at most 16 query heads per KV head), tq3.5 (split
  * keys) and tq3.5-prod (split prod keys and split values), at most 8. */
 bool tqkv__att_mma_eligible(const tqc_att &A);
-/* Whether its warps walk whole chunks (tq3.5-prod), so that a block's time follows its chunks
- * per group of warps rather than its tiles per warp. */
-bool tqkv__att_mma_whole_chunks(const tqc_att &A);
 /* Blocks per split the tensor-core kernel wants resident per multiprocessor. */
 uint32_t tqkv__att_mma_blocks_per_sm(const tqc_att &A);
 /* Bytes of workspace it needs beyond the split outputs (prod keys: the prepared queries). */

@@ -4,8 +4,8 @@
  * tq3.5-prod (split prod keys and split values, up to 8; see kSplitProd).
  *
  * Grid (split, KV head, sequence), eight warps. Each warp walks its own 32-token tiles of the
- * block's chunks with its own online softmax (no barrier in the loop) and the block merges its
- * eight warps at the end. A tile's code words and scales reach shared memory by cp.async into
+ * block's chunks, whole chunks at a time, with its own online softmax (no barrier in the loop)
+ * and the block merges its eight warps at the end. A tile's code words and scales reach shared memory by cp.async into
  * the warp's two staging slots (keys, values), each refilled with the next tile's as soon as
  * its words have been read into registers, so that no load is ever in flight in registers at a
  * branch. Per tile, all with mma.sync m16n8k16 (fp16 operands, fp32 sums):
@@ -1723,20 +1723,16 @@ __global__ void __launch_bounds__(kThreads, att_min_blocks(KM))
     if (has_dsc) dsc = chunks[cs + tid];
 
     /* the first tile's words are requested before the tables and the query rotation, whose
-     * work then hides their latency (descriptors straight from global memory here). A warp takes
-     * tiles `first`, + tstep, ... of each chunk, chunks c, c + cstep, ...: every eighth tile of
-     * every chunk, or for KP whole chunks, a chunk's tiles shared by kWarps / nl warps when the
-     * block has fewer than eight (nl chunks walked side by side) */
-    int32_t c = cs - 1, cstep = 1;
-    uint32_t first = warp * kTile, tstep = kWarps * kTile;
-    if (KP) {
-        const int32_t nc = c1 - cs;
-        const uint32_t nl = tqc_chunk_lanes(nc), wpc = kWarps / nl;
-        cstep = (int32_t)nl;
-        c = cs + (int32_t)(warp / wpc) - cstep;
-        first = (warp % wpc) * kTile;
-        tstep = wpc * kTile;
-    }
+     * work then hides their latency (descriptors straight from global memory here). A warp walks
+     * whole chunks: tiles `first`, + tstep, ... of chunks c, c + cstep, ..., a chunk's tiles
+     * shared by kWarps / nl warps when the block has fewer than eight (nl chunks walked side by
+     * side). It then enters a new chunk every few tiles rather than every tile (the walk and the
+     * record addresses cost about 70 instructions a time), and KP's rotated value sums stay
+     * within one chunk's channel split. */
+    const uint32_t nl = tqc_chunk_lanes(c1 - cs), wpc = kWarps / nl;
+    const int32_t cstep = (int32_t)nl;
+    int32_t c = cs + (int32_t)(warp / wpc) - cstep;
+    const uint32_t first = (warp % wpc) * kTile, tstep = wpc * kTile;
     tile_pos pa;
     pa.T = 0;
     pa.t0 = 0;
@@ -2046,11 +2042,6 @@ static bool att_mma_split_prod(const tqc_att &A)
            A.group <= 8 && k0.n == 64 && k1.n == 64 && k0.m == 4 && k1.m == 1 && k0.prod &&
            k1.prod && v0.n == 64 && v1.n == 64 && v0.m == 4 && v1.m == 3 && !v0.prod && !v1.prod &&
            v0.cent == k0.cent;
-}
-
-bool tqkv__att_mma_whole_chunks(const tqc_att &A)
-{
-    return att_mma_split_prod(A);
 }
 
 bool tqkv__att_mma_eligible(const tqc_att &A)
