@@ -5,10 +5,10 @@
  *
  * Grid (split, KV head, sequence), eight warps. Each warp walks its own 32-token tiles of the
  * block's chunks, whole chunks at a time, with its own online softmax (no barrier in the loop)
- * and the block merges its eight warps at the end. A tile's code words and scales reach shared memory by cp.async into
- * the warp's two staging slots (keys, values), each refilled with the next tile's as soon as
- * its words have been read into registers, so that no load is ever in flight in registers at a
- * branch. Per tile, all with mma.sync m16n8k16 (fp16 operands, fp32 sums):
+ * and the block merges its eight warps at the end. A tile's code words and scales reach shared
+ * memory by cp.async into the warp's two staging slots (keys, values), each refilled with the next
+ * tile's as soon as its words have been read into registers, so that no load is ever in flight in
+ * registers at a branch. Per tile, all with mma.sync m16n8k16 (fp16 operands, fp32 sums):
  *   - scores S[tokens x heads] = K . Q'^T: the A operand is decoded straight from the code words
  *     into fragments: a byte of codes (two coordinates of one token) indexes a table of half2
  *     centroid pairs in shared memory, replicated once per lane so that the 32 lookups of a warp
