@@ -1684,16 +1684,32 @@ __global__ void __launch_bounds__(kThreads, att_min_blocks(KM))
     if ((uint32_t)__cvta_generic_to_shared(sm) != kSmemBase)
         __trap(); /* the tables' addresses assume it (tqkv__att_mma_eligible checks the device) */
     static_assert(lut_size<4>::entries <= kThreads, "one table entry per thread");
+    constexpr bool KS = splitk(KM), KP = splitp(KM);
+    constexpr int KT = KS || KP ? 4 : KM; /* split keys: part 0's table is a 4-bit one */
+    constexpr int VT = KP ? 3 : VM;       /* KP: the second halves hold the values' part 1 table */
+    /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane); the
+     * codebooks are constant tables no kernel of the stream writes */
+    const auto fill_tables = [&]() {
+        const uint32_t kent = lut_entry<KT>(A.kcent, tid);
+        const uint32_t vent = A.share_lut ? 0u : lut_entry<VT>(KP ? A.v1cent : A.vcent, tid);
+        const uint32_t k1ent = KS ? lut_entry<2>(A.k1cent, tid) : 0u; /* split keys' part 1 */
+        lut_store<KT>((uint32_t *)sm, kent, tid, 0);
+        if (!A.share_lut) lut_store<VT>((uint32_t *)sm, vent, tid, 1);
+        if (KS && tid < 16) lut_store<2>((uint32_t *)(sm + kK1Table), k1ent, tid, 0);
+    };
+    /* MSE keys: the kernel is a programmatic dependent of whatever precedes it in the stream
+     * (launch), which may write the queries, the chunks or their table: it fills its tables
+     * while that kernel finishes and waits for it before its first load. Prod and split keys
+     * depend on their preparation kernel instead, which started after everything before it. */
+    constexpr bool PDL_SELF = !(KQ || KS || KP);
+    if constexpr (PDL_SELF) {
+        fill_tables();
+        tqc_grid_wait();
+    }
     /* Every global load of the prologue that depends on nothing is issued first, so that the
      * block waits on one memory latency (then one more for the chunk descriptors, which need
      * the sequence's chunk range) instead of a chain of them. */
     const int32_t ip0 = chunk_indptr[seq], ip1 = chunk_indptr[seq + 1];
-    constexpr bool KS = splitk(KM), KP = splitp(KM);
-    constexpr int KT = KS || KP ? 4 : KM; /* split keys: part 0's table is a 4-bit one */
-    constexpr int VT = KP ? 3 : VM;       /* KP: the second halves hold the values' part 1 table */
-    const uint32_t kent = lut_entry<KT>(A.kcent, tid);
-    const uint32_t vent = A.share_lut ? 0u : lut_entry<VT>(KP ? A.v1cent : A.vcent, tid);
-    const uint32_t k1ent = KS ? lut_entry<2>(A.k1cent, tid) : 0u; /* split keys' part 1 */
     /* the fragments of chunk c: row qrow0 + c * n_kv of A.qsplit (1 KiB rows) */
     const int64_t qrow0 = ((int64_t)seq * A.max_chunks - ip0) * A.n_kv + h;
     /* MSE keys: the block rotates its heads' queries itself, q' = H (D . q) / sqrt(128), a warp
@@ -1777,10 +1793,7 @@ __global__ void __launch_bounds__(kThreads, att_min_blocks(KM))
             *(float *)(sm + sp_acc<KM>(warp, k >> 2, 32 * (k & 3) + lane) - kSmemBase) = 0.0f;
     }
 
-    /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
-    lut_store<KT>((uint32_t *)sm, kent, tid, 0);
-    if (!A.share_lut) lut_store<VT>((uint32_t *)sm, vent, tid, 1);
-    if (KS && tid < 16) lut_store<2>((uint32_t *)(sm + kK1Table), k1ent, tid, 0);
+    if constexpr (!PDL_SELF) fill_tables(); /* over the first loads' latency */
     const uint32_t lbk = lane * 4, lbv = (A.share_lut ? 0 : 128) + lane * 4;
     const uint32_t lbk1 = kK1Table + lane * 4;
 
@@ -1991,9 +2004,10 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return tqkv__cuda_err(e, "attention smem attribute");
     }
-    /* prod and split keys: a programmatic dependent of att_mma_prep(_split), so that the tables
-     * and the first tiles' copies overlap it (the kernel waits for it before it reads the
-     * prepared queries) */
+    /* a programmatic dependent of the kernel before it: prod and split keys of
+     * att_mma_prep(_split), so that the tables and the first tiles' copies overlap it (the kernel
+     * waits for it before it reads the prepared queries); MSE keys of whatever precedes them,
+     * so that their launch and tables overlap its end (PDL_SELF) */
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[1];
     cfg.gridDim = dim3(M.n_splits, M.n_kv, n_seqs);
@@ -2003,7 +2017,7 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
-    cfg.numAttrs = KQ || splitk(KM) ? 1 : 0;
+    cfg.numAttrs = 1;
     cudaError_t e =
         cudaLaunchKernelEx(&cfg, att_mma_kernel<KM, KQ, VM, G16>, M, indptr, chunks, wq, wo, wml);
     if (e != cudaSuccess) return tqkv__cuda_err(e, "attention (tensor cores) launch");
