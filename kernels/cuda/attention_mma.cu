@@ -1687,29 +1687,26 @@ __global__ void __launch_bounds__(kThreads, att_min_blocks(KM))
     constexpr bool KS = splitk(KM), KP = splitp(KM);
     constexpr int KT = KS || KP ? 4 : KM; /* split keys: part 0's table is a 4-bit one */
     constexpr int VT = KP ? 3 : VM;       /* KP: the second halves hold the values' part 1 table */
-    /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane); the
-     * codebooks are constant tables no kernel of the stream writes */
-    const auto fill_tables = [&]() {
-        const uint32_t kent = lut_entry<KT>(A.kcent, tid);
-        const uint32_t vent = A.share_lut ? 0u : lut_entry<VT>(KP ? A.v1cent : A.vcent, tid);
-        const uint32_t k1ent = KS ? lut_entry<2>(A.k1cent, tid) : 0u; /* split keys' part 1 */
-        lut_store<KT>((uint32_t *)sm, kent, tid, 0);
-        if (!A.share_lut) lut_store<VT>((uint32_t *)sm, vent, tid, 1);
-        if (KS && tid < 16) lut_store<2>((uint32_t *)(sm + kK1Table), k1ent, tid, 0);
-    };
     /* MSE keys: the kernel is a programmatic dependent of whatever precedes it in the stream
-     * (launch), which may write the queries, the chunks or their table: it fills its tables
-     * while that kernel finishes and waits for it before its first load. Prod and split keys
-     * depend on their preparation kernel instead, which started after everything before it. */
+     * (launch), which may write the queries, the chunks or their table: it fills its lookup
+     * tables (constant codebooks no kernel of the stream writes) while that kernel ends and
+     * waits for it before its first load. Prod and split keys depend on their preparation
+     * kernel instead, which started after everything before it, and fill their tables below,
+     * over their first loads' latency. */
     constexpr bool PDL_SELF = !(KQ || KS || KP);
     if constexpr (PDL_SELF) {
-        fill_tables();
+        lut_store<KT>((uint32_t *)sm, lut_entry<KT>(A.kcent, tid), tid, 0);
+        if (!A.share_lut) lut_store<VT>((uint32_t *)sm, lut_entry<VT>(A.vcent, tid), tid, 1);
         tqc_grid_wait();
     }
     /* Every global load of the prologue that depends on nothing is issued first, so that the
      * block waits on one memory latency (then one more for the chunk descriptors, which need
      * the sequence's chunk range) instead of a chain of them. */
     const int32_t ip0 = chunk_indptr[seq], ip1 = chunk_indptr[seq + 1];
+    const uint32_t kent = PDL_SELF ? 0u : lut_entry<KT>(A.kcent, tid);
+    const uint32_t vent =
+        PDL_SELF || A.share_lut ? 0u : lut_entry<VT>(KP ? A.v1cent : A.vcent, tid);
+    const uint32_t k1ent = KS ? lut_entry<2>(A.k1cent, tid) : 0u; /* split keys' part 1 */
     /* the fragments of chunk c: row qrow0 + c * n_kv of A.qsplit (1 KiB rows) */
     const int64_t qrow0 = ((int64_t)seq * A.max_chunks - ip0) * A.n_kv + h;
     /* MSE keys: the block rotates its heads' queries itself, q' = H (D . q) / sqrt(128), a warp
@@ -1793,7 +1790,12 @@ __global__ void __launch_bounds__(kThreads, att_min_blocks(KM))
             *(float *)(sm + sp_acc<KM>(warp, k >> 2, 32 * (k & 3) + lane) - kSmemBase) = 0.0f;
     }
 
-    if constexpr (!PDL_SELF) fill_tables(); /* over the first loads' latency */
+    /* lookup tables: entry e at e * 256, one copy per lane (word e * 64 + half * 32 + lane) */
+    if constexpr (!PDL_SELF) {
+        lut_store<KT>((uint32_t *)sm, kent, tid, 0);
+        if (!A.share_lut) lut_store<VT>((uint32_t *)sm, vent, tid, 1);
+        if (KS && tid < 16) lut_store<2>((uint32_t *)(sm + kK1Table), k1ent, tid, 0);
+    }
     const uint32_t lbk = lane * 4, lbv = (A.share_lut ? 0 : 128) + lane * 4;
     const uint32_t lbk1 = kK1Table + lane * 4;
 
