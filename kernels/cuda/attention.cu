@@ -998,19 +998,8 @@ extern "C" int tq_cuda_chunk_from_block(const tq_block_view *b, const void *dev_
 static int att_merge_launch(const tqc_att &A, uint32_t n_seqs, const float *wo, const float *wml,
                             void *out, cudaStream_t s)
 {
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1];
-    cfg.gridDim = dim3(A.n_q, n_seqs);
-    cfg.blockDim = dim3(128);
-    cfg.stream = s;
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, tqc_attention_merge, A, wo, wml, out);
-    if (e != cudaSuccess)
-        return tqkv__cuda_err(e, "attention merge launch");
-    return 0;
+    return tqc_launch_dependent(tqc_attention_merge, dim3(A.n_q, n_seqs), dim3(128), 0, s,
+                                "attention merge launch", A, wo, wml, out);
 }
 
 template <int GT, int CPT>

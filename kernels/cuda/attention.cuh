@@ -28,6 +28,27 @@ __device__ __forceinline__ void tqc_grid_dependents(void)
 #endif
 }
 
+/* Launches kernel k as a programmatic dependent of the kernel before it in stream s: its blocks
+ * may start while that kernel ends, so k must call tqc_grid_wait before it reads anything that
+ * kernel (or, through it, any before) may write, and before it writes what that one reads. */
+template <typename... P, typename... Args>
+inline int tqc_launch_dependent(void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                                cudaStream_t s, const char *what, Args &&...args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, k, static_cast<Args &&>(args)...);
+    return e == cudaSuccess ? 0 : tqkv__cuda_err(e, what);
+}
+
 /* Geometry of one tensor's parts as the attention kernels need it (offsets within a record). */
 typedef struct {
     uint32_t n_parts, mask_words, record_size_unused;

@@ -343,9 +343,12 @@ static_assert(vsp_checked(), "KP value channels: part 1's reads");
 __global__ void __launch_bounds__(128)
     att_mma_prep(const __grid_constant__ tqc_att A, const void *q, __half *wq)
 {
-    /* the split kernel (a programmatic dependent) may be scheduled as soon as every block of
-     * this grid has started: its tables and first copies then overlap this work (it waits for
-     * the whole grid before it reads the queries) */
+    /* a programmatic dependent itself (tqkv__att_mma_launch): nothing is read before the kernel
+     * ahead of it has ended. Then the split kernel (this grid's programmatic dependent) may be
+     * scheduled: its tables and first copies overlap this work (it waits for the whole grid
+     * before it reads the queries), and the chunks it copies before that wait were written
+     * before the kernel ahead of this one ended */
+    tqc_grid_wait();
     tqc_grid_dependents();
     __shared__ float v[128];
     const uint32_t k = threadIdx.x, hq = blockIdx.x, seq = blockIdx.y;
@@ -391,7 +394,8 @@ __global__ void __launch_bounds__(128)
                        const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks, uint32_t qh,
                        uint32_t *out)
 {
-    tqc_grid_dependents(); /* as att_mma_prep */
+    tqc_grid_wait(); /* as att_mma_prep */
+    tqc_grid_dependents();
     __shared__ float v[8][128];
     const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
     const uint32_t lane = tid & 31, warp = tid >> 5;
@@ -482,7 +486,8 @@ __global__ void __launch_bounds__(128)
                     const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks, uint32_t per,
                     uint32_t *out)
 {
-    tqc_grid_dependents();                    /* as att_mma_prep */
+    tqc_grid_wait(); /* as att_mma_prep */
+    tqc_grid_dependents();
     __shared__ float v[KH][128], sk[KH][128]; /* [head][part * 64 + k]: q'_p, s_p */
     __shared__ uint32_t msk[kPrepMax][4];
     constexpr uint32_t RR = KH / 4, NL = 4 * KH; /* head rows per warp; fragment lanes */
@@ -2010,20 +2015,9 @@ int launch(const mma_args &M, uint32_t n_seqs, const int32_t *indptr, const tq_c
      * att_mma_prep(_split), so that the tables and the first tiles' copies overlap it (the kernel
      * waits for it before it reads the prepared queries); MSE keys of whatever precedes them,
      * so that their launch and tables overlap its end (PDL_SELF) */
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1];
-    cfg.gridDim = dim3(M.n_splits, M.n_kv, n_seqs);
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    cudaError_t e =
-        cudaLaunchKernelEx(&cfg, att_mma_kernel<KM, KQ, VM, G16>, M, indptr, chunks, wq, wo, wml);
-    if (e != cudaSuccess) return tqkv__cuda_err(e, "attention (tensor cores) launch");
-    return 0;
+    return tqc_launch_dependent(att_mma_kernel<KM, KQ, VM, G16>, dim3(M.n_splits, M.n_kv, n_seqs),
+                                dim3(kThreads), smem, s, "attention (tensor cores) launch", M,
+                                indptr, chunks, wq, wo, wml);
 }
 
 template <int KM, bool KQ, int VM>
@@ -2113,22 +2107,22 @@ int tqkv__att_mma_launch(const tqc_att &A, uint32_t n_seqs, uint32_t max_chunks,
         const uint64_t want = (cells + 2 * tqkv__att_sm_count() - 1) / (2 * tqkv__att_sm_count());
         const uint32_t per = (uint32_t)(want < 1 ? 1 : want > kPrepMax ? kPrepMax : want);
         const dim3 grid((max_chunks + per - 1) / per, A.n_kv, n_seqs);
-        if (A.group > sp_heads(kSplitProd))
-            att_mma_prep_sp<8>
-                <<<grid, 128, 0, s>>>(A, indptr, chunks, q, max_chunks, per, (uint32_t *)ws_q);
-        else
-            att_mma_prep_sp<4>
-                <<<grid, 128, 0, s>>>(A, indptr, chunks, q, max_chunks, per, (uint32_t *)ws_q);
-        TQC_CHECK_LAUNCH("attention split-prod query preparation launch");
+        const int rc = tqc_launch_dependent(
+            A.group > sp_heads(kSplitProd) ? att_mma_prep_sp<8> : att_mma_prep_sp<4>, grid,
+            dim3(128), 0, s, "attention split-prod query preparation launch", A, indptr, chunks, q,
+            max_chunks, per, (uint32_t *)ws_q);
+        if (rc) return rc;
     } else if (A.K.part[0].prod) {
-        att_mma_prep<<<dim3(A.n_q, n_seqs), 128, 0, s>>>(A, q, wq);
-        TQC_CHECK_LAUNCH("attention query preparation launch");
+        const int rc = tqc_launch_dependent(att_mma_prep, dim3(A.n_q, n_seqs), dim3(128), 0, s,
+                                            "attention query preparation launch", A, q, wq);
+        if (rc) return rc;
     }
     if (split) {
-        att_mma_prep_split<<<dim3(max_chunks, A.n_kv, n_seqs), 128, 0, s>>>(
-            A, indptr, chunks, q, max_chunks,
+        const int rc = tqc_launch_dependent(
+            att_mma_prep_split, dim3(max_chunks, A.n_kv, n_seqs), dim3(128), 0, s,
+            "attention split-query preparation launch", A, indptr, chunks, q, max_chunks,
             A.group > qheads(kSplit) ? qheads(kSplit8) : qheads(kSplit), (uint32_t *)ws_q);
-        TQC_CHECK_LAUNCH("attention split-query preparation launch");
+        if (rc) return rc;
     }
     mma_args M;
     M.q = q;
