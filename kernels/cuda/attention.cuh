@@ -49,6 +49,15 @@ inline int tqc_launch_dependent(void (*k)(P...), dim3 grid, dim3 block, size_t s
     return e == cudaSuccess ? 0 : tqkv__cuda_err(e, what);
 }
 
+/* The start of a preparation kernel launched by tqc_launch_dependent: it waits for the kernel
+ * before it, then lets its own dependent (the split kernel) start, whose loads made before its
+ * own wait then come after everything earlier in the stream. */
+__device__ __forceinline__ void tqc_grid_begin(void)
+{
+    tqc_grid_wait();
+    tqc_grid_dependents();
+}
+
 /* Geometry of one tensor's parts as the attention kernels need it (offsets within a record). */
 typedef struct {
     uint32_t n_parts, mask_words, record_size_unused;

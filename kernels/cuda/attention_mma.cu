@@ -348,8 +348,7 @@ __global__ void __launch_bounds__(128)
      * scheduled: its tables and first copies overlap this work (it waits for the whole grid
      * before it reads the queries), and the chunks it copies before that wait were written
      * before the kernel ahead of this one ended */
-    tqc_grid_wait();
-    tqc_grid_dependents();
+    tqc_grid_begin();
     __shared__ float v[128];
     const uint32_t k = threadIdx.x, hq = blockIdx.x, seq = blockIdx.y;
     const tqc_part &pp = A.K.part[0];
@@ -394,8 +393,7 @@ __global__ void __launch_bounds__(128)
                        const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks, uint32_t qh,
                        uint32_t *out)
 {
-    tqc_grid_wait(); /* as att_mma_prep */
-    tqc_grid_dependents();
+    tqc_grid_begin(); /* as att_mma_prep */
     __shared__ float v[8][128];
     const uint32_t h = blockIdx.y, seq = blockIdx.z, tid = threadIdx.x;
     const uint32_t lane = tid & 31, warp = tid >> 5;
@@ -486,8 +484,7 @@ __global__ void __launch_bounds__(128)
                     const tq_cuda_chunk *chunks, const void *q, uint32_t max_chunks, uint32_t per,
                     uint32_t *out)
 {
-    tqc_grid_wait(); /* as att_mma_prep */
-    tqc_grid_dependents();
+    tqc_grid_begin();                         /* as att_mma_prep */
     __shared__ float v[KH][128], sk[KH][128]; /* [head][part * 64 + k]: q'_p, s_p */
     __shared__ uint32_t msk[kPrepMax][4];
     constexpr uint32_t RR = KH / 4, NL = 4 * KH; /* head rows per warp; fragment lanes */
