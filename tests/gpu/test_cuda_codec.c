@@ -409,7 +409,8 @@ static const att_case g_att[] = {
     {"tq3-prod", 128, 2, 2, 256, 1, {1024}, 2, 0},          /* tensor cores, 2-bit + signs */
     {"tq4", 128, 2, 4, 256, 2, {2000, 300}, 0, 1},         /* the general kernel, same shape */
     {"tq4-prod", 128, 1, 4, 256, 1, {777}, 0, 1},          /* the general kernel, prod keys */
-    {"tq4", 128, 1, 4, 32, 1, {2000}, 0, 0}, /* 63 chunks of 32: over 32 splits, two-round merge */
+    /* 63 chunks of 32: 63 splits on 132 SMs (att_mma_splits), the merge's two-round path */
+    {"tq4", 128, 1, 4, 32, 1, {2000}, 0, 0},
     /* tq3.5 (split keys) runs on tensor cores up to 8 query heads per KV head (the GQA 8 case
      * above too): whole tiles with a long and a short sequence, a partial last chunk, and the
      * general kernel on the same */
