@@ -1693,8 +1693,8 @@ __global__ void __launch_bounds__(kThreads, att_min_blocks(KM))
      * (launch), which may write the queries, the chunks or their table: it fills its lookup
      * tables (constant codebooks no kernel of the stream writes) while that kernel ends and
      * waits for it before its first load. Prod and split keys depend on their preparation
-     * kernel instead, which started after everything before it, and fill their tables below,
-     * over their first loads' latency. */
+     * kernel instead, which lets them start only after its own wait for everything before it
+     * (tqc_grid_begin), and fill their tables below, over their first loads' latency. */
     constexpr bool PDL_SELF = !(KQ || KS || KP);
     if constexpr (PDL_SELF) {
         lut_store<KT>((uint32_t *)sm, lut_entry<KT>(A.kcent, tid), tid, 0);
